@@ -1,0 +1,288 @@
+"""CAA vector extraction: mean over pairs of (activation at the matching answer letter − at the other letter).
+
+The two prompts of a pair differ only in the answer letter, so the chat-templated prefix is run once
+(batched, KV-cached) and the two letters are then run as one extra token each: half the compute of the
+naive two-forwards-per-pair loop, all layers in the same pass, no LM head, stopping after the last
+requested layer. Pairs whose letter merges with its neighbour in the tokenizer fall back to full rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from caa_eval import data
+from caa_eval.errors import CAAEvalError
+from caa_eval.hooks import decoder_layers, hidden_of, site_module
+from caa_eval.vectors import SteeringVector, model_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+class _Stop(Exception):
+    """Raised after the last requested layer: later layers cannot change what was read."""
+
+
+@dataclass
+class _Row:
+    """One prompt of a pair: token ids, and the index of the answer-letter token to read."""
+
+    ids: list[int]
+    read: int
+
+
+def chat_prompt(tokenizer: Any, question: str, system_prompt: str | None = None) -> str:
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": question.strip()}]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    log.warning("tokenizer has no chat template; using 'Input: …\\nResponse:' (CAA's base-model format)")
+    return f"Input: {question.strip()}\nResponse:"
+
+
+def answer_rows(tokenizer: Any, prompt: str, answer: str) -> _Row:
+    """Tokenise prompt + answer ("(A)") and locate the token that carries the answer letter."""
+    answer = answer.strip()
+    text = prompt + answer
+    letter_char = len(prompt) + answer.index("(") + 1
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    for i, (start, end) in enumerate(enc["offset_mapping"]):
+        if start <= letter_char < end:
+            return _Row(list(enc["input_ids"][: i + 1]), i)
+    raise CAAEvalError(f"cannot locate the answer letter of {answer!r} in the tokenised prompt")
+
+
+def build_rows(tokenizer: Any, pairs: Sequence[data.ContrastPair], system_prompt: str | None = None) -> list[tuple[_Row, _Row]]:
+    rows = []
+    for pair in pairs:
+        prompt = chat_prompt(tokenizer, pair.question, system_prompt)
+        rows.append((answer_rows(tokenizer, prompt, pair.answer_matching_behavior),
+                     answer_rows(tokenizer, prompt, pair.answer_not_matching_behavior)))
+    return rows
+
+
+def _shares_prefix(pos: _Row, neg: _Row) -> bool:
+    return pos.read == neg.read and pos.ids[:-1] == neg.ids[:-1]
+
+
+class _Reader:
+    """Forward hooks that record the site output of each requested layer, and stop after the last one."""
+
+    def __init__(self, model: torch.nn.Module, layers: Sequence[int], site: str):
+        blocks = decoder_layers(model)
+        self.layers = list(layers)
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.active = False
+        self.handles = [site_module(blocks[layer], site).register_forward_hook(self._record(layer)) for layer in layers]
+        self.handles.append(blocks[max(layers)].register_forward_hook(self._stop))
+
+    def _record(self, layer: int):
+        def hook(module, args, output):
+            if self.active:
+                self.outputs[layer] = hidden_of(output)
+        return hook
+
+    def _stop(self, module, args, output):
+        raise _Stop
+
+    def run(self, fn) -> dict[int, torch.Tensor]:
+        self.outputs, self.active = {}, True
+        try:
+            fn()
+        except _Stop:
+            pass
+        finally:
+            self.active = False
+        return self.outputs
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder without the LM head (whose vocab-sized matmul CAA never needs)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    return base if isinstance(base, torch.nn.Module) else model
+
+
+def _cache_kwarg(module: torch.nn.Module) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` (the old name warns, then goes away)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def _pad_right(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def _shared_prefix_batch(base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device) -> dict[int, torch.Tensor]:
+    """Prefix once with a KV cache, then both letters as one step: returns (pos − neg) per layer, (B, H)."""
+    from transformers import DynamicCache
+
+    prefixes = [pos.ids[:-1] for pos, _ in batch]
+    ids, mask = _pad_right(prefixes, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    cache_kw = _cache_kwarg(base)
+    reader.active = False
+    try:
+        base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache})
+    except _Stop:
+        pass
+    cache.batch_repeat_interleave(2)
+    letters = torch.tensor([[row.ids[-1]] for pair in batch for row in pair], device=device)
+    mask2 = torch.cat([mask.repeat_interleave(2, 0), torch.ones(len(letters), 1, dtype=mask.dtype, device=device)], 1)
+    lengths = mask.sum(-1).repeat_interleave(2)[:, None]
+    outputs = reader.run(lambda: base(input_ids=letters, attention_mask=mask2, position_ids=lengths,
+                                      use_cache=True, **{cache_kw: cache}))
+    return {layer: (out[0::2, -1] - out[1::2, -1]).float() for layer, out in outputs.items()}
+
+
+@torch.no_grad()
+def _full_rows_batch(base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device) -> dict[int, torch.Tensor]:
+    rows = [row for pair in batch for row in pair]
+    ids, mask = _pad_right([r.ids for r in rows], pad_id, device)
+    outputs = reader.run(lambda: base(input_ids=ids, attention_mask=mask, use_cache=False))
+    read = torch.tensor([r.read for r in rows], device=device)
+    diffs = {}
+    for layer, out in outputs.items():
+        picked = out[torch.arange(len(rows), device=device), read]
+        diffs[layer] = (picked[0::2] - picked[1::2]).float()
+    return diffs
+
+
+def extract_vectors(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data.ContrastPair],
+                    layers: Sequence[int] | None = None, site: str = "residual", batch_size: int = 16,
+                    system_prompt: str | None = None, progress: bool = True) -> dict[int, torch.Tensor]:
+    """Mean over pairs of (matching − non-matching) activation at the answer letter, per layer."""
+    n_layers = len(decoder_layers(model))
+    layers = sorted(set(range(n_layers) if layers is None else layers))
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise CAAEvalError(f"layers {bad} out of range: the model has layers 0..{n_layers - 1}")
+    if batch_size < 1:
+        raise CAAEvalError("--batch-size must be at least 1")
+    rows = build_rows(tokenizer, pairs, system_prompt)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    base = _base(model)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0].ids))  # similar lengths share a batch
+    sums = {layer: torch.zeros(model.config.get_text_config().hidden_size if hasattr(model.config, "get_text_config")
+                               else model.config.hidden_size, dtype=torch.float64) for layer in layers}
+    reader = _Reader(model, layers, site)
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=len(rows), desc="extracting CAA vectors", unit="pair", disable=not progress) as bar:
+            for start in range(0, len(order), batch_size):
+                batch = [rows[i] for i in order[start : start + batch_size]]
+                fast = [p for p in batch if _shares_prefix(*p)]
+                slow = [p for p in batch if not _shares_prefix(*p)]
+                for part, fn in ((fast, _shared_prefix_batch), (slow, _full_rows_batch)):
+                    if part:
+                        for layer, diff in fn(base, reader, part, pad_id, device).items():
+                            sums[layer] += diff.sum(0).cpu().double()
+                bar.update(len(batch))
+    finally:
+        reader.close()
+        model.train(was_training)
+    return {layer: (sums[layer] / len(rows)).to(torch.float32) for layer in layers}
+
+
+def parse_layers(spec: str | int | Sequence[int] | None) -> list[int] | None:
+    """`all` / None → every layer; `13`; `10,12`; `10-14`; or a list."""
+    if spec is None or spec == "all":
+        return None
+    if isinstance(spec, int):
+        return [spec]
+    if not isinstance(spec, str):
+        return [int(x) for x in spec]
+    out: list[int] = []
+    try:
+        for part in spec.strip("[] ").split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise CAAEvalError(f"--layers {spec!r} not understood; use all, 13, 10,12 or 10-14") from None
+    return out
+
+
+def load_model(name_or_path: str, dtype: str = "float32"):
+    """Load an HF causal LM + tokenizer; the alias `smollm2-135m-instruct` is prepared on first use."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from caa_eval.models import resolve
+
+    path = resolve(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as exc:
+        raise CAAEvalError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+    return model.eval(), tokenizer
+
+
+def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, layers=None, site: str = "residual",
+                    batch_size: int = 16, behaviour: str | None = None, system_prompt: str | None = None,
+                    model=None, tokenizer=None, progress: bool = True) -> SteeringVector:
+    data_path = Path(data_path)
+    pairs = data.load_contrast_pairs(data_path)
+    if model is None:
+        model, tokenizer = load_model(model_name)
+    vectors = extract_vectors(model, tokenizer, pairs, parse_layers(layers), site, batch_size, system_prompt, progress)
+    sv = SteeringVector(
+        vectors=vectors, behaviour=behaviour or data_path.parent.name or data_path.stem, model=model_name,
+        model_fingerprint=model_fingerprint(model), site=site,
+        read_position="answer_letter: token of the letter in '(X)' after the chat-templated user turn",
+        n_pairs=len(pairs), dataset_sha256=data.file_sha256(data_path),
+        extra={"system_prompt": system_prompt, "data_file": data_path.name},
+    )
+    sv.save(out)
+    return sv
+
+
+def configure_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="HF path/ID or the alias smollm2-135m-instruct")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="contrast pairs: JSON list or JSONL of {question, answer_matching_behavior, answer_not_matching_behavior}")
+    src.add_argument("--behavior", "--behaviour", dest="behaviour_name", help="a CAA behaviour by name (its generate set)")
+    parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    parser.add_argument("--layers", default="all", help="all | 13 | 10,12 | 10-14 (default: all)")
+    parser.add_argument("--site", default="residual", choices=["residual", "mlp", "attn"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--system-prompt", default=None, help="optional system message in every prompt")
+    parser.add_argument("--behaviour-label", default=None, help="behaviour name recorded in the file")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    data_path = args.data
+    label = args.behaviour_label
+    if args.behaviour_name:
+        data_path = data.resolve_behaviour_pairs(args.behaviour_name, split="generate")
+        label = label or args.behaviour_name
+    if args.out.suffix != ".safetensors":
+        raise CAAEvalError(f"--out {args.out}: use a .safetensors file name")
+    sv = extract_to_file(args.model, data_path, args.out, args.layers, args.site, args.batch_size, label, args.system_prompt)
+    norms = ", ".join(f"L{layer}={float(sv.vectors[layer].norm()):.3f}" for layer in sv.layers[:: max(1, len(sv.layers) // 6)])
+    print(f"wrote {args.out}: {sv.behaviour}, {sv.n_pairs} pairs, {len(sv.layers)} layers, site={sv.site}; norms {norms}")
+    return 0

@@ -1,0 +1,189 @@
+"""`steered-hf`: lm-eval's HF model with CAA steering hooks around every forward and every generate.
+
+It is an `HFLM` subclass, so batching, chat templates, accelerate/device_map, peft and every task work as
+with `--model hf`; with multiplier 0 (or no vector) it *is* `hf`. The hooks need real token positions, so
+the right-padded, mask-less loglikelihood batches HFLM builds are mapped back to their requests' lengths.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import inspect
+import json
+import logging
+import sys
+from typing import Any
+
+import torch
+from lm_eval.models.huggingface import HFLM
+
+from caa_eval import vectors as vector_files
+from caa_eval.errors import CAAEvalError
+from caa_eval.extract import parse_layers
+from caa_eval.hooks import Positions, Steering, decoder_layers
+from caa_eval.models import DEFAULT_MODEL, resolve
+
+log = logging.getLogger(__name__)
+
+STEERING_ARGS = ("vector", "layers", "multiplier", "site", "positions", "allow_fingerprint_mismatch")
+# Extra kwargs HFLM forwards to `from_pretrained`; anything else unknown is almost surely a typo.
+FROM_PRETRAINED_ARGS = ("attn_implementation", "low_cpu_mem_usage", "device_map", "quantization_config",
+                        "load_in_8bit", "load_in_4bit", "torch_dtype", "cache_dir", "local_files_only", "token",
+                        "use_safetensors", "offload_state_dict", "variant")
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "true", "yes"):
+        return True
+    if str(value).lower() in ("0", "false", "no", "none", ""):
+        return False
+    raise CAAEvalError(f"expected true/false, got {value!r}")
+
+
+class SteeredHFLM(HFLM):
+    """HFLM + CAA: model_args `vector=FILE,layers=13,multiplier=-1.5,site=residual,positions=after_instruction`."""
+
+    def __init__(self, pretrained: Any = DEFAULT_MODEL, vector: str | None = None, layers: Any = None,
+                 multiplier: float | int | str = 1.0, site: str | None = None,
+                 positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False, **kwargs: Any):
+        _reject_unknown(kwargs)
+        if isinstance(pretrained, str):
+            pretrained = resolve(pretrained)
+        if kwargs.get("tokenizer") == DEFAULT_MODEL:
+            kwargs["tokenizer"] = resolve(DEFAULT_MODEL)
+        super().__init__(pretrained=pretrained, **kwargs)
+        self._known_rows: dict[tuple[int, ...], int] | None = None
+        self._steering: Steering | None = None
+        self._fingerprint_cache: str | None = None
+        self.set_steering(vector=vector, layers=layers, multiplier=multiplier, site=site, positions=positions,
+                          allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def model_fingerprint(self) -> str:
+        if self._fingerprint_cache is None:
+            self._fingerprint_cache = vector_files.model_fingerprint(self.model)
+        return self._fingerprint_cache
+
+    def set_steering(self, vector: str | vector_files.SteeringVector | None = None, layers: Any = None,
+                     multiplier: float | int | str = 1.0, site: str | None = None,
+                     positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False) -> None:
+        """(Re)configure steering in place: sweeps change layer/multiplier/site without reloading the model."""
+        try:
+            multiplier = float(multiplier)
+        except (TypeError, ValueError):
+            raise CAAEvalError(f"multiplier={multiplier!r} is not a number") from None
+        positions_rule = Positions.parse(positions)
+        self._steering = None
+        self.steering_config: dict[str, Any] = {"vector": None, "layers": [], "multiplier": multiplier,
+                                                "site": site or "residual", "positions": str(positions_rule)}
+        if vector is None:
+            if multiplier != 0:
+                raise CAAEvalError(f"multiplier={multiplier} needs a vector=FILE.safetensors (or use multiplier=0)")
+            self.steering_fingerprint = ""
+            return
+        sv = vector if isinstance(vector, vector_files.SteeringVector) else vector_files.load(vector)
+        source = str(vector) if not isinstance(vector, vector_files.SteeringVector) else f"{sv.behaviour} vector"
+        layer_list = parse_layers(layers) if layers is not None else None
+        if layer_list is None:
+            if len(sv.layers) != 1:
+                raise CAAEvalError(f"{source} holds layers {sv.layers[0]}..{sv.layers[-1]}; choose with layers=13 or layers=[12,13]")
+            layer_list = sv.layers
+        site = site or sv.site
+        if site != sv.site:
+            log.warning("vector was read at site %r but is applied at site %r", sv.site, site)
+        hidden = self.model.config.get_text_config().hidden_size if hasattr(self.model.config, "get_text_config") else self.model.config.hidden_size
+        vector_files.validate_for_model(sv, hidden, self.model_fingerprint if sv.model_fingerprint else "", layer_list,
+                                        len(decoder_layers(self.model)), _as_bool(allow_fingerprint_mismatch), source)
+        self.steering_config = {
+            "vector": source, "vector_sha256": sv.sha256(), "behaviour": sv.behaviour, "layers": layer_list,
+            "multiplier": multiplier, "site": site, "positions": str(positions_rule),
+            "vector_model": sv.model, "normalization": sv.normalization,
+        }
+        self.steering_fingerprint = hashlib.sha256(
+            json.dumps(self.steering_config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        if multiplier != 0:  # multiplier 0 is exactly the unsteered model: no hooks at all
+            self._steering = Steering(self.model, sv.select(layer_list, source), multiplier, site, positions_rule,
+                                      tokenizer=self.tokenizer)
+
+    # ------------------------------------------------------------------ steered forwards
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if self._steering is None:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        # HFLM right-pads these rows with zeros and no mask; remember each row's real length and context length
+        self._known_rows = {}
+        for _, context_enc, continuation_enc in requests:
+            row = (context_enc + continuation_enc)[-(self.max_length + 1):][:-1]
+            self._known_rows[tuple(row)] = len(row) - (len(continuation_enc) - 1)
+        try:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        finally:
+            self._known_rows = None
+
+    def _row_lengths(self, inps: torch.Tensor) -> tuple[list[int], list[int]]:
+        assert self._known_rows is not None
+        lengths, prompts = [], []
+        for row in inps.tolist():
+            n = len(row)
+            while tuple(row[:n]) not in self._known_rows:
+                if n == 0 or row[n - 1] != 0:
+                    raise RuntimeError("steered-hf: a batch row does not match any request (lm-eval internals changed?)")
+                n -= 1
+            lengths.append(n)
+            prompts.append(self._known_rows[tuple(row[:n])])
+        return lengths, prompts
+
+    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+        if self._steering is None or self._known_rows is None:  # unsteered, or HFLM's batch-size probe
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+        lengths, prompts = self._row_lengths(inps)
+        self._steering.set_batch(row_lengths=lengths, prompt_lengths=prompts)
+        with self._steering:
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
+
+    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        if self._steering is None:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        self._steering.set_batch()
+        with self._steering:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["steering"] = dict(self.steering_config, fingerprint=self.steering_fingerprint,
+                                model_fingerprint=self.model_fingerprint)
+        return info
+
+
+def _reject_unknown(kwargs: dict[str, Any]) -> None:
+    known = set(inspect.signature(HFLM.__init__).parameters) | set(FROM_PRETRAINED_ARGS) | set(STEERING_ARGS)
+    for key in kwargs:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; steering args are {', '.join(STEERING_ARGS)}"
+            raise CAAEvalError(f"steered-hf: unknown model_arg {key!r}{hint}")
+
+
+def configure_cli(parser) -> None:  # arguments are lm_eval's own; nothing to add
+    pass
+
+
+def run_cli(argv: list[str]) -> int:
+    """`caa-eval eval …` = `lm_eval …` with steered-hf registered even without the .pth startup hook."""
+    from caa_eval._register import ensure_registered
+
+    ensure_registered()
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval", *argv]
+    try:
+        cli_evaluate()
+    except CAAEvalError as exc:
+        print(f"caa-eval eval: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
