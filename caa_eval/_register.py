@@ -35,6 +35,25 @@ def _register_model() -> None:
 
     if MODEL_NAME not in model_registry:
         model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    _one_line_errors()
+
+
+def _one_line_errors() -> None:
+    """Under the plain `lm_eval` CLI, a bad steering argument prints one line, not a traceback."""
+    if getattr(sys.excepthook, "_caa_eval", False):
+        return
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        from caa_eval.errors import CAAEvalError
+
+        if isinstance(value, CAAEvalError):
+            print(f"caa-eval: error: {value}", file=sys.stderr)
+        else:
+            previous(kind, value, traceback)
+
+    excepthook._caa_eval = True  # type: ignore[attr-defined]
+    sys.excepthook = excepthook
 
 
 def _patch_task_manager(module: Any) -> None:

@@ -199,15 +199,15 @@ def _mmlu_root(path: Path) -> Path | None:
     return None
 
 
-def _locate(explicit: str | Path | None, env: str, default: Path, root: Callable[[Path], Path | None], what: str, how: str) -> DataLocation:
-    candidates: list[tuple[Path, str]] = []
+def _locate(explicit: str | Path | None, env: str, default: Path, root: Callable[[Path], Path | None],
+            what: str, how: str) -> DataLocation:
+    """First of explicit path > env var > default; a wrong explicit/env folder is an error, not a fallback."""
     if explicit:
-        candidates.append((Path(explicit).expanduser(), "metadata"))
+        path, source = Path(explicit).expanduser(), "metadata"
     elif os.environ.get(env):
-        candidates.append((Path(os.environ[env]).expanduser(), f"env {env}"))
+        path, source = Path(os.environ[env]).expanduser(), f"env {env}"
     else:
-        candidates.append((default, "cache"))
-    path, source = candidates[0]
+        path, source = default, "cache"
     found = root(path) if path.is_dir() else None
     if found is None:
         if source == "cache":
@@ -525,7 +525,7 @@ def _describe_task(cfg: dict[str, Any], caa_dir: str | Path | None, mmlu_dir: st
     try:
         if loader in ("load_ab", "load_ab_balanced", "load_open"):
             split = "open_ended" if loader == "load_open" else "test"
-            path = resolve_behaviour_pairs(kwargs["behaviour"], split, caa_dir)
+            path = resolve_behaviour_pairs(kwargs["caa_behaviour"], split, caa_dir)
             where = f"{path} ({locate_caa_data(caa_dir).source})"
             if loader == "load_open":
                 return len(load_open_items(path)), where
@@ -534,7 +534,7 @@ def _describe_task(cfg: dict[str, Any], caa_dir: str | Path | None, mmlu_dir: st
             return len(items.rows), where + note
         if loader in ("load_mmlu_2opt", "load_mmlu_2opt_full"):
             loc = locate_mmlu(mmlu_dir)
-            subject = kwargs["subject"]
+            subject = kwargs["mmlu_subject"]
             n = len(read_mmlu_subject(subject, mmlu_dir))
             if loader == "load_mmlu_2opt":
                 n = sum(len(tokens.split()) for subj, tokens in MMLU_SUBSET if subj == subject)

@@ -72,6 +72,8 @@ class CAATask(ConfigurableTask):
 
 
 # ---------------------------------------------------------------------------------------------- data
+# lm-eval calls custom_dataset(**metadata, **dataset_kwargs), and metadata holds every model_arg and
+# --metadata key: dataset_kwargs names are prefixed (caa_behaviour, mmlu_subject) so they cannot collide.
 
 
 def _as_dataset(rows: list[dict[str, Any]]) -> datasets.DatasetDict:
@@ -97,41 +99,42 @@ def _source(behaviour: str | None, test_file: str | None, split: str, caa_data_d
             data.check_no_overlap(path, _user_file(pairs_file, config_source))
         return path, behaviour or path.stem
     if not behaviour:
-        raise CAAEvalError(f"task {config_source} names no data: set dataset_kwargs.behaviour or dataset_kwargs.test_file")
+        raise CAAEvalError(f"task {config_source} names no data: set dataset_kwargs.test_file (or caa_behaviour)")
     return data.resolve_behaviour_pairs(behaviour, split=split, data_dir=caa_data_dir), data.canonical_behaviour(behaviour)
 
 
-def load_ab(behaviour: str | None = None, test_file: str | None = None, caa_data_dir: str | None = None,
+def load_ab(caa_behaviour: str | None = None, test_file: str | None = None, caa_data_dir: str | None = None,
             caa_non_ab: str = "exclude", config_source: str | None = None, pairs_file: str | None = None,
             **_: Any) -> datasets.DatasetDict:
     """`custom_dataset` of caa_ab_*: CAA's A/B test set of `behaviour`, or the user's `test_file`."""
-    path, name = _source(behaviour, test_file, "test", caa_data_dir, config_source, pairs_file)
+    path, name = _source(caa_behaviour, test_file, "test", caa_data_dir, config_source, pairs_file)
     return _as_dataset(data.load_ab_items(path, name, non_ab=caa_non_ab).rows)
 
 
-def load_ab_balanced(behaviour: str | None = None, test_file: str | None = None, caa_data_dir: str | None = None,
+def load_ab_balanced(caa_behaviour: str | None = None, test_file: str | None = None, caa_data_dir: str | None = None,
                      caa_non_ab: str = "exclude", config_source: str | None = None, pairs_file: str | None = None,
                      **_: Any) -> datasets.DatasetDict:
     """`custom_dataset` of caa_ab_balanced_*: as load_ab, each doc also carrying the letter-swapped prompt."""
-    path, name = _source(behaviour, test_file, "test", caa_data_dir, config_source, pairs_file)
+    path, name = _source(caa_behaviour, test_file, "test", caa_data_dir, config_source, pairs_file)
     return _as_dataset(data.load_ab_items(path, name, non_ab=caa_non_ab, balanced=True).rows)
 
 
-def load_open(behaviour: str | None = None, test_file: str | None = None, caa_data_dir: str | None = None,
+def load_open(caa_behaviour: str | None = None, test_file: str | None = None, caa_data_dir: str | None = None,
               config_source: str | None = None, pairs_file: str | None = None, **_: Any) -> datasets.DatasetDict:
     """`custom_dataset` of caa_open_*: the open-ended questions (`question` + `behaviour` in every doc)."""
-    path, name = _source(behaviour, test_file, "open_ended", caa_data_dir, config_source, None)
+    path, name = _source(caa_behaviour, test_file, "open_ended", caa_data_dir, config_source, None)
     return _as_dataset(data.load_open_items(path, name))
 
 
-def load_mmlu_2opt(subject: str, mmlu_dir: str | None = None, **_: Any) -> datasets.DatasetDict:
+def load_mmlu_2opt(mmlu_subject: str, mmlu_dir: str | None = None, **_: Any) -> datasets.DatasetDict:
     """`custom_dataset` of caa_mmlu_2opt_<subject>: CAA's 10 two-option items, rebuilt from the MMLU CSVs."""
-    return _as_dataset(data.mmlu_subset_rows(subject, mmlu_dir))
+    return _as_dataset(data.mmlu_subset_rows(mmlu_subject, mmlu_dir))
 
 
-def load_mmlu_2opt_full(subject: str, mmlu_dir: str | None = None, mmlu_seed: int = 0, **_: Any) -> datasets.DatasetDict:
+def load_mmlu_2opt_full(mmlu_subject: str, mmlu_dir: str | None = None, mmlu_seed: int = 0,
+                        **_: Any) -> datasets.DatasetDict:
     """`custom_dataset` of caa_mmlu_2opt_full_<subject>: all test questions, seeded wrong option and letters."""
-    return _as_dataset(data.mmlu_full_rows(subject, int(mmlu_seed), mmlu_dir))
+    return _as_dataset(data.mmlu_full_rows(mmlu_subject, int(mmlu_seed), mmlu_dir))
 
 
 # ------------------------------------------------------------------------------------------- metrics

@@ -110,8 +110,9 @@ def test_metadata_data_dir_wins_over_env(tiny_model, tmp_path, monkeypatch, caa_
     (own / "test/refusal/test_dataset_ab.json").write_text(__import__("json").dumps(first), encoding="utf-8")
     monkeypatch.setenv(data.CAA_DATA_ENV, str(tmp_path / "does-not-exist"))
     task = data.ab_task_name("refusal")
-    res = evaluate(model, tok, [task], metadata={"caa_data_dir": str(own)})
-    assert len(res["samples"][task]) == 2
+    # model_args / --metadata reach custom_dataset too: names like `behaviour` must not break the loaders
+    res = evaluate(model, tok, [task], metadata={"caa_data_dir": str(own), "behaviour": "sycophancy", "subject": "x"})
+    assert len(res["samples"][task]) == 2 and res["samples"][task][0]["doc"]["behaviour"] == "refusal"
 
 
 def test_run_without_chat_template_warns_loudly(tiny_model, caplog):

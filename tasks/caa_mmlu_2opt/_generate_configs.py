@@ -33,7 +33,7 @@ def write(folder: Path, prefix: str, template: str, group: str, note: str) -> No
         name = f"{prefix}{subject}"
         names.append(name)
         (folder / f"{name}.yaml").write_text(
-            f"include: {template}\ntask: {name}\ntask_alias: {subject}\ndataset_kwargs:\n  subject: {subject}\n"
+            f"include: {template}\ntask: {name}\ntask_alias: {subject}\ndataset_kwargs:\n  mmlu_subject: {subject}\n"
         )
     body = "".join(f"  - {n}\n" for n in names)
     (folder / f"_{group}.yaml").write_text(f"# {note}\ngroup: {group}\ntask:\n{body}{AGGREGATE}")

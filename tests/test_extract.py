@@ -1,0 +1,120 @@
+"""Batched, KV-shared extraction equals a naive batch-1 CAA loop written here from the protocol."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from caa_eval import data, extract, vectors
+from caa_eval.errors import CAAEvalError
+
+PAIRS = [
+    {"question": f"Question {i}: is the weather sunny today?{' It is warm.' * (i % 4)}\n\nChoices:\n (A) Yes\n (B) No",
+     "answer_matching_behavior": "(A)" if i % 2 else "(B)",
+     "answer_not_matching_behavior": "(B)" if i % 2 else "(A)"}
+    for i in range(11)
+]
+
+
+def naive_reference(model, tok, pairs) -> dict[int, torch.Tensor]:
+    """Two full forwards per pair (batch 1), read the block output at the answer letter (CAA index -2)."""
+    layers = extract.decoder_layers(model)
+    sums = {layer: torch.zeros(model.config.hidden_size, dtype=torch.float64) for layer in range(len(layers))}
+    for pair in pairs:
+        acts = []
+        for answer in (pair.answer_matching_behavior, pair.answer_not_matching_behavior):
+            text = tok.apply_chat_template([{"role": "user", "content": pair.question}], tokenize=False,
+                                           add_generation_prompt=True) + answer
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert tok.convert_ids_to_tokens(ids[-2]) == answer[1]
+            store = {}
+            handles = [layer.register_forward_hook(lambda m, a, o, i=i: store.__setitem__(i, extract.hidden_of(o)))
+                       for i, layer in enumerate(layers)]
+            with torch.no_grad():
+                model(torch.tensor([ids]))
+            for h in handles:
+                h.remove()
+            acts.append({i: store[i][0, -2].double() for i in store})
+        for i in sums:
+            sums[i] += acts[0][i] - acts[1][i]
+    return {i: s / len(pairs) for i, s in sums.items()}
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pairs") / "pairs.json"
+    path.write_text(json.dumps(PAIRS))
+    return path
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 16])
+def test_batched_extraction_equals_naive_loop_all_layers(tiny_model, pairs_file, batch_size):
+    model, tok = tiny_model
+    pairs = data.load_contrast_pairs(pairs_file)
+    got = extract.extract_vectors(model, tok, pairs, batch_size=batch_size, progress=False)
+    ref = naive_reference(model, tok, pairs)
+    assert sorted(got) == sorted(ref)
+    for layer in ref:
+        rel = (got[layer].double() - ref[layer]).norm() / ref[layer].norm()
+        assert rel < 1e-5, f"layer {layer}: relative error {rel:.2e}"
+
+
+def test_full_row_fallback_path_is_also_exact(tiny_model, pairs_file, monkeypatch):
+    model, tok = tiny_model
+    pairs = data.load_contrast_pairs(pairs_file)
+    monkeypatch.setattr(extract, "_shares_prefix", lambda pos, neg: False)
+    got = extract.extract_vectors(model, tok, pairs, layers=[0, 3], batch_size=5, progress=False)
+    ref = naive_reference(model, tok, pairs)
+    for layer in (0, 3):
+        assert (got[layer].double() - ref[layer]).norm() / ref[layer].norm() < 1e-5
+
+
+def test_layer_subset_and_sites(tiny_model, pairs_file):
+    model, tok = tiny_model
+    pairs = data.load_contrast_pairs(pairs_file)
+    full = extract.extract_vectors(model, tok, pairs, progress=False)
+    sub = extract.extract_vectors(model, tok, pairs, layers=[1, 2], progress=False)
+    assert sorted(sub) == [1, 2] and torch.allclose(sub[2], full[2], atol=1e-6)
+    mlp = extract.extract_vectors(model, tok, pairs, layers=[2], site="mlp", progress=False)
+    assert not torch.allclose(mlp[2], full[2])
+    with pytest.raises(CAAEvalError, match="out of range"):
+        extract.extract_vectors(model, tok, pairs, layers=[7], progress=False)
+
+
+def test_extract_cli_writes_a_self_describing_file(tiny_model_dir, pairs_file, tmp_path):
+    from caa_eval.cli import main
+
+    out = tmp_path / "v.safetensors"
+    assert main(["extract", "--model", str(tiny_model_dir), "--data", str(pairs_file), "--out", str(out),
+                 "--layers", "1,3", "--batch-size", "4"]) == 0
+    sv = vectors.load(out)
+    assert sv.layers == [1, 3] and sv.n_pairs == len(PAIRS) and sv.model == str(tiny_model_dir)
+    assert sv.dataset_sha256 == data.file_sha256(pairs_file) and len(sv.model_fingerprint) == 64
+    assert main(["extract", "--model", str(tiny_model_dir), "--data", str(pairs_file), "--out", str(tmp_path / "x.pt")]) == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[{\"question\": \"q\"}", "invalid JSON"),
+    ('[{"question": "q", "answer_matching_behavior": "(A)"}]', "item 0 has no field 'answer_not_matching_behavior'"),
+    ('[{"question": "q", "answer_matching_behavior": "A", "answer_not_matching_behavior": "(B)"}]', "item 0 field 'answer_matching_behavior'"),
+    ('{"question": "q", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}\n{"question": 3}', "item 1"),
+    ("[]", "no items"),
+])
+def test_malformed_pair_files_name_item_and_field(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(CAAEvalError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        data.load_contrast_pairs(path)
+
+
+def test_parse_layers():
+    assert extract.parse_layers("all") is None
+    assert extract.parse_layers("10,12") == [10, 12]
+    assert extract.parse_layers("10-12") == [10, 11, 12]
+    assert extract.parse_layers(13) == [13]
+    assert extract.parse_layers([3, 4]) == [3, 4]
+    assert extract.parse_layers("[12,13]") == [12, 13]
+    with pytest.raises(CAAEvalError):
+        extract.parse_layers("twelve")
