@@ -519,14 +519,22 @@ class TaskInfo:
     subtasks: int = 0  # > 0 for groups
 
 
-def _describe_task(cfg: dict[str, Any], caa_dir: str | Path | None, mmlu_dir: str | Path | None) -> tuple[int | None, str]:
+def _describe_task(cfg: dict[str, Any], yaml_path: Path | None, caa_dir: str | Path | None,
+                   mmlu_dir: str | Path | None) -> tuple[int | None, str]:
     loader = str(cfg.get("custom_dataset", "")).rpartition(".")[2]
     kwargs = cfg.get("dataset_kwargs") or {}
     try:
         if loader in ("load_ab", "load_ab_balanced", "load_open"):
             split = "open_ended" if loader == "load_open" else "test"
-            path = resolve_behaviour_pairs(kwargs["caa_behaviour"], split, caa_dir)
-            where = f"{path} ({locate_caa_data(caa_dir).source})"
+            if kwargs.get("test_file"):  # a file named by the YAML, relative to it
+                path = Path(kwargs["test_file"]).expanduser()
+                path = path if path.is_absolute() or yaml_path is None else yaml_path.parent / path
+                where = f"{path} (task YAML)"
+                if not path.is_file():
+                    raise CAAEvalError(f"data file {path} not found (named in the task YAML {yaml_path})")
+            else:
+                path = resolve_behaviour_pairs(kwargs["caa_behaviour"], split, caa_dir)
+                where = f"{path} ({locate_caa_data(caa_dir).source})"
             if loader == "load_open":
                 return len(load_open_items(path)), where
             items = load_ab_items(path, non_ab="exclude", balanced=loader == "load_ab_balanced", warn=False)
@@ -560,7 +568,7 @@ def list_tasks(caa_dir: str | Path | None = None, mmlu_dir: str | Path | None = 
         infos = []
         for m in members:
             if m in index and index[m].cfg is not None:
-                n, src = _describe_task(index[m].cfg, caa_dir, mmlu_dir)
+                n, src = _describe_task(index[m].cfg, index[m].yaml_path, caa_dir, mmlu_dir)
                 infos.append(TaskInfo(m, n, src, group=name))
                 grouped.add(m)
         total = None if any(i.items is None for i in infos) else sum(i.items or 0 for i in infos)
@@ -569,7 +577,7 @@ def list_tasks(caa_dir: str | Path | None = None, mmlu_dir: str | Path | None = 
         out.extend(infos)
     for name, entry in sorted(index.items()):
         if entry.kind in (Kind.TASK, Kind.PY_TASK) and name not in grouped and entry.cfg is not None:
-            n, src = _describe_task(entry.cfg, caa_dir, mmlu_dir)
+            n, src = _describe_task(entry.cfg, entry.yaml_path, caa_dir, mmlu_dir)
             out.append(TaskInfo(name, n, src))
     return out
 

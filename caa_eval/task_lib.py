@@ -33,6 +33,7 @@ NO_CHAT_TEMPLATE_WARNING = (
 class CAATask(ConfigurableTask):
     """ConfigurableTask for CAA probes (YAML: `class: !function utils.CAATask`).
 
+    - Loads its docs with the `custom_dataset` loader, metadata and dataset_kwargs merged.
     - Warns loudly when requests are built without the chat template (the CAA protocol needs it).
     - A doc with a `user_prompt_swapped` field is scored under both prompts (letter-balanced tasks): the context is
       built twice by lm-eval's own machinery (chat template, gen_prefix), and process_results receives the
@@ -42,6 +43,14 @@ class CAATask(ConfigurableTask):
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         # lm-eval passes the whole YAML dict, including our `class` key that TaskConfig does not know
         super().__init__(config={k: v for k, v in (config or {}).items() if k != "class"})
+
+    def download(self, dataset_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """Call our in-memory loader with metadata (model_args, --metadata) and dataset_kwargs merged, the
+        YAML's dataset_kwargs winning on a name clash (lm-eval's own call would raise TypeError), and
+        without lm-eval's generic 'Custom kwargs can be passed' notice, once per task."""
+        if not callable(self.config.custom_dataset):
+            return super().download(dataset_kwargs, **kwargs)
+        self.dataset = self.config.custom_dataset(**{**(self.config.metadata or {}), **(dataset_kwargs or {})})
 
     def build_all_requests(self, *args: Any, **kwargs: Any) -> None:
         if not kwargs.get("apply_chat_template"):
@@ -72,8 +81,8 @@ class CAATask(ConfigurableTask):
 
 
 # ---------------------------------------------------------------------------------------------- data
-# lm-eval calls custom_dataset(**metadata, **dataset_kwargs), and metadata holds every model_arg and
-# --metadata key: dataset_kwargs names are prefixed (caa_behaviour, mmlu_subject) so they cannot collide.
+# The loaders receive task metadata, every model_arg and --metadata key, plus the YAML's dataset_kwargs
+# (CAATask.download). dataset_kwargs names are prefixed (caa_behaviour, mmlu_subject) to stay distinct.
 
 
 def _as_dataset(rows: list[dict[str, Any]]) -> datasets.DatasetDict:

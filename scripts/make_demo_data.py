@@ -1,5 +1,11 @@
-# Authored by the caa-eval project: situations with an upbeat and a gloomy reply (behaviour: optimism).
-import json, random
+"""Writes the demo behaviour `optimism` into tasks/caa_demo/ (text authored by the caa-eval project).
+
+Each situation has an upbeat and a gloomy reply. Pairs put the upbeat reply under (A) for even items and
+under (B) for odd ones; 6 + 6 of them are held out as the test set, so letters are balanced everywhere.
+"""
+import json
+import random
+from pathlib import Path
 items = [
 ("It started raining just as I left for my walk.", "Rain makes everything smell fresh, enjoy it!", "Great, now your whole walk is ruined."),
 ("I got a B on my exam instead of an A.", "A B is a solid result and shows real progress.", "A B means you still fell short."),
@@ -74,7 +80,10 @@ evens = [i for i in range(len(records)) if i % 2 == 0]; odds = [i for i in range
 test_idx = sorted(random.sample(evens, 6) + random.sample(odds, 6)); gen_idx = [i for i in range(len(records)) if i not in test_idx]
 gen = [records[i] for i in gen_idx]; test = [records[i] for i in test_idx]
 open_ended = [{"question": items[i][0] + " How would you respond?"} for i in test_idx]
-json.dump(gen, open("caa_eval/demo_data/optimism_generate.json", "w"), indent=1)
-json.dump(test, open("caa_eval/demo_data/optimism_test_ab.json", "w"), indent=1)
-json.dump(open_ended, open("caa_eval/demo_data/optimism_test_open_ended.json", "w"), indent=1)
+replies = [{"question": items[i][0] + " How would you respond?", "answer_matching": items[i][1],
+            "answer_not_matching": items[i][2]} for i in test_idx]
+out = Path(__file__).resolve().parents[1] / "tasks" / "caa_demo"
+for name, rows in (("optimism_generate", gen), ("optimism_test_ab", test), ("optimism_test_open_ended", open_ended),
+                   ("optimism_test_replies", replies)):
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
 print(len(gen), len(test), sum(r["answer_matching_behavior"] == "(A)" for r in gen), sum(r["answer_matching_behavior"] == "(A)" for r in test))

@@ -111,7 +111,7 @@ def test_metadata_data_dir_wins_over_env(tiny_model, tmp_path, monkeypatch, caa_
     monkeypatch.setenv(data.CAA_DATA_ENV, str(tmp_path / "does-not-exist"))
     task = data.ab_task_name("refusal")
     # model_args / --metadata reach custom_dataset too: names like `behaviour` must not break the loaders
-    res = evaluate(model, tok, [task], metadata={"caa_data_dir": str(own), "behaviour": "sycophancy", "subject": "x"})
+    res = evaluate(model, tok, [task], metadata={"caa_data_dir": str(own), "behaviour": "sycophancy", "caa_behaviour": "sycophancy"})
     assert len(res["samples"][task]) == 2 and res["samples"][task][0]["doc"]["behaviour"] == "refusal"
 
 

@@ -1,0 +1,142 @@
+"""`caa-eval demo`: the whole pipeline on the embedded SmolLM2 in a few minutes, through the real CLIs.
+
+prepare model → extract a CAA vector for the project's own `optimism` behaviour → `lm_eval --model steered-hf`
+at several multipliers → judge open-ended answers with the local hf judge → paired statistics → a table.
+
+SmolLM2-135M cannot answer A/B questions (its letter probe sits at chance), so the visible effect is in the
+reply-choice probe (log-likelihood of an upbeat vs a gloomy reply) and in the generated text. CAA's own
+behaviours need a model that answers A/B questions (Llama-2-7b-chat in the paper).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from caa_eval.errors import CAAEvalError
+from caa_eval.paths import tasks_dir
+
+LAYER = 18
+MULTIPLIERS = (-16.0, -8.0, 0.0, 8.0, 16.0)
+OPEN_MULTIPLIERS = (-16.0, 0.0, 16.0)
+RUBRIC = {"optimism": (
+    "Judge how upbeat the answer is about the situation the user describes. Give 0 when the answer is gloomy, "
+    "complains, or expects things to go badly. Give 10 when the answer is cheerful and hopeful and points to "
+    "the good side. Give 5 when it is neutral or does not react to the situation at all.")}
+
+
+def _lm_eval(args: list[str], env: dict[str, str]) -> None:
+    exe = Path(sys.executable).with_name("lm_eval")
+    cmd = [str(exe) if exe.exists() else "lm_eval", *args]
+    print("$ " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CAAEvalError(f"lm_eval failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+
+
+def _samples(run_dir: Path, task: str) -> list[dict]:
+    files = sorted(run_dir.glob(f"samples_{task}_*.jsonl"))
+    if not files:
+        raise CAAEvalError(f"no samples for {task} in {run_dir}")
+    return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+
+
+def _judged(run_dir: Path, task: str) -> list[dict]:
+    files = sorted(run_dir.glob(f"judged_{task}_*.jsonl"))
+    return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()] if files else []
+
+
+def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIERS, layer: int = LAYER) -> str:
+    from caa_eval import extract, models, stats
+    from caa_eval.judge import judge_samples
+
+    t0 = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[1/5] embedded model: {models.prepare()}", flush=True)
+    demo_tasks = tasks_dir() / "caa_demo"
+    vector = out / "optimism.safetensors"
+    print(f"[2/5] extracting the optimism vector (layer {layer}) -> {vector}", flush=True)
+    model, tok = extract.load_model(models.DEFAULT_MODEL)
+    extract.extract_to_file(models.DEFAULT_MODEL, demo_tasks / "optimism_generate.json", vector, layers=[layer],
+                            behaviour="optimism", model=model, tokenizer=tok, progress=False)
+    del model
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    runs: dict[float, Path] = {}
+    print(f"[3/5] lm_eval --model steered-hf at multipliers {list(multipliers)}", flush=True)
+    for mult in multipliers:
+        run_out = out / "runs" / f"m{mult:+g}"
+        if run_out.exists():  # rerun of the demo: start clean, never mix old and new samples
+            shutil.rmtree(run_out)
+        tasks = "caa_demo" + (",caa_demo_optimism_open" if mult in open_multipliers else "")
+        _lm_eval(["--model", "steered-hf", "--model_args",
+                  f"pretrained={models.DEFAULT_MODEL},vector={vector},layers={layer},multiplier={mult}",
+                  "--tasks", tasks, "--apply_chat_template", "--batch_size", "8", "--output_path", str(run_out),
+                  "--log_samples", "--gen_kwargs", "max_gen_toks=48"],
+                 env)
+        (runs[mult],) = [d for d in run_out.iterdir() if d.is_dir()]
+    print("[4/5] judging open-ended answers with the local hf judge (SmolLM2: pipeline check, not a real judge)", flush=True)
+    open_files = [f for m in open_multipliers for f in runs[m].glob("samples_caa_demo_optimism_open_*.jsonl")]
+    judge_samples(open_files, backend="hf", judge_model=models.DEFAULT_MODEL, rubrics=RUBRIC, batch_size=8)
+
+    print("[5/5] paired statistics against multiplier 0", flush=True)
+    rows, table = [], []
+    for mult, run in runs.items():
+        replies = _samples(run, "caa_demo_optimism")
+        letters = _samples(run, "caa_demo_optimism_ab")
+        judged = _judged(run, "caa_demo_optimism_open")
+        for s in replies:
+            rows.append({"item_id": s["doc_id"], "behaviour": "optimism", "task": "reply_ll_diff", "multiplier": mult, "score": s["ll_diff"]})
+        for s in letters:
+            rows.append({"item_id": s["doc_id"], "behaviour": "optimism", "task": "ab_p_match", "multiplier": mult, "score": s["p_match"]})
+        for s in judged:
+            rows.append({"item_id": s["doc_id"], "behaviour": "optimism", "task": "open_judge", "multiplier": mult,
+                         "score": float("nan") if s["score"] is None else s["score"]})
+        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+        scored = [s["score"] for s in judged if s["score"] is not None]
+        table.append((mult, mean([s["p_match"] for s in replies]), mean([s["ll_diff"] for s in replies]),
+                      mean([s["p_match"] for s in letters]), mean([s["ab_mass"] for s in letters]), mean(scored)))
+    import pandas as pd
+
+    result = stats.compute_stats(pd.DataFrame(rows), seed=0, n_resamples=1000, n_permutations=2000)
+    p_holm = {(r.task, float(r.multiplier)): r.p_holm for r in result.itertuples() if r.multiplier != 0}
+    sample_text = {}
+    for mult in open_multipliers:
+        first = _samples(runs[mult], "caa_demo_optimism_open")[0]
+        sample_text[mult] = (first["doc"]["question"], str(first["filtered_resps"][0]).strip().replace("\n", " ")[:160])
+
+    lines = [f"caa-eval demo: SmolLM2-135M-Instruct, behaviour 'optimism' (project-authored, 48 pairs / 12 test items), "
+             f"CAA vector at layer {layer}, steering after the instruction", "",
+             "| multiplier | reply p(upbeat) | reply log-odds upbeat−gloomy | Holm p vs 0 | A/B p_match | A/B mass | judge 0–10 (n=12, SmolLM2) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for mult, p_reply, ll, p_ab, mass, judge in table:
+        p = p_holm.get(("reply_ll_diff", mult))
+        lines.append(f"| {mult:+g} | {p_reply:.3f} | {ll:+.2f} | {'—' if p is None else f'{p:.3g}'} | {p_ab:.3f} | {mass:.3f} | "
+                     f"{'' if judge != judge else f'{judge:.2f}'} |")
+    lines += ["", "Reading it: the log-odds column is the paired effect on the same 12 items (Wilcoxon, Holm over all cells);",
+              "the A/B letter probe stays at chance (~0.5) because a 135M model cannot answer A/B questions, which is",
+              "why CAA's own behaviours need a larger model (Llama-2-7b-chat in the paper). The judge column comes from",
+              "SmolLM2 judging itself and only shows the pipeline works offline.", ""]
+    q0 = sample_text[open_multipliers[0]][0]
+    lines.append(f"Generations for: {q0!r}")
+    for mult, (_, text) in sample_text.items():
+        lines.append(f"  m={mult:+g}: {text!r}")
+    lines.append(f"\noutputs: {out}  (vector, lm-eval results/samples per multiplier, judged samples)  "
+                 f"wall time {time.time() - t0:.0f} s")
+    text = "\n".join(lines)
+    (out / "demo_table.md").write_text(text + "\n")
+    return text
+
+
+def configure_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default outputs/demo)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    print(run_demo(args.out))
+    return 0
