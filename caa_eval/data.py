@@ -79,8 +79,10 @@ def read_records(path: str | Path) -> list[dict]:
     return records
 
 
-def load_contrast_pairs(path: str | Path, require_ab: bool = False) -> list[ContrastPair]:
-    """Load and validate contrast pairs; every problem names the item index and the field."""
+def load_contrast_pairs(path: str | Path, require_ab: bool = False, free_text_answers: bool = False) -> list[ContrastPair]:
+    """Load and validate contrast pairs; every problem names the item index and the field.
+
+    free_text_answers: answers are whole replies, not "(A)"/"(B)" (extraction with read="answer_mean")."""
     path = Path(path)
     records = read_records(path)
     if not records:
@@ -97,6 +99,11 @@ def load_contrast_pairs(path: str | Path, require_ab: bool = False) -> list[Cont
                 raise CAAEvalError(f"{path}: item {i} field {field!r} must be a non-empty string")
             rec[field] = value
         pair = ContrastPair(*(rec[f] for f in PAIR_FIELDS))
+        if free_text_answers:
+            if pair.answer_matching_behavior.strip() == pair.answer_not_matching_behavior.strip():
+                raise CAAEvalError(f"{path}: item {i}: matching and non-matching answers are the same text")
+            pairs.append(pair)
+            continue
         for field, letter in (("answer_matching_behavior", pair.matching_letter), ("answer_not_matching_behavior", pair.not_matching_letter)):
             if not letter:
                 raise CAAEvalError(f"{path}: item {i} field {field!r} is {rec[field]!r}; expected an answer like \"(A)\"")

@@ -22,9 +22,9 @@ from pathlib import Path
 from caa_eval.errors import CAAEvalError
 from caa_eval.paths import tasks_dir
 
-LAYER = 18
-MULTIPLIERS = (-16.0, -8.0, 0.0, 8.0, 16.0)
-OPEN_MULTIPLIERS = (-16.0, 0.0, 16.0)
+LAYER = 14
+MULTIPLIERS = (-2.0, -1.0, 0.0, 1.0, 2.0)
+OPEN_MULTIPLIERS = (-2.0, 0.0, 2.0)
 RUBRIC = {"optimism": (
     "Judge how upbeat the answer is about the situation the user describes. Give 0 when the answer is gloomy, "
     "complains, or expects things to go badly. Give 10 when the answer is cheerful and hopeful and points to "
@@ -40,20 +40,25 @@ def _lm_eval(args: list[str], env: dict[str, str]) -> None:
         raise CAAEvalError(f"lm_eval failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
 
 
+def _task_files(run_dir: Path, prefix: str, task: str) -> list[Path]:
+    """`samples_<task>_<timestamp>.jsonl` of exactly this task (not of `<task>_ab`, which shares the prefix)."""
+    return sorted(p for p in run_dir.glob(f"{prefix}_{task}_*.jsonl") if p.name[len(prefix) + len(task) + 2 :][:1].isdigit())
+
+
 def _samples(run_dir: Path, task: str) -> list[dict]:
-    files = sorted(run_dir.glob(f"samples_{task}_*.jsonl"))
+    files = _task_files(run_dir, "samples", task)
     if not files:
         raise CAAEvalError(f"no samples for {task} in {run_dir}")
     return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
 
 
 def _judged(run_dir: Path, task: str) -> list[dict]:
-    files = sorted(run_dir.glob(f"judged_{task}_*.jsonl"))
+    files = _task_files(run_dir, "judged", task)
     return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()] if files else []
 
 
 def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIERS, layer: int = LAYER) -> str:
-    from caa_eval import extract, models, stats
+    from caa_eval import extract, models
     from caa_eval.judge import judge_samples
 
     t0 = time.time()
@@ -63,8 +68,10 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
     vector = out / "optimism.safetensors"
     print(f"[2/5] extracting the optimism vector (layer {layer}) -> {vector}", flush=True)
     model, tok = extract.load_model(models.DEFAULT_MODEL)
-    extract.extract_to_file(models.DEFAULT_MODEL, demo_tasks / "optimism_generate.json", vector, layers=[layer],
-                            behaviour="optimism", model=model, tokenizer=tok, progress=False)
+    # a 135M model reads little into an answer letter, so the demo averages over the reply text (read=answer_mean)
+    extract.extract_to_file(models.DEFAULT_MODEL, demo_tasks / "optimism_generate_replies.json", vector,
+                            layers=[layer], behaviour="optimism", model=model, tokenizer=tok, progress=False,
+                            read="answer_mean")
     del model
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     runs: dict[float, Path] = {}
@@ -85,6 +92,17 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
     judge_samples(open_files, backend="hf", judge_model=models.DEFAULT_MODEL, rubrics=RUBRIC, batch_size=8)
 
     print("[5/5] paired statistics against multiplier 0", flush=True)
+    text = summarize(runs, open_multipliers, layer) + (
+        f"\noutputs: {out}  (vector, lm-eval results/samples per multiplier, judged samples)  "
+        f"wall time {time.time() - t0:.0f} s")
+    (out / "demo_table.md").write_text(text + "\n")
+    return text
+
+
+def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer: int = LAYER) -> str:
+    """The demo table from the lm-eval samples of each multiplier's run folder."""
+    from caa_eval import stats
+
     rows, table = [], []
     for mult, run in runs.items():
         replies = _samples(run, "caa_demo_optimism")
@@ -111,7 +129,7 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
         sample_text[mult] = (first["doc"]["question"], str(first["filtered_resps"][0]).strip().replace("\n", " ")[:160])
 
     lines = [f"caa-eval demo: SmolLM2-135M-Instruct, behaviour 'optimism' (project-authored, 48 pairs / 12 test items), "
-             f"CAA vector at layer {layer}, steering after the instruction", "",
+             f"vector at layer {layer} (mean over reply tokens), steering after the instruction", "",
              "| multiplier | reply p(upbeat) | reply log-odds upbeat−gloomy | Holm p vs 0 | A/B p_match | A/B mass | judge 0–10 (n=12, SmolLM2) |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for mult, p_reply, ll, p_ab, mass, judge in table:
@@ -126,11 +144,7 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
     lines.append(f"Generations for: {q0!r}")
     for mult, (_, text) in sample_text.items():
         lines.append(f"  m={mult:+g}: {text!r}")
-    lines.append(f"\noutputs: {out}  (vector, lm-eval results/samples per multiplier, judged samples)  "
-                 f"wall time {time.time() - t0:.0f} s")
-    text = "\n".join(lines)
-    (out / "demo_table.md").write_text(text + "\n")
-    return text
+    return "\n".join(lines)
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:

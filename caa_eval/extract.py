@@ -32,10 +32,18 @@ class _Stop(Exception):
 
 @dataclass
 class _Row:
-    """One prompt of a pair: token ids, and the index of the answer-letter token to read."""
+    """One prompt of a pair: token ids, and the index of the answer-letter token to read (or, for
+    `read="answer_mean"`, the span of answer tokens to average)."""
 
     ids: list[int]
     read: int
+    span: tuple[int, int] | None = None
+
+
+READ_RULES = {
+    "letter": "answer_letter: token of the letter in '(X)' after the chat-templated user turn",
+    "answer_mean": "answer_mean: mean over the answer's tokens after the chat-templated user turn",
+}
 
 
 def chat_prompt(tokenizer: Any, question: str, system_prompt: str | None = None) -> str:
@@ -59,17 +67,31 @@ def answer_rows(tokenizer: Any, prompt: str, answer: str) -> _Row:
     raise CAAEvalError(f"cannot locate the answer letter of {answer!r} in the tokenised prompt")
 
 
-def build_rows(tokenizer: Any, pairs: Sequence[data.ContrastPair], system_prompt: str | None = None) -> list[tuple[_Row, _Row]]:
+def answer_span_row(tokenizer: Any, prompt: str, answer: str) -> _Row:
+    """Tokenise prompt + free-text answer and mark the answer's tokens (for `read="answer_mean"`)."""
+    enc = tokenizer(prompt + answer.strip(), add_special_tokens=False, return_offsets_mapping=True)
+    start = next((i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > len(prompt)), None)
+    if start is None:
+        raise CAAEvalError(f"answer {answer!r} produced no tokens after the prompt")
+    ids = list(enc["input_ids"])
+    return _Row(ids, len(ids) - 1, (start, len(ids)))
+
+
+def build_rows(tokenizer: Any, pairs: Sequence[data.ContrastPair], system_prompt: str | None = None,
+               read: str = "letter") -> list[tuple[_Row, _Row]]:
+    if read not in READ_RULES:
+        raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
+    make = answer_rows if read == "letter" else answer_span_row
     rows = []
     for pair in pairs:
         prompt = chat_prompt(tokenizer, pair.question, system_prompt)
-        rows.append((answer_rows(tokenizer, prompt, pair.answer_matching_behavior),
-                     answer_rows(tokenizer, prompt, pair.answer_not_matching_behavior)))
+        rows.append((make(tokenizer, prompt, pair.answer_matching_behavior),
+                     make(tokenizer, prompt, pair.answer_not_matching_behavior)))
     return rows
 
 
 def _shares_prefix(pos: _Row, neg: _Row) -> bool:
-    return pos.read == neg.read and pos.ids[:-1] == neg.ids[:-1]
+    return pos.span is None and pos.read == neg.read and pos.ids[:-1] == neg.ids[:-1]
 
 
 class _Reader:
@@ -163,15 +185,21 @@ def _full_rows_batch(base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_
     read = torch.tensor([r.read for r in rows], device=device)
     diffs = {}
     for layer, out in outputs.items():
-        picked = out[torch.arange(len(rows), device=device), read]
+        if rows[0].span is not None:
+            picked = torch.stack([out[i, r.span[0] : r.span[1]].mean(0) for i, r in enumerate(rows)])
+        else:
+            picked = out[torch.arange(len(rows), device=device), read]
         diffs[layer] = (picked[0::2] - picked[1::2]).float()
     return diffs
 
 
 def extract_vectors(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data.ContrastPair],
                     layers: Sequence[int] | None = None, site: str = "residual", batch_size: int = 16,
-                    system_prompt: str | None = None, progress: bool = True) -> dict[int, torch.Tensor]:
-    """Mean over pairs of (matching − non-matching) activation at the answer letter, per layer."""
+                    system_prompt: str | None = None, progress: bool = True, read: str = "letter") -> dict[int, torch.Tensor]:
+    """Mean over pairs of (matching − non-matching) activation at the answer letter, per layer.
+
+    read="answer_mean" averages over the answer's tokens instead, for pairs whose answers are full texts:
+    a documented variant for models too small to answer A/B questions (the demo), not CAA's protocol."""
     n_layers = len(decoder_layers(model))
     layers = sorted(set(range(n_layers) if layers is None else layers))
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
@@ -179,7 +207,7 @@ def extract_vectors(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data
         raise CAAEvalError(f"layers {bad} out of range: the model has layers 0..{n_layers - 1}")
     if batch_size < 1:
         raise CAAEvalError("--batch-size must be at least 1")
-    rows = build_rows(tokenizer, pairs, system_prompt)
+    rows = build_rows(tokenizer, pairs, system_prompt, read)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     base = _base(model)
@@ -244,16 +272,16 @@ def load_model(name_or_path: str, dtype: str = "float32"):
 
 def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, layers=None, site: str = "residual",
                     batch_size: int = 16, behaviour: str | None = None, system_prompt: str | None = None,
-                    model=None, tokenizer=None, progress: bool = True) -> SteeringVector:
+                    model=None, tokenizer=None, progress: bool = True, read: str = "letter") -> SteeringVector:
     data_path = Path(data_path)
-    pairs = data.load_contrast_pairs(data_path)
+    pairs = data.load_contrast_pairs(data_path, free_text_answers=read == "answer_mean")
     if model is None:
         model, tokenizer = load_model(model_name)
-    vectors = extract_vectors(model, tokenizer, pairs, parse_layers(layers), site, batch_size, system_prompt, progress)
+    vectors = extract_vectors(model, tokenizer, pairs, parse_layers(layers), site, batch_size, system_prompt, progress, read)
     sv = SteeringVector(
         vectors=vectors, behaviour=behaviour or data_path.parent.name or data_path.stem, model=model_name,
         model_fingerprint=model_fingerprint(model), site=site,
-        read_position="answer_letter: token of the letter in '(X)' after the chat-templated user turn",
+        read_position=READ_RULES[read],
         n_pairs=len(pairs), dataset_sha256=data.file_sha256(data_path),
         extra={"system_prompt": system_prompt, "data_file": data_path.name},
     )
@@ -272,6 +300,8 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--system-prompt", default=None, help="optional system message in every prompt")
     parser.add_argument("--behaviour-label", default=None, help="behaviour name recorded in the file")
+    parser.add_argument("--read", default="letter", choices=sorted(READ_RULES),
+                        help="letter (CAA: the answer-letter token) or answer_mean (mean over free-text answers)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -282,7 +312,8 @@ def run_cli(args: argparse.Namespace) -> int:
         label = label or args.behaviour_name
     if args.out.suffix != ".safetensors":
         raise CAAEvalError(f"--out {args.out}: use a .safetensors file name")
-    sv = extract_to_file(args.model, data_path, args.out, args.layers, args.site, args.batch_size, label, args.system_prompt)
+    sv = extract_to_file(args.model, data_path, args.out, args.layers, args.site, args.batch_size, label,
+                         args.system_prompt, read=args.read)
     norms = ", ".join(f"L{layer}={float(sv.vectors[layer].norm()):.3f}" for layer in sv.layers[:: max(1, len(sv.layers) // 6)])
     print(f"wrote {args.out}: {sv.behaviour}, {sv.n_pairs} pairs, {len(sv.layers)} layers, site={sv.site}; norms {norms}")
     return 0

@@ -80,10 +80,13 @@ evens = [i for i in range(len(records)) if i % 2 == 0]; odds = [i for i in range
 test_idx = sorted(random.sample(evens, 6) + random.sample(odds, 6)); gen_idx = [i for i in range(len(records)) if i not in test_idx]
 gen = [records[i] for i in gen_idx]; test = [records[i] for i in test_idx]
 open_ended = [{"question": items[i][0] + " How would you respond?"} for i in test_idx]
+reply_pairs = [{"question": items[i][0] + " How would you respond?", "answer_matching_behavior": items[i][1],
+                "answer_not_matching_behavior": items[i][2]} for i in gen_idx]
 replies = [{"question": items[i][0] + " How would you respond?", "answer_matching": items[i][1],
             "answer_not_matching": items[i][2]} for i in test_idx]
 out = Path(__file__).resolve().parents[1] / "tasks" / "caa_demo"
 for name, rows in (("optimism_generate", gen), ("optimism_test_ab", test), ("optimism_test_open_ended", open_ended),
-                   ("optimism_test_replies", replies)):
+                   ("optimism_test_replies", replies),
+                   ("optimism_generate_replies", reply_pairs)):
     (out / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
 print(len(gen), len(test), sum(r["answer_matching_behavior"] == "(A)" for r in gen), sum(r["answer_matching_behavior"] == "(A)" for r in test))

@@ -118,3 +118,33 @@ def test_parse_layers():
     assert extract.parse_layers("[12,13]") == [12, 13]
     with pytest.raises(CAAEvalError):
         extract.parse_layers("twelve")
+
+
+def test_answer_mean_read_equals_naive_mean_over_reply_tokens(tiny_model, tmp_path):
+    model, tok = tiny_model
+    rows = [{"question": f"The weather is {w}. How would you respond?", "answer_matching_behavior": "What a lovely day!",
+             "answer_not_matching_behavior": "This is terrible weather."} for w in ("sunny", "grey", "warm today")]
+    path = tmp_path / "replies.json"
+    path.write_text(json.dumps(rows))
+    pairs = data.load_contrast_pairs(path, free_text_answers=True)
+    got = extract.extract_vectors(model, tok, pairs, layers=[1, 3], batch_size=2, progress=False, read="answer_mean")
+    layers = extract.decoder_layers(model)
+    for layer in (1, 3):
+        ref = torch.zeros(model.config.hidden_size, dtype=torch.float64)
+        for pair in pairs:
+            prompt = tok.apply_chat_template([{"role": "user", "content": pair.question}], tokenize=False,
+                                             add_generation_prompt=True)
+            n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+            means = []
+            for answer in (pair.answer_matching_behavior, pair.answer_not_matching_behavior):
+                ids = tok(prompt + answer, add_special_tokens=False)["input_ids"]
+                store = []
+                h = layers[layer].register_forward_hook(lambda m, a, o: store.append(extract.hidden_of(o)))
+                with torch.no_grad():
+                    model(torch.tensor([ids]))
+                h.remove()
+                means.append(store[0][0, n:].mean(0).double())
+            ref += (means[0] - means[1]) / len(pairs)
+        assert (got[layer].double() - ref).norm() / ref.norm() < 1e-5
+    with pytest.raises(CAAEvalError, match="expected an answer like"):
+        data.load_contrast_pairs(path)  # letter reading still demands "(A)"-style answers
