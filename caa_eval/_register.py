@@ -56,24 +56,30 @@ def _one_line_errors() -> None:
     sys.excepthook = excepthook
 
 
-def _patch_task_manager(module: Any) -> None:
-    cls = module.TaskManager
-    if getattr(cls.__init__, "_caa_eval", False):
+def _wrap_once(cls: Any, name: str, make: Any) -> None:
+    """Replace `cls.name` by `make(original)` once (modules can be reloaded; patches must not stack)."""
+    original = getattr(cls, name)
+    if getattr(original, "_caa_eval", False):
         return
-    original = cls.__init__
+    wrapper = functools.wraps(original)(make(original))
+    wrapper._caa_eval = True
+    setattr(cls, name, wrapper)
 
-    @functools.wraps(original)
-    def __init__(self, *args: Any, include_path: Any = None, **kwargs: Any) -> None:
-        from caa_eval.paths import tasks_dir
 
-        ours = str(tasks_dir())
-        paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
-        if ours not in [str(p) for p in paths]:
-            paths.insert(0, ours)  # user paths come later and win on name clashes
-        original(self, *args, include_path=paths, **kwargs)
+def _patch_task_manager(module: Any) -> None:
+    def make(original: Any) -> Any:
+        def __init__(self, *args: Any, include_path: Any = None, **kwargs: Any) -> None:
+            from caa_eval.paths import tasks_dir
 
-    __init__._caa_eval = True  # type: ignore[attr-defined]
-    cls.__init__ = __init__
+            ours = str(tasks_dir())
+            paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+            if ours not in [str(p) for p in paths]:
+                paths.insert(0, ours)  # user paths come later and win on name clashes
+            original(self, *args, include_path=paths, **kwargs)
+
+        return __init__
+
+    _wrap_once(module.TaskManager, "__init__", make)
 
 
 def steering_slug(model_args: Any) -> str:
@@ -93,37 +99,29 @@ def steering_slug(model_args: Any) -> str:
 
 
 def _patch_tracker(module: Any) -> None:
-    cls = module.GeneralConfigTracker
-    if getattr(cls.log_experiment_args, "_caa_eval", False):
-        return
-    original = cls.log_experiment_args
+    def make(original: Any) -> Any:
+        def log_experiment_args(self, model_source: str, model_args: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, model_source, model_args, *args, **kwargs)
+            if model_source == MODEL_NAME:
+                self.model_name_sanitized = f"{self.model_name_sanitized}__{steering_slug(model_args)}"
 
-    @functools.wraps(original)
-    def log_experiment_args(self, model_source: str, model_args: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, model_source, model_args, *args, **kwargs)
-        if model_source == MODEL_NAME:
-            self.model_name_sanitized = f"{self.model_name_sanitized}__{steering_slug(model_args)}"
+        return log_experiment_args
 
-    log_experiment_args._caa_eval = True  # type: ignore[attr-defined]
-    cls.log_experiment_args = log_experiment_args
+    _wrap_once(module.GeneralConfigTracker, "log_experiment_args", make)
 
 
 def _patch_caching_lm(module: Any) -> None:
-    cls = module.CachingLM
-    if getattr(cls.__init__, "_caa_eval", False):
-        return
-    original = cls.__init__
+    def make(original: Any) -> Any:
+        def __init__(self, lm: Any, cache_db: str) -> None:
+            fingerprint = getattr(lm, "steering_fingerprint", None)
+            if fingerprint:
+                base, dot, ext = cache_db.rpartition(".")
+                cache_db = f"{base}_{fingerprint}.{ext}" if dot else f"{cache_db}_{fingerprint}"
+            original(self, lm, cache_db)
 
-    @functools.wraps(original)
-    def __init__(self, lm: Any, cache_db: str) -> None:
-        fingerprint = getattr(lm, "steering_fingerprint", None)
-        if fingerprint:
-            base, dot, ext = cache_db.rpartition(".")
-            cache_db = f"{base}_{fingerprint}.{ext}" if dot else f"{cache_db}_{fingerprint}"
-        original(self, lm, cache_db)
+        return __init__
 
-    __init__._caa_eval = True  # type: ignore[attr-defined]
-    cls.__init__ = __init__
+    _wrap_once(module.CachingLM, "__init__", make)
 
 
 def ensure_registered() -> None:

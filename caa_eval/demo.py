@@ -40,6 +40,10 @@ def _lm_eval(args: list[str], env: dict[str, str]) -> None:
         raise CAAEvalError(f"lm_eval failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
 def _task_files(run_dir: Path, prefix: str, task: str) -> list[Path]:
     """`samples_<task>_<timestamp>.jsonl` of exactly this task (not of `<task>_ab`, which shares the prefix)."""
     return sorted(p for p in run_dir.glob(f"{prefix}_{task}_*.jsonl") if p.name[len(prefix) + len(task) + 2 :][:1].isdigit())
@@ -101,6 +105,8 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
 
 def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer: int = LAYER) -> str:
     """The demo table from the lm-eval samples of each multiplier's run folder."""
+    import pandas as pd
+
     from caa_eval import stats
 
     rows, table = [], []
@@ -115,12 +121,9 @@ def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer:
         for s in judged:
             rows.append({"item_id": s["doc_id"], "behaviour": "optimism", "task": "open_judge", "multiplier": mult,
                          "score": float("nan") if s["score"] is None else s["score"]})
-        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
         scored = [s["score"] for s in judged if s["score"] is not None]
-        table.append((mult, mean([s["p_match"] for s in replies]), mean([s["ll_diff"] for s in replies]),
-                      mean([s["p_match"] for s in letters]), mean([s["ab_mass"] for s in letters]), mean(scored)))
-    import pandas as pd
-
+        table.append((mult, _mean([s["p_match"] for s in replies]), _mean([s["ll_diff"] for s in replies]),
+                      _mean([s["p_match"] for s in letters]), _mean([s["ab_mass"] for s in letters]), _mean(scored)))
     result = stats.compute_stats(pd.DataFrame(rows), seed=0, n_resamples=1000, n_permutations=2000)
     p_holm = {(r.task, float(r.multiplier)): r.p_holm for r in result.itertuples() if r.multiplier != 0}
     sample_text = {}

@@ -196,3 +196,23 @@ def test_cli_bad_steering_arg_is_one_line_error(tiny_model_dir, tmp_path):
     assert proc.returncode != 0
     assert "unknown model_arg 'multipler'; did you mean 'multiplier'?" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_use_cache_database_is_separate_per_steering_config(tmp_path):
+    from caa_eval._register import ensure_registered
+
+    ensure_registered()
+    from lm_eval.api.model import CachingLM
+
+    class FakeLM:
+        def __init__(self, fingerprint):
+            self.steering_fingerprint = fingerprint
+
+        def set_cache_hook(self, hook):
+            pass
+
+    a = CachingLM(FakeLM("aaaa"), str(tmp_path / "cache_rank0.db"))
+    b = CachingLM(FakeLM("bbbb"), str(tmp_path / "cache_rank0.db"))
+    plain = CachingLM(FakeLM(""), str(tmp_path / "cache_rank0.db"))
+    assert len({a.cache_db, b.cache_db, plain.cache_db}) == 3
+    assert plain.cache_db == str(tmp_path / "cache_rank0.db")
