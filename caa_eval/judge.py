@@ -22,7 +22,6 @@ import os
 import re
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from caa_eval.errors import CAAEvalError
+from caa_eval.files import write_atomic
 from caa_eval.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -749,27 +749,7 @@ def _mean_std(scores: list[float]) -> tuple[float | None, float | None]:
     return round(mean, 4), (round(std, 4) if std is not None else None)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Temp file in the same folder + rename: readers see the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -895,9 +875,9 @@ def judge_samples(
         )
         usage.missing += summary.missing
         if target is not None:
-            _write_atomic(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            write_atomic(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             meta = {**asdict(summary), "judge_backend": be.name, "judge_model": be.model}
-            _write_atomic(target.with_suffix(".summary.json"), json.dumps(meta, indent=2) + "\n")
+            write_atomic(target.with_suffix(".summary.json"), json.dumps(meta, indent=2) + "\n")
         summaries.append(summary)
 
     return JudgeSummary(
@@ -957,5 +937,5 @@ def run_cli(args: argparse.Namespace) -> int:
         if t.output_file:
             print(f"wrote {t.output_file}")
     if args.summary_json:
-        _write_atomic(Path(args.summary_json), json.dumps(summary.to_dict(), indent=2) + "\n")
+        write_atomic(Path(args.summary_json), json.dumps(summary.to_dict(), indent=2) + "\n")
     return 0

@@ -21,6 +21,7 @@ import pandas as pd
 from caa_eval import __version__
 from caa_eval import stats as st
 from caa_eval.errors import CAAEvalError
+from caa_eval.files import write_atomic
 
 MMLU_FAMILY = "caa_mmlu_2opt"
 FAMILY_TITLES = {
@@ -204,7 +205,7 @@ def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.2):
 def _save(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    return st.atomic_write(path, buf.getvalue())
+    return write_atomic(path, buf.getvalue())
 
 
 def _series(cells: pd.DataFrame, steered: pd.DataFrame) -> pd.DataFrame:
@@ -377,9 +378,9 @@ def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None =
         "cells": records, "dose_response": st.to_records(dose), "tables": tables,
         "diagnostics": _diagnostics(diag), "figures": figures, "warnings": notes,
     }
-    st.atomic_write(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
+    write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
     md = render_markdown(report, cells, dose, alpha)
-    return st.atomic_write(out / "report.md", md)
+    return write_atomic(out / "report.md", md)
 
 
 def _previous_figures(out: Path) -> set[str]:

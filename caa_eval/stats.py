@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import warnings
 import zlib
 from collections.abc import Iterable, Sequence
@@ -27,6 +26,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from caa_eval.errors import CAAEvalError
+from caa_eval.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -866,21 +866,6 @@ def compute_dose_response(df: pd.DataFrame, *, seed: int = 0, n_resamples: int =
 # output
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    """Write via a temp file in the same folder + rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     """JSON-safe rows: NaN -> null, numpy scalars -> Python."""
     def clean(v: Any) -> Any:
@@ -1005,9 +990,9 @@ def run_cli(args: argparse.Namespace) -> int:
     print("Dose-response (per-item OLS slope of score on multiplier; Page's L trend test, two-sided):")
     print(format_dose(dose))
     if args.json:
-        atomic_write(args.json, json.dumps(stats_json(cells, dose, str(args.input)), indent=2, allow_nan=False))
+        write_atomic(args.json, json.dumps(stats_json(cells, dose, str(args.input)), indent=2, allow_nan=False))
         print(f"\nwrote {args.json}")
     if args.csv:
-        atomic_write(args.csv, cells.to_csv(index=False))
+        write_atomic(args.csv, cells.to_csv(index=False))
         print(f"wrote {args.csv}")
     return 0

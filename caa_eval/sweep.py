@@ -45,6 +45,7 @@ from typing import Any
 
 from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
+from caa_eval.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -636,24 +637,6 @@ def plan_cells(cfg: SweepConfig) -> list[Cell]:
 # ---------------------------------------------------------------------------------------------------- files
 
 
-def atomic_write(path: Path, text: str) -> Path:
-    """Temp file in the same folder + rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _json(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n"
 
@@ -682,7 +665,7 @@ class _Lock:
             if alive:
                 raise CAAEvalError(f"{self.path.parent}: another sweep (pid {pid}) is writing this folder; wait for it "
                                    f"or stop it (a stale lock from a dead process is taken over automatically)")
-        atomic_write(self.path, me + "\n")
+        write_atomic(self.path, me + "\n")
         self.owned = True
         return self
 
@@ -755,7 +738,7 @@ def write_custom_tasks(cfg: SweepConfig, folder: Path) -> list[str]:
             text = "\n".join(lines) + "\n"
             path = folder / f"{name}.yaml"
             if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                atomic_write(path, text)
+                write_atomic(path, text)
             written.append(name)
     return written
 
@@ -1018,13 +1001,13 @@ def run_cell(lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, task_manage
         "results_file": expected[0].name, "judged": judged, "started": started, "finished": _now(),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    atomic_write(stage / "cell.json", _json(info))
+    write_atomic(stage / "cell.json", _json(info))
     final = run_dir / "cells" / cell.id
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():  # a folder without DONE from an earlier crash
         shutil.rmtree(final)
     os.replace(stage, final)
-    atomic_write(final / "DONE", _now() + "\n")
+    write_atomic(final / "DONE", _now() + "\n")
     return results
 
 
@@ -1091,7 +1074,7 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
             manifest["cells"] = [{"id": c.id, "condition": c.condition, "behaviour": c.behaviour, "layer": c.layer,
                                   "site": c.site, "positions": c.positions, "multiplier": c.multiplier, "tasks": c.tasks,
                                   "done": (run_dir / "cells" / c.id / "DONE").exists()} for c in cells]
-            atomic_write(manifest_path, _json(manifest))
+            write_atomic(manifest_path, _json(manifest))
 
         save_manifest()
         lms: dict[str, Any] = {}
