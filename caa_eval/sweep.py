@@ -1068,6 +1068,9 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
                          "versions": _versions(), "platform": platform.platform(),
                          "started": manifest.get("started") or this_run["started"], "ended": None})
         manifest.setdefault("models", {})
+        for old_run in manifest.get("runs", []):
+            if old_run.get("status") == "running":  # we hold the lock: that process died without cleaning up
+                old_run["status"] = "killed"
         manifest["runs"] = list(manifest.get("runs", [])) + [this_run]
 
         def save_manifest() -> None:

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -288,6 +289,12 @@ def test_interrupted_sweep_resumes_without_recomputing_finished_cells(full_run, 
     assert sorted(first) == sorted(seen)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["runs"][-1]["status"] == "interrupted"
+    # make it look like a SIGKILL instead: no clean exit recorded, and a stale lock of a dead process
+    manifest["runs"][-1]["status"] = "running"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (run / ".lock").write_text(f"{dead.pid}@{socket.gethostname()}\n")
     # a cell that crashed half-way: a folder without DONE, and a half-built one in .partial
     todo = [c.id for c in sweep.plan_cells(cfg) if c.id not in first]
     (run / "cells" / todo[0]).mkdir(parents=True)
@@ -307,7 +314,8 @@ def test_interrupted_sweep_resumes_without_recomputing_finished_cells(full_run, 
     assert {k: v for k, v in done_mtimes(run).items() if k in first} == first  # finished cells untouched
     assert not list((run / "cells" / todo[0]).glob("results_2026-01-01*"))  # the torn cell was redone
     manifest = json.loads((run / "manifest.json").read_text())
-    assert [r["status"] for r in manifest["runs"]] == ["interrupted", "complete"]
+    assert [r["status"] for r in manifest["runs"]] == ["killed", "complete"]
+    assert not (run / ".lock").exists()
     # same numbers as the uninterrupted run
     assert cell_means(run) == pytest.approx(cell_means(full_run[0].run_dir), abs=1e-9)
 
@@ -391,3 +399,13 @@ def test_dry_run_lists_cells_and_vectors_without_running(tmp_path, tiny_model_di
     assert "10 cells (0 done, 10 to run)" in text and "extract sycophancy (site residual) layers [1, 2]" in text
     assert "[todo] refusal__base__L2__residual__after_instruction__m+1" in text
     assert counter.calls == [] and not (tmp_path / "run").exists()
+
+
+def test_a_live_lock_stops_a_second_sweep_on_the_same_folder(tmp_path, tiny_model_dir, caa_env, monkeypatch):
+    counter = LoadCounter(monkeypatch)
+    cfg = sweep.load_config(write_config(tmp_path / "s.yaml", **base_keys(tiny_model_dir, tmp_path / "run")))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").write_text(f"{os.getppid()}@{socket.gethostname()}\n")  # a live process
+    with pytest.raises(CAAEvalError, match=r"another sweep \(pid \d+\) is writing this folder"):
+        sweep.run_sweep(cfg, progress=False, print_fn=lambda s: None)
+    assert counter.calls == [] and not (tmp_path / "run" / "cells").exists()
