@@ -2,7 +2,7 @@
 
 lm-eval 0.4.x has no plugin entry point. This module only installs a tiny import watcher: nothing heavy
 is imported at interpreter start. When `lm_eval.models` / `lm_eval.tasks` / the logger have finished
-importing, `caa_eval._register` adds `steered-hf` (as a lazy placeholder) and the shipped task folder.
+importing, `caa_eval.lmeval.register` adds `steered-hf` (as a lazy placeholder) and the shipped task folder.
 """
 
 import importlib.abc
@@ -24,7 +24,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         def exec_then_register(module):
             exec_module(module)
             try:
-                from caa_eval import _register
+                from caa_eval.lmeval import register as _register
 
                 _register.on_import(name, module)
             except Exception as exc:  # never break lm_eval itself
@@ -38,7 +38,7 @@ def install() -> None:
     if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterImport())
         for name in _WATCHED & set(sys.modules):  # already imported (e.g. hook installed late)
-            from caa_eval import _register
+            from caa_eval.lmeval import register as _register
 
             _register.on_import(name, sys.modules[name])
 

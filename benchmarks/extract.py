@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from caa_eval import data, extract
+from caa_eval import data
+from caa_eval.core import extract
 
 
 def batch1_loop(model, tok, pairs) -> dict[int, torch.Tensor]:

@@ -62,7 +62,8 @@ def _judged(run_dir: Path, task: str) -> list[dict]:
 
 
 def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIERS, layer: int = LAYER) -> str:
-    from caa_eval import extract, models
+    from caa_eval import models
+    from caa_eval.core import extract
     from caa_eval.judge import judge_samples
 
     t0 = time.time()

@@ -7,7 +7,6 @@ The folder is never committed: it is ~540 MB and rebuilt in ~20 s.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import json
@@ -119,13 +118,15 @@ def resolve(name_or_path: str) -> str:
     return name_or_path
 
 
-def configure_cli(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="model_command", required=True)
-    p = sub.add_parser("prepare", help="convert the embedded SmolLM2 GGUF into an HF folder (idempotent)")
-    p.add_argument("--force", action="store_true", help="convert again even if the folder exists")
-    sub.add_parser("path", help="print the folder of the embedded model (prepares it if needed)")
+def load_model(name_or_path: str, dtype: str = "float32"):
+    """Load an HF causal LM + tokenizer; the alias `smollm2-135m-instruct` is prepared on first use."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
-def run_cli(args: argparse.Namespace) -> int:
-    print(prepare(force=getattr(args, "force", False)))
-    return 0
+    path = resolve(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as exc:
+        raise CAAEvalError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+    return model.eval(), tokenizer

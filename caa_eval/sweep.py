@@ -240,7 +240,7 @@ def _parse_layers(value: Any, source: str) -> list[list[int]]:
             if isinstance(item, int):
                 out.append([item])
             elif isinstance(item, str):
-                from caa_eval.extract import parse_layers
+                from caa_eval.core.extract import parse_layers
 
                 parsed = parse_layers(item)
                 if not parsed:
@@ -420,7 +420,7 @@ def _parse_limit(value: Any, source: str) -> int | float | None:
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>", base: Path | None = None,
                      default_output: Path | None = None) -> SweepConfig:
     """Validate a config mapping; relative paths are taken relative to `base` (the config file's folder)."""
-    from caa_eval.hooks import Positions
+    from caa_eval.core.hooks import Positions
 
     base = base or Path.cwd()
     if not isinstance(raw, dict):
@@ -702,7 +702,7 @@ class SweepResult:
 
 
 def _task_manager(cfg: SweepConfig, generated: Path) -> Any:
-    from caa_eval._register import ensure_registered
+    from caa_eval.lmeval.register import ensure_registered
 
     ensure_registered()
     from lm_eval.tasks import TaskManager
@@ -777,7 +777,8 @@ class _VectorStore:
 
     def missing(self) -> list[tuple[Behaviour, str, list[int]]]:
         """(behaviour, site, layers to extract) for every file that is absent or lacks layers."""
-        from caa_eval import data, vectors
+        from caa_eval import data
+        from caa_eval.core import vectors
 
         todo = []
         for b in self.cfg.behaviours:
@@ -804,8 +805,8 @@ class _VectorStore:
 
     def extract(self, todo: list[tuple[Behaviour, str, list[int]]], model: Any, tokenizer: Any,
                 progress: bool) -> None:
-        from caa_eval import vectors
-        from caa_eval.extract import extract_to_file
+        from caa_eval.core import vectors
+        from caa_eval.core.extract import extract_to_file
 
         for b, site, layers in todo:
             path = self.raw_path(b, site)
@@ -824,7 +825,7 @@ class _VectorStore:
 
     def finalize(self) -> None:
         """Write the normalised copies (if asked) and record per-file facts for the manifest."""
-        from caa_eval import vectors
+        from caa_eval.core import vectors
 
         for site in self.cfg.sites:
             raw = [vectors.load(self.raw_path(b, site)) for b in self.cfg.behaviours]
@@ -848,7 +849,7 @@ class _VectorStore:
             return None
         import torch
 
-        from caa_eval import vectors
+        from caa_eval.core import vectors
 
         sv = vectors.load(cell.vector)
         h = hashlib.sha256(f"{sv.site}".encode())
@@ -904,7 +905,7 @@ def _primary_summary(results: dict[str, Any], tasks: Sequence[str]) -> str:
 def _load_lm(cfg: SweepConfig, cond: Condition) -> Any:
     import torch
 
-    from caa_eval.lm import SteeredHFLM
+    from caa_eval.lmeval.model import SteeredHFLM
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     kwargs: dict[str, Any] = {"pretrained": cond.pretrained or cfg.model, "batch_size": cfg.batch_size,
@@ -1092,7 +1093,7 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
                     lm = lms.setdefault(base_cond.model_key(cfg.model), _load_lm(cfg, base_cond))
                     store.extract(todo, lm.model, lm.tokenizer, progress)
                 else:
-                    from caa_eval.extract import load_model
+                    from caa_eval.core.extract import load_model
 
                     model, tok = load_model(cfg.model)
                     store.extract(todo, model, tok, progress)

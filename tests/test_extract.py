@@ -7,7 +7,10 @@ import json
 import pytest
 import torch
 
-from caa_eval import data, extract, vectors
+from caa_eval import data
+from caa_eval.core import extract, vectors
+from caa_eval.core.layers import decoder_layers, hidden_of
+from caa_eval.vocab import parse_layers
 from caa_eval.errors import CAAEvalError
 
 PAIRS = [
@@ -20,7 +23,7 @@ PAIRS = [
 
 def naive_reference(model, tok, pairs) -> dict[int, torch.Tensor]:
     """Two full forwards per pair (batch 1), read the block output at the answer letter (CAA index -2)."""
-    layers = extract.decoder_layers(model)
+    layers = decoder_layers(model)
     sums = {layer: torch.zeros(model.config.hidden_size, dtype=torch.float64) for layer in range(len(layers))}
     for pair in pairs:
         acts = []
@@ -30,7 +33,7 @@ def naive_reference(model, tok, pairs) -> dict[int, torch.Tensor]:
             ids = tok(text, add_special_tokens=False)["input_ids"]
             assert tok.convert_ids_to_tokens(ids[-2]) == answer[1]
             store = {}
-            handles = [layer.register_forward_hook(lambda m, a, o, i=i: store.__setitem__(i, extract.hidden_of(o)))
+            handles = [layer.register_forward_hook(lambda m, a, o, i=i: store.__setitem__(i, hidden_of(o)))
                        for i, layer in enumerate(layers)]
             with torch.no_grad():
                 model(torch.tensor([ids]))
@@ -110,14 +113,14 @@ def test_malformed_pair_files_name_item_and_field(tmp_path, content, message):
 
 
 def test_parse_layers():
-    assert extract.parse_layers("all") is None
-    assert extract.parse_layers("10,12") == [10, 12]
-    assert extract.parse_layers("10-12") == [10, 11, 12]
-    assert extract.parse_layers(13) == [13]
-    assert extract.parse_layers([3, 4]) == [3, 4]
-    assert extract.parse_layers("[12,13]") == [12, 13]
+    assert parse_layers("all") is None
+    assert parse_layers("10,12") == [10, 12]
+    assert parse_layers("10-12") == [10, 11, 12]
+    assert parse_layers(13) == [13]
+    assert parse_layers([3, 4]) == [3, 4]
+    assert parse_layers("[12,13]") == [12, 13]
     with pytest.raises(CAAEvalError):
-        extract.parse_layers("twelve")
+        parse_layers("twelve")
 
 
 def test_answer_mean_read_equals_naive_mean_over_reply_tokens(tiny_model, tmp_path):
@@ -128,7 +131,7 @@ def test_answer_mean_read_equals_naive_mean_over_reply_tokens(tiny_model, tmp_pa
     path.write_text(json.dumps(rows))
     pairs = data.load_contrast_pairs(path, free_text_answers=True)
     got = extract.extract_vectors(model, tok, pairs, layers=[1, 3], batch_size=2, progress=False, read="answer_mean")
-    layers = extract.decoder_layers(model)
+    layers = decoder_layers(model)
     for layer in (1, 3):
         ref = torch.zeros(model.config.hidden_size, dtype=torch.float64)
         for pair in pairs:
@@ -139,7 +142,7 @@ def test_answer_mean_read_equals_naive_mean_over_reply_tokens(tiny_model, tmp_pa
             for answer in (pair.answer_matching_behavior, pair.answer_not_matching_behavior):
                 ids = tok(prompt + answer, add_special_tokens=False)["input_ids"]
                 store = []
-                h = layers[layer].register_forward_hook(lambda m, a, o: store.append(extract.hidden_of(o)))
+                h = layers[layer].register_forward_hook(lambda m, a, o: store.append(hidden_of(o)))
                 with torch.no_grad():
                     model(torch.tensor([ids]))
                 h.remove()

@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from caa_eval.core.hooks import Steering
+from caa_eval.core.layers import decoder_layers, hidden_of, site_module
+from caa_eval.core.positions import ChatStructureError, InstructionLocator, Positions
 from caa_eval.errors import CAAEvalError
-from caa_eval.hooks import (
-    ChatStructureError,
-    InstructionLocator,
-    Positions,
-    Steering,
-    decoder_layers,
-    hidden_of,
-    site_module,
-)
 
 QUESTIONS = [
     "Is the weather sunny today? Choices: (A) Yes (B) No",
@@ -34,9 +28,10 @@ def chat(tok, question: str, prefix: str | None = None) -> str:
 
 
 def instruction_len(tok, question: str) -> int:
-    """The issue's definition, computed independently of the locator: tokens up to the end of the user turn."""
-    text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=False)
-    return len(tok(text, add_special_tokens=False)["input_ids"])
+    """CAA's first steered token, computed independently of the locator: the last token of the
+    chat-templated prompt (template + generation prompt)."""
+    text = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    return len(tok(text, add_special_tokens=False)["input_ids"]) - 1
 
 
 def expected_mask(tok, question: str, n_prompt: int, n_total: int, positions: Positions) -> torch.Tensor:
@@ -247,14 +242,14 @@ def test_positions_parse_errors():
 
 
 def test_locator_matches_chat_template_definition(smollm2):
-    """On the real SmolLM2 template the instruction ends at `<|im_start|>` of the assistant header."""
+    """On the real SmolLM2 template steering starts at the `\n` after `assistant` (the prompt's last token)."""
     _, tok = smollm2
     locator = InstructionLocator(tok)
     for q in QUESTIONS:
         ids = tok(chat(tok, q, prefix="("), add_special_tokens=False)["input_ids"]
         end = locator.instruction_end(ids)
         assert end == instruction_len(tok, q)
-        assert tok.convert_ids_to_tokens(ids[end]) == "<|im_start|>"
+        assert tok.decode(ids[end - 2 : end + 1]).endswith("assistant\n")
 
 
 def test_unknown_site_and_layer_errors(tiny_model, vector):

@@ -15,9 +15,10 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from caa_eval.errors import CAAEvalError
-from caa_eval.hooks import Steering, decoder_layers
-from caa_eval.lm import SteeredHFLM
-from caa_eval.vectors import SteeringVector, model_fingerprint
+from caa_eval.core.hooks import Steering
+from caa_eval.core.layers import decoder_layers
+from caa_eval.lmeval.model import SteeredHFLM
+from caa_eval.core.vectors import SteeringVector, model_fingerprint
 
 QUESTIONS = ["Is it sunny? (A) Yes (B) No", "The cat sat on the mat. Which do you choose, A or B?",
              "What is the capital of France?", "Numbers 1 2 3"]
@@ -64,7 +65,7 @@ def test_steered_loglikelihood_equals_direct_steered_forward(tiny_model_dir, tin
     lm = SteeredHFLM(pretrained=str(tiny_model_dir), vector=str(vector_file), layers=LAYER, multiplier=4.0,
                      batch_size=3, device="cpu")
     got = lm.loglikelihood(ll_requests(tok))
-    from caa_eval.vectors import load
+    from caa_eval.core.vectors import load
 
     vec = load(vector_file).vectors[LAYER]
     for (ll, _), req in zip(got, ll_requests(tok)):
@@ -85,7 +86,7 @@ def test_steered_generation_equals_direct_steered_generate(tiny_model_dir, tiny_
     lm = SteeredHFLM(pretrained=str(tiny_model_dir), vector=str(vector_file), layers=[LAYER], multiplier=6.0,
                      batch_size=4, device="cpu")
     got = lm.generate_until(gen_requests(tok))
-    from caa_eval.vectors import load
+    from caa_eval.core.vectors import load
 
     vec = load(vector_file).vectors[LAYER]
     for text, q in zip(got, QUESTIONS):
@@ -199,7 +200,7 @@ def test_cli_bad_steering_arg_is_one_line_error(tiny_model_dir, tmp_path):
 
 
 def test_use_cache_database_is_separate_per_steering_config(tmp_path):
-    from caa_eval._register import ensure_registered
+    from caa_eval.lmeval.register import ensure_registered
 
     ensure_registered()
     from lm_eval.api.model import CachingLM

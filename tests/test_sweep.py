@@ -65,7 +65,7 @@ class LoadCounter:
     """Counts SteeredHFLM constructions (model loads) without changing what they do."""
 
     def __init__(self, monkeypatch):
-        from caa_eval.lm import SteeredHFLM
+        from caa_eval.lmeval.model import SteeredHFLM
 
         self.calls: list[str] = []
         original = SteeredHFLM.__init__
@@ -349,7 +349,7 @@ def test_normalize_and_open_ended_cells_are_judged(tmp_path, tiny_model_dir, caa
                      gen_kwargs={"max_gen_toks": 12})
     result = sweep.run_sweep(sweep.load_config(write_config(tmp_path / "s.yaml", **keys)), progress=False,
                              print_fn=lambda s: None)
-    from caa_eval import vectors
+    from caa_eval.core import vectors
 
     raw = [vectors.load(tmp_path / "vecs" / f"{b}.safetensors") for b in BEHAVIOURS]
     used = [vectors.load(result.run_dir / "vectors_normalized" / f"{b}.safetensors") for b in BEHAVIOURS]

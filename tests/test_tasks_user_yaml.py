@@ -67,7 +67,7 @@ def test_add_a_behaviour_with_a_short_yaml(tmp_path, tiny_model_dir):
 
 def test_user_yaml_overlap_and_missing_file_errors(tmp_path):
     from caa_eval.errors import CAAEvalError
-    from caa_eval.task_lib import load_ab
+    from caa_eval.lmeval.tasks import load_ab
 
     user = tmp_path / "u"
     _user_files(user)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from caa_eval import vectors
+from caa_eval.core import vectors
 from caa_eval.errors import CAAEvalError
-from caa_eval.vectors import SteeringVector
+from caa_eval.core.vectors import SteeringVector
 
 
 def make(hidden: int = 8, layers=(1, 2), **kw) -> SteeringVector:

@@ -9,14 +9,14 @@ import datasets
 
 from caa_eval.data import read_records
 from caa_eval.errors import CAAEvalError
-from caa_eval.task_lib import CAATask, _user_file, load_ab, load_open, process_ab, process_open
+from caa_eval.lmeval.tasks import CAATask, user_data_file, load_ab, load_open, process_ab, process_open
 
 __all__ = ["CAATask", "load_ab", "load_open", "process_ab", "process_open", "load_replies", "process_replies"]
 
 
 def load_replies(test_file: str, config_source: str | None = None, **_: Any) -> datasets.DatasetDict:
     """Docs with a question and the behaviour-matching / non-matching replies as the two choices."""
-    path = _user_file(test_file, config_source)
+    path = user_data_file(test_file, config_source)
     rows = []
     for i, rec in enumerate(read_records(path)):
         for field in ("question", "answer_matching", "answer_not_matching"):

@@ -8,7 +8,6 @@ requested layer. Pairs whose letter merges with its neighbour in the tokenizer f
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,9 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from caa_eval import data
+from caa_eval.core.layers import decoder_layers, hidden_of, hidden_size, site_module
+from caa_eval.core.prompts import ab_answer_prompt, prompt_for
+from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
-from caa_eval.hooks import decoder_layers, hidden_of, site_module
-from caa_eval.vectors import SteeringVector, model_fingerprint
+from caa_eval.vocab import behaviour_key, parse_layers
+
+__all__ = ["READ_RULES", "extract_vectors", "extract_to_file", "build_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +49,21 @@ READ_RULES = {
 }
 
 
-def chat_prompt(tokenizer: Any, question: str, system_prompt: str | None = None) -> str:
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": question.strip()}]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    log.warning("tokenizer has no chat template; using 'Input: …\\nResponse:' (CAA's base-model format)")
-    return f"Input: {question.strip()}\nResponse:"
-
-
-def answer_rows(tokenizer: Any, prompt: str, answer: str) -> _Row:
-    """Tokenise prompt + answer ("(A)") and locate the token that carries the answer letter."""
-    answer = answer.strip()
-    text = prompt + answer
-    letter_char = len(prompt) + answer.index("(") + 1
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+def answer_row(tokenizer: Any, question: str, answer: str, system_prompt: str | None = None) -> _Row:
+    """Tokenise the A/B context + answer (`(A)`) as lm-eval tokenises a scored request, and locate the letter."""
+    text, letter_char = ab_answer_prompt(tokenizer, question, answer, system_prompt)
+    enc = tokenizer(text, add_special_tokens=_add_special(tokenizer, text), return_offsets_mapping=True)
     for i, (start, end) in enumerate(enc["offset_mapping"]):
         if start <= letter_char < end:
             return _Row(list(enc["input_ids"][: i + 1]), i)
     raise CAAEvalError(f"cannot locate the answer letter of {answer!r} in the tokenised prompt")
 
 
-def answer_span_row(tokenizer: Any, prompt: str, answer: str) -> _Row:
+def answer_span_row(tokenizer: Any, question: str, answer: str, system_prompt: str | None = None) -> _Row:
     """Tokenise prompt + free-text answer and mark the answer's tokens (for `read="answer_mean"`)."""
-    enc = tokenizer(prompt + answer.strip(), add_special_tokens=False, return_offsets_mapping=True)
+    prompt = prompt_for(tokenizer, question, system_prompt, answer_prefix=None)
+    text = prompt + answer.strip()
+    enc = tokenizer(text, add_special_tokens=_add_special(tokenizer, text), return_offsets_mapping=True)
     start = next((i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > len(prompt)), None)
     if start is None:
         raise CAAEvalError(f"answer {answer!r} produced no tokens after the prompt")
@@ -77,17 +71,20 @@ def answer_span_row(tokenizer: Any, prompt: str, answer: str) -> _Row:
     return _Row(ids, len(ids) - 1, (start, len(ids)))
 
 
+def _add_special(tokenizer: Any, text: str) -> bool:
+    """As lm-eval's HFLM.tok_encode: add the tokenizer's special tokens unless the text already starts with BOS."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and text.startswith(bos))
+
+
 def build_rows(tokenizer: Any, pairs: Sequence[data.ContrastPair], system_prompt: str | None = None,
                read: str = "letter") -> list[tuple[_Row, _Row]]:
+    """Both prompts of every pair as token rows with their read positions."""
     if read not in READ_RULES:
         raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
-    make = answer_rows if read == "letter" else answer_span_row
-    rows = []
-    for pair in pairs:
-        prompt = chat_prompt(tokenizer, pair.question, system_prompt)
-        rows.append((make(tokenizer, prompt, pair.answer_matching_behavior),
-                     make(tokenizer, prompt, pair.answer_not_matching_behavior)))
-    return rows
+    make = answer_row if read == "letter" else answer_span_row
+    return [(make(tokenizer, pair.question, pair.answer_matching_behavior, system_prompt),
+             make(tokenizer, pair.question, pair.answer_not_matching_behavior, system_prompt)) for pair in pairs]
 
 
 def _shares_prefix(pos: _Row, neg: _Row) -> bool:
@@ -200,11 +197,7 @@ def extract_vectors(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data
 
     read="answer_mean" averages over the answer's tokens instead, for pairs whose answers are full texts:
     a documented variant for models too small to answer A/B questions (the demo), not CAA's protocol."""
-    n_layers = len(decoder_layers(model))
-    layers = sorted(set(range(n_layers) if layers is None else layers))
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise CAAEvalError(f"layers {bad} out of range: the model has layers 0..{n_layers - 1}")
+    layers = parse_layers(layers, len(decoder_layers(model)))
     if batch_size < 1:
         raise CAAEvalError("--batch-size must be at least 1")
     rows = build_rows(tokenizer, pairs, system_prompt, read)
@@ -212,8 +205,7 @@ def extract_vectors(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data
     device = next(model.parameters()).device
     base = _base(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0].ids))  # similar lengths share a batch
-    sums = {layer: torch.zeros(model.config.get_text_config().hidden_size if hasattr(model.config, "get_text_config")
-                               else model.config.hidden_size, dtype=torch.float64) for layer in layers}
+    sums = {layer: torch.zeros(hidden_size(model), dtype=torch.float64) for layer in layers}
     reader = _Reader(model, layers, site)
     was_training = model.training
     model.eval()
@@ -234,52 +226,32 @@ def extract_vectors(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data
     return {layer: (sums[layer] / len(rows)).to(torch.float32) for layer in layers}
 
 
-def parse_layers(spec: str | int | Sequence[int] | None) -> list[int] | None:
-    """`all` / None → every layer; `13`; `10,12`; `10-14`; or a list."""
-    if spec is None or spec == "all":
-        return None
-    if isinstance(spec, int):
-        return [spec]
-    if not isinstance(spec, str):
-        return [int(x) for x in spec]
-    out: list[int] = []
-    try:
-        for part in spec.strip("[] ").split(","):
-            if "-" in part.strip()[1:]:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
-            elif part.strip():
-                out.append(int(part))
-    except ValueError:
-        raise CAAEvalError(f"--layers {spec!r} not understood; use all, 13, 10,12 or 10-14") from None
-    return out
-
-
-def load_model(name_or_path: str, dtype: str = "float32"):
-    """Load an HF causal LM + tokenizer; the alias `smollm2-135m-instruct` is prepared on first use."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from caa_eval.models import resolve
-
-    path = resolve(name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    except OSError as exc:
-        raise CAAEvalError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
-    return model.eval(), tokenizer
-
-
 def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, layers=None, site: str = "residual",
                     batch_size: int = 16, behaviour: str | None = None, system_prompt: str | None = None,
                     model=None, tokenizer=None, progress: bool = True, read: str = "letter") -> SteeringVector:
+    """Extract from a contrast-pair file and save a self-describing `.safetensors` vector file.
+
+    Args:
+        model_name: HF path/ID or `smollm2-135m-instruct` (loaded unless `model`/`tokenizer` are given).
+        data_path: JSON/JSONL contrast pairs.
+        out: output `.safetensors` path.
+        layers: layer spec (`all`, 13, `10-14`, a list).
+        site: `residual`, `mlp` or `attn`.
+        behaviour: name recorded in the file (default: CAA's folder name, else the file's stem).
+        system_prompt: optional system message in every prompt.
+        read: `letter` (CAA) or `answer_mean` (free-text answers).
+    """
     data_path = Path(data_path)
     pairs = data.load_contrast_pairs(data_path, free_text_answers=read == "answer_mean")
     if model is None:
+        from caa_eval.models import load_model
+
         model, tokenizer = load_model(model_name)
-    vectors = extract_vectors(model, tokenizer, pairs, parse_layers(layers), site, batch_size, system_prompt, progress, read)
+    vectors = extract_vectors(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)
+    # CAA's layout names the behaviour by the folder (generate/<behaviour>/generate_dataset.json)
+    default_name = data_path.parent.name if data_path.stem.startswith("generate_dataset") else data_path.stem
     sv = SteeringVector(
-        vectors=vectors, behaviour=behaviour or data_path.parent.name or data_path.stem, model=model_name,
+        vectors=vectors, behaviour=behaviour_key(behaviour or default_name), model=model_name,
         model_fingerprint=model_fingerprint(model), site=site,
         read_position=READ_RULES[read],
         n_pairs=len(pairs), dataset_sha256=data.file_sha256(data_path),
@@ -287,33 +259,3 @@ def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, lay
     )
     sv.save(out)
     return sv
-
-
-def configure_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="HF path/ID or the alias smollm2-135m-instruct")
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=Path, help="contrast pairs: JSON list or JSONL of {question, answer_matching_behavior, answer_not_matching_behavior}")
-    src.add_argument("--behavior", "--behaviour", dest="behaviour_name", help="a CAA behaviour by name (its generate set)")
-    parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
-    parser.add_argument("--layers", default="all", help="all | 13 | 10,12 | 10-14 (default: all)")
-    parser.add_argument("--site", default="residual", choices=["residual", "mlp", "attn"])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--system-prompt", default=None, help="optional system message in every prompt")
-    parser.add_argument("--behaviour-label", default=None, help="behaviour name recorded in the file")
-    parser.add_argument("--read", default="letter", choices=sorted(READ_RULES),
-                        help="letter (CAA: the answer-letter token) or answer_mean (mean over free-text answers)")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    data_path = args.data
-    label = args.behaviour_label
-    if args.behaviour_name:
-        data_path = data.resolve_behaviour_pairs(args.behaviour_name, split="generate")
-        label = label or args.behaviour_name
-    if args.out.suffix != ".safetensors":
-        raise CAAEvalError(f"--out {args.out}: use a .safetensors file name")
-    sv = extract_to_file(args.model, data_path, args.out, args.layers, args.site, args.batch_size, label,
-                         args.system_prompt, read=args.read)
-    norms = ", ".join(f"L{layer}={float(sv.vectors[layer].norm()):.3f}" for layer in sv.layers[:: max(1, len(sv.layers) // 6)])
-    print(f"wrote {args.out}: {sv.behaviour}, {sv.n_pairs} pairs, {len(sv.layers)} layers, site={sv.site}; norms {norms}")
-    return 0

@@ -6,7 +6,6 @@ loading can refuse a vector that does not fit the model instead of silently stee
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -20,8 +19,8 @@ from safetensors.torch import save_file
 
 from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
+from caa_eval.vocab import SITES
 
-SITES = ("residual", "mlp", "attn")
 FORMAT = "caa-eval/vector-v1"
 _META_KEY = "caa_eval"
 # lm-eval `steered` hookpoints are relative to model.base_model: "layers.13", "layers.13.mlp", ...
@@ -109,13 +108,13 @@ class SteeringVector:
         missing = [layer for layer in layers if layer not in self.vectors]
         if missing:
             raise CAAEvalError(
-                f"{source} has no vector for layer(s) {missing}; it has layers {_ranges(self.layers)} "
+                f"{source} has no vector for layer(s) {missing}; it has layers {ranges(self.layers)} "
                 f"(re-extract with --layers including them)"
             )
         return {layer: self.vectors[layer] for layer in layers}
 
 
-def _ranges(layers: list[int]) -> str:
+def ranges(layers: list[int]) -> str:
     return ",".join(map(str, layers)) if len(layers) < 8 else f"{layers[0]}..{layers[-1]} ({len(layers)} layers)"
 
 
@@ -252,31 +251,3 @@ def normalize_to_mean_norm(vectors: list[SteeringVector]) -> list[SteeringVector
             "scale": {str(k): round(val, 6) for k, val in factors.items()},
         }))
     return out
-
-
-def configure_normalize_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", type=Path, help="one vector file per behaviour (same model)")
-    parser.add_argument("--out-dir", type=Path, required=True, help="where to write the normalised files (same names)")
-
-
-def run_normalize_cli(args: argparse.Namespace) -> int:
-    vectors = [load(p) for p in args.files]
-    for path, v in zip(args.files, normalize_to_mean_norm(vectors)):
-        out = args.out_dir / path.name
-        if out.resolve() == path.resolve():
-            raise CAAEvalError(f"--out-dir would overwrite the input {path}; choose another folder")
-        v.save(out)
-        print(f"{out}  layers={_ranges(v.layers)}  norm@{v.layers[0]}={float(v.vectors[v.layers[0]].norm()):.4f}")
-    return 0
-
-
-def configure_inspect_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path)
-
-
-def run_inspect_cli(args: argparse.Namespace) -> int:
-    sv = load(args.file)
-    print(json.dumps(sv.metadata(), indent=2))
-    for layer in sv.layers:
-        print(f"layer {layer:3d}  norm {float(sv.vectors[layer].float().norm()):.4f}")
-    return 0

@@ -12,17 +12,20 @@ import hashlib
 import inspect
 import json
 import logging
-import sys
 from typing import Any
 
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from caa_eval import vectors as vector_files
+from caa_eval.core import vectors as vector_files
+from caa_eval.core.hooks import Steering
+from caa_eval.core.layers import decoder_layers, hidden_size
+from caa_eval.core.positions import Positions
 from caa_eval.errors import CAAEvalError
-from caa_eval.extract import parse_layers
-from caa_eval.hooks import Positions, Steering, decoder_layers
 from caa_eval.models import DEFAULT_MODEL, resolve
+from caa_eval.vocab import parse_layers, parse_multiplier
+
+__all__ = ["SteeredHFLM", "STEERING_ARGS"]
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +76,7 @@ class SteeredHFLM(HFLM):
                      multiplier: float | int | str = 1.0, site: str | None = None,
                      positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False) -> None:
         """(Re)configure steering in place: sweeps change layer/multiplier/site without reloading the model."""
-        try:
-            multiplier = float(multiplier)
-        except (TypeError, ValueError):
-            raise CAAEvalError(f"multiplier={multiplier!r} is not a number") from None
+        multiplier = parse_multiplier(multiplier)
         positions_rule = Positions.parse(positions)
         self._steering = None
         self.steering_config: dict[str, Any] = {"vector": None, "layers": [], "multiplier": multiplier,
@@ -88,7 +88,8 @@ class SteeredHFLM(HFLM):
             return
         sv = vector if isinstance(vector, vector_files.SteeringVector) else vector_files.load(vector)
         source = str(vector) if not isinstance(vector, vector_files.SteeringVector) else f"{sv.behaviour} vector"
-        layer_list = parse_layers(layers) if layers is not None else None
+        n_layers = len(decoder_layers(self.model))
+        layer_list = parse_layers(layers, n_layers) if layers is not None else None
         if layer_list is None:
             if len(sv.layers) != 1:
                 raise CAAEvalError(f"{source} holds layers {sv.layers[0]}..{sv.layers[-1]}; choose with layers=13 or layers=[12,13]")
@@ -96,9 +97,12 @@ class SteeredHFLM(HFLM):
         site = site or sv.site
         if site != sv.site:
             log.warning("vector was read at site %r but is applied at site %r", sv.site, site)
-        hidden = self.model.config.get_text_config().hidden_size if hasattr(self.model.config, "get_text_config") else self.model.config.hidden_size
-        vector_files.validate_for_model(sv, hidden, self.model_fingerprint if sv.model_fingerprint else "", layer_list,
-                                        len(decoder_layers(self.model)), _as_bool(allow_fingerprint_mismatch), source)
+        vector_files.validate_for_model(sv, hidden_size(self.model), self.model_fingerprint if sv.model_fingerprint else "",
+                                        layer_list, n_layers, _as_bool(allow_fingerprint_mismatch), source)
+        scale = (f"CAA-normalised ({sv.normalization.get('method')}): multipliers are on CAA's published scale"
+                 if sv.normalization else "raw (not normalised): multipliers are relative to this vector's own norm")
+        log.info("steering with %s, layers %s, multiplier %g, site %s, positions %s; vector %s",
+                 source, layer_list, multiplier, site, positions_rule, scale)
         self.steering_config = {
             "vector": source, "vector_sha256": sv.sha256(), "behaviour": sv.behaviour, "layers": layer_list,
             "multiplier": multiplier, "site": site, "positions": str(positions_rule),
@@ -167,23 +171,3 @@ def _reject_unknown(kwargs: dict[str, Any]) -> None:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; steering args are {', '.join(STEERING_ARGS)}"
             raise CAAEvalError(f"steered-hf: unknown model_arg {key!r}{hint}")
-
-
-def configure_cli(parser) -> None:  # arguments are lm_eval's own; nothing to add
-    pass
-
-
-def run_cli(argv: list[str]) -> int:
-    """`caa-eval eval …` = `lm_eval …` with steered-hf registered even without the .pth startup hook."""
-    from caa_eval._register import ensure_registered
-
-    ensure_registered()
-    from lm_eval.__main__ import cli_evaluate
-
-    sys.argv = ["lm_eval", *argv]
-    try:
-        cli_evaluate()
-    except CAAEvalError as exc:
-        print(f"caa-eval eval: error: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 MODEL_NAME = "steered-hf"
-MODEL_TARGET = "caa_eval.lm:SteeredHFLM"
+MODEL_TARGET = "caa_eval.lmeval.model:SteeredHFLM"
 
 
 def on_import(name: str, module: Any) -> None:
@@ -127,11 +127,3 @@ def _patch_caching_lm(module: Any) -> None:
 def ensure_registered() -> None:
     """For entry points that import lm_eval themselves (CLI wrapper, sweeps, tests)."""
     import caa_eval_autoregister  # noqa: F401  (installs the watcher and patches what is already loaded)
-
-
-def lm_eval_main() -> None:
-    """`caa-lm-eval`: plain lm_eval CLI with caa-eval registered, for environments without the .pth hook."""
-    ensure_registered()
-    from lm_eval.__main__ import cli_evaluate
-
-    sys.exit(cli_evaluate())

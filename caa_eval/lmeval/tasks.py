@@ -18,6 +18,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from caa_eval import data
+from caa_eval.core.prompts import render_prompt
 from caa_eval.errors import CAAEvalError
 
 log = logging.getLogger("caa_eval.tasks")
@@ -58,12 +59,18 @@ class CAATask(ConfigurableTask):
             log.warning(NO_CHAT_TEMPLATE_WARNING.format(task=self.config.task, prefix=prefix))
         super().build_all_requests(*args, **kwargs)
 
+    def _context(self, doc: dict, num_fewshot: int, **kwargs: Any) -> str:
+        """Zero-shot chat prompts come from caa_eval.core.prompts, the rule extraction uses too."""
+        render = kwargs.get("chat_template")
+        if kwargs.get("apply_chat_template") and render and num_fewshot == 0 and not self.config.description:
+            return render_prompt(render, self.doc_to_text(doc), kwargs.get("system_instruction"), kwargs.get("gen_prefix"))
+        return super().fewshot_context(doc, num_fewshot=num_fewshot, **kwargs)
+
     def fewshot_context(self, doc: dict, num_fewshot: int, **kwargs: Any) -> str | list[str]:
-        ctx = super().fewshot_context(doc, num_fewshot=num_fewshot, **kwargs)
+        ctx = self._context(doc, num_fewshot, **kwargs)
         if "user_prompt_swapped" not in doc:
             return ctx
-        swapped_doc = {**doc, "user_prompt": doc["user_prompt_swapped"]}
-        swapped = super().fewshot_context(swapped_doc, num_fewshot=num_fewshot, **kwargs)
+        swapped = self._context({**doc, "user_prompt": doc["user_prompt_swapped"]}, num_fewshot, **kwargs)
         return [ctx, swapped]
 
     def construct_requests(self, doc: dict, ctx: Any, **kwargs: Any) -> list[Instance] | Instance:
@@ -90,7 +97,7 @@ def _as_dataset(rows: list[dict[str, Any]]) -> datasets.DatasetDict:
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
-def _user_file(path: str, config_source: str | None) -> Path:
+def user_data_file(path: str, config_source: str | None) -> Path:
     """A user's data file; relative paths are taken relative to the YAML that names them."""
     p = Path(path).expanduser()
     if not p.is_absolute() and config_source and config_source != "inline":
@@ -103,9 +110,9 @@ def _user_file(path: str, config_source: str | None) -> Path:
 def _source(behaviour: str | None, test_file: str | None, split: str, caa_data_dir: str | None,
             config_source: str | None, pairs_file: str | None) -> tuple[Path, str]:
     if test_file:
-        path = _user_file(test_file, config_source)
+        path = user_data_file(test_file, config_source)
         if pairs_file:
-            data.check_no_overlap(path, _user_file(pairs_file, config_source))
+            data.check_no_overlap(path, user_data_file(pairs_file, config_source))
         return path, behaviour or path.stem
     if not behaviour:
         raise CAAEvalError(f"task {config_source} names no data: set dataset_kwargs.test_file (or caa_behaviour)")

@@ -1,0 +1,75 @@
+"""`caa-eval` command line: one subcommand per step of the data flow, one module per subcommand here.
+
+Modules are imported only for the subcommand that runs, so `caa-eval stats` never pays for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from caa_eval import __version__
+from caa_eval.errors import CAAEvalError
+
+# subcommand -> (module under caa_eval.cli with configure(parser) and run(args), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "model": ("model", "prepare the embedded default model (SmolLM2-135M-Instruct)"),
+    "data": ("data", "download / locate the CAA datasets and MMLU"),
+    "tasks": ("tasks", "list the shipped tasks and where their data comes from"),
+    "extract": ("extract", "extract CAA steering vectors from contrast pairs"),
+    "import-caa": ("import_caa", "convert CAA's published .pt vectors into caa-eval vector files"),
+    "normalize": ("normalize", "rescale several behaviours' vectors to their mean norm per layer (CAA)"),
+    "inspect": ("inspect", "print a vector file's metadata and norms"),
+    "eval": ("eval", "run lm_eval with steered-hf registered (arguments are passed through)"),
+    "judge": ("judge", "score open-ended generations with an LLM judge"),
+    "stats": ("stats", "paired significance tests on a long table of per-item scores"),
+    "report": ("report", "markdown/JSON/PNG report for a sweep or run folder"),
+    "sweep": ("sweep", "run layers x multipliers x sites x tasks in one process"),
+    "demo": ("demo", "end-to-end demo on the embedded model"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="caa-eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"caa-eval {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None or command not in COMMANDS:
+        if command is not None:
+            top.error(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
+        top.parse_args(argv)
+        top.print_help()
+        return 0
+    idx = argv.index(command)
+    verbose = any(a in ("-v", "--verbose") for a in argv[:idx])
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module_name, help_text = COMMANDS[command]
+    module = importlib.import_module(f"caa_eval.cli.{module_name}")
+    if command == "eval":  # everything after `eval` belongs to lm_eval
+        return int(module.run(argv[idx + 1 :]) or 0)
+    parser = argparse.ArgumentParser(prog=f"caa-eval {command}", description=help_text)
+    module.configure(parser)
+    args = parser.parse_args(argv[idx + 1 :])
+    try:
+        return int(module.run(args) or 0)
+    except CAAEvalError as exc:
+        print(f"caa-eval {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"caa-eval {command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
