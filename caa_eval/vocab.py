@@ -18,7 +18,7 @@ __all__ = [
     "SITES", "HOOK_NAMES", "POSITION_MODES", "BEHAVIOURS", "TASK_FAMILIES", "JUDGE_METRIC",
     "parse_layers", "format_multiplier", "parse_multiplier", "behaviour_key", "caa_behaviour", "task_suffix",
     "ab_task_name", "open_task_name", "task_family", "primary_metric", "behaviour_of_task",
-    "samples_task", "judged_task", "SAMPLES_RE", "JUDGED_RE", "RESULTS_RE",
+    "samples_task", "judged_task", "SAMPLES_RE", "JUDGED_RE", "RESULTS_RE", "CAA_VECTOR_RE",
 ]
 
 # ----------------------------------------------------------------------------------------- where CAA acts
@@ -197,6 +197,8 @@ _DATE = r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?"
 SAMPLES_RE = re.compile(rf"^samples_(?P<task>.+?)(?:_(?P<date>{_DATE}))?\.jsonl$")
 JUDGED_RE = re.compile(rf"^judged_(?P<task>.+?)(?:_(?P<date>{_DATE}))?\.jsonl$")
 RESULTS_RE = re.compile(rf"^.*_(?P<date>{_DATE})\.json$")
+CAA_VECTOR_RE = re.compile(r"^vec_layer_(?P<layer>\d+)_(?P<model>.+)\.pt$")
+"""CAA's own vector files: `vectors/<behavior>/vec_layer_<L>_<model>.pt` (bare tensors)."""
 
 
 def samples_task(path: str | Path) -> str | None:

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
-from caa_eval.vocab import SITES
+from caa_eval.vocab import CAA_VECTOR_RE, SITES, behaviour_key
 
 FORMAT = "caa-eval/vector-v1"
 _META_KEY = "caa_eval"
@@ -168,8 +168,16 @@ def _load_lm_eval_pt(path: Path) -> SteeringVector:
         raise CAAEvalError(f"{path}: cannot load safely with weights_only=True ({type(exc).__name__}); "
                            "caa-eval never unpickles arbitrary objects") from None
     if torch.is_tensor(config):
-        raise CAAEvalError(f"{path}: a bare tensor has no layer; use lm-eval steered's dict format "
-                           "{'layers.13': {'steering_vector': T, 'steering_coefficient': 1.0, 'action': 'add'}}")
+        caa = CAA_VECTOR_RE.match(path.name)
+        if caa is None or config.dim() != 1:
+            raise CAAEvalError(f"{path}: a bare tensor has no layer; name it like CAA (vec_layer_<L>_<model>.pt), "
+                               "convert a CAA folder with `caa-eval import-caa`, or use lm-eval steered's dict format")
+        vectors = {int(caa["layer"]): config.to(torch.float32)}
+        _check_finite(vectors, str(path))
+        normalized = path.parent.parent.name == "normalized_vectors"
+        return SteeringVector(vectors=vectors, behaviour=behaviour_key(path.parent.name), model=caa["model"],
+                              normalization={"method": "caa_mean_norm", "source": "CAA normalized_vectors"} if normalized else None,
+                              extra={"source": str(path)})
     if not isinstance(config, dict) or not config:
         raise CAAEvalError(f"{path}: expected a dict of hookpoint -> config (lm-eval `steered` format)")
     vectors: dict[int, torch.Tensor] = {}
