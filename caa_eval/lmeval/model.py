@@ -29,7 +29,7 @@ __all__ = ["SteeredHFLM", "STEERING_ARGS"]
 
 log = logging.getLogger(__name__)
 
-STEERING_ARGS = ("vector", "layers", "multiplier", "site", "positions", "allow_fingerprint_mismatch")
+STEERING_ARGS = ("vector", "layers", "multiplier", "site", "positions", "allow_fingerprint_mismatch", "layers_path")
 # Extra kwargs HFLM forwards to `from_pretrained`; anything else unknown is almost surely a typo.
 FROM_PRETRAINED_ARGS = ("attn_implementation", "low_cpu_mem_usage", "device_map", "quantization_config",
                         "load_in_8bit", "load_in_4bit", "torch_dtype", "cache_dir", "local_files_only", "token",
@@ -47,12 +47,27 @@ def _as_bool(value: Any) -> bool:
 
 
 class SteeredHFLM(HFLM):
-    """HFLM + CAA: model_args `vector=FILE,layers=13,multiplier=-1.5,site=residual,positions=after_instruction`."""
+    """lm-eval's `hf` model with CAA steering: `--model steered-hf --model_args pretrained=…,vector=…,layers=13,multiplier=-1`.
+
+    Args:
+        pretrained: HF model path/ID, a loaded model, or the embedded alias `smollm2-135m-instruct`.
+        vector: a vector file (`.safetensors` from `caa-eval extract`, CAA's `vec_layer_<L>_<model>.pt`, or
+            lm-eval steered's `.pt`) or a `SteeringVector`; None = unsteered (multiplier must be 0).
+        layers: layer spec (`13`, `[12,13]`, `"10-14"`); default: the file's layer if it holds one.
+        multiplier: coefficient on the vector (finite); 0 registers no hooks, so the model *is* `hf`.
+        site: `residual`, `mlp` or `attn` (default: the site the vector was read at).
+        positions: `after_instruction` (CAA), `all`, `generated`, `span:S:E` or `regex:P`.
+        allow_fingerprint_mismatch: apply a vector read from other weights (base→chat transfer).
+        layers_path: dotted path to the decoder blocks for models not found structurally.
+        **kwargs: every other `HFLM` argument (batch_size, device, dtype, peft, parallelize, …).
+    """
 
     def __init__(self, pretrained: Any = DEFAULT_MODEL, vector: str | None = None, layers: Any = None,
                  multiplier: float | int | str = 1.0, site: str | None = None,
-                 positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False, **kwargs: Any):
+                 positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False,
+                 layers_path: str | None = None, **kwargs: Any):
         _reject_unknown(kwargs)
+        self.layers_path = layers_path
         if isinstance(pretrained, str):
             pretrained = resolve(pretrained)
         if kwargs.get("tokenizer") == DEFAULT_MODEL:
@@ -68,9 +83,22 @@ class SteeredHFLM(HFLM):
 
     @property
     def model_fingerprint(self) -> str:
+        """Fingerprint of the base weights: with `peft=DIR` (a LoRA on the same base) the base model's vectors fit."""
         if self._fingerprint_cache is None:
-            self._fingerprint_cache = vector_files.model_fingerprint(self.model)
+            from caa_eval.finetune.adapter import base_fingerprint
+
+            self._fingerprint_cache = base_fingerprint(self.model)
         return self._fingerprint_cache
+
+    def _adapter(self) -> dict[str, Any]:
+        """Which peft adapter runs under the steering (recorded in steering_config and the results)."""
+        if not getattr(self, "peft", None):
+            return {}
+        if getattr(self, "_adapter_cache", None) is None:
+            from caa_eval.finetune.adapter import adapter_summary
+
+            self._adapter_cache = adapter_summary(self.peft, self.model_fingerprint)
+        return {"adapter": self._adapter_cache}
 
     def set_steering(self, vector: str | vector_files.SteeringVector | None = None, layers: Any = None,
                      multiplier: float | int | str = 1.0, site: str | None = None,
@@ -80,7 +108,8 @@ class SteeredHFLM(HFLM):
         positions_rule = Positions.parse(positions)
         self._steering = None
         self.steering_config: dict[str, Any] = {"vector": None, "layers": [], "multiplier": multiplier,
-                                                "site": site or "residual", "positions": str(positions_rule)}
+                                                "site": site or "residual", "positions": str(positions_rule),
+                                                **self._adapter()}
         if vector is None:
             if multiplier != 0:
                 raise CAAEvalError(f"multiplier={multiplier} needs a vector=FILE.safetensors (or use multiplier=0)")
@@ -88,7 +117,7 @@ class SteeredHFLM(HFLM):
             return
         sv = vector if isinstance(vector, vector_files.SteeringVector) else vector_files.load(vector)
         source = str(vector) if not isinstance(vector, vector_files.SteeringVector) else f"{sv.behaviour} vector"
-        n_layers = len(decoder_layers(self.model))
+        n_layers = len(decoder_layers(self.model, self.layers_path))
         layer_list = parse_layers(layers, n_layers) if layers is not None else None
         if layer_list is None:
             if len(sv.layers) != 1:
@@ -106,13 +135,13 @@ class SteeredHFLM(HFLM):
         self.steering_config = {
             "vector": source, "vector_sha256": sv.sha256(), "behaviour": sv.behaviour, "layers": layer_list,
             "multiplier": multiplier, "site": site, "positions": str(positions_rule),
-            "vector_model": sv.model, "normalization": sv.normalization,
+            "vector_model": sv.model, "normalization": sv.normalization, **self._adapter(),
         }
         self.steering_fingerprint = hashlib.sha256(
             json.dumps(self.steering_config, sort_keys=True, default=str).encode()).hexdigest()[:16]
         if multiplier != 0:  # multiplier 0 is exactly the unsteered model: no hooks at all
             self._steering = Steering(self.model, sv.select(layer_list, source), multiplier, site, positions_rule,
-                                      tokenizer=self.tokenizer)
+                                      tokenizer=self.tokenizer, layers_path=self.layers_path)
 
     # ------------------------------------------------------------------ steered forwards
 
