@@ -258,3 +258,52 @@ def test_unknown_site_and_layer_errors(tiny_model, vector):
         Steering(model, {LAYER: vector}, 1.0, "embeddings", tokenizer=tok)
     with pytest.raises(CAAEvalError, match="out of range"):
         Steering(model, {99: vector}, 1.0, tokenizer=tok)
+
+
+_HOST_SYNCS = ("item", "tolist", "cpu", "numpy", "__int__", "__float__", "__bool__", "__index__")
+
+
+def test_decode_steps_make_no_device_to_host_copy(tiny_model, vector, monkeypatch):
+    """Per generated token, the hooks only run tensor ops: no .item()/.tolist()/.cpu()/int(tensor)/bool(tensor)
+    (each of which is a host sync on a GPU). Token ids are read on the host once per prompt (the plan)."""
+    model, tok = tiny_model
+    steering = Steering(model, {1: vector, LAYER: vector}, MULT, tokenizer=tok)
+    calls: list[tuple[int, str]] = []
+    originals = {name: getattr(torch.Tensor, name) for name in _HOST_SYNCS}
+    forward = {"n": 0}
+
+    def counting(name):
+        def method(self, *args, **kwargs):
+            calls.append((forward["n"], name))
+            return originals[name](self, *args, **kwargs)
+        return method
+
+    def watched(fn):
+        def run_watched(*args, **kwargs):
+            for name in _HOST_SYNCS:
+                monkeypatch.setattr(torch.Tensor, name, counting(name))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                for name in _HOST_SYNCS:
+                    monkeypatch.setattr(torch.Tensor, name, originals[name])
+        return run_watched
+
+    before = steering._before_forward
+
+    def before_forward(*args, **kwargs):
+        forward["n"] += 1
+        return watched(before)(*args, **kwargs)
+
+    monkeypatch.setattr(steering, "_before_forward", before_forward)
+    make_hook = steering._make_hook
+    monkeypatch.setattr(steering, "_make_hook", lambda layer: watched(make_hook(layer)))
+    enc = encode(tok, [chat(tok, q) for q in QUESTIONS], "left")
+    with steering, torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert forward["n"] == 5  # one prefill + four decode steps
+    assert [c for c in calls if c[0] > 1] == [], "host syncs in the per-token path"
+    assert any(c[0] == 1 for c in calls), "the check saw nothing: the prefill plan reads ids on the host"
+    with Steering(model, {1: vector, LAYER: vector}, MULT, tokenizer=tok), torch.no_grad():
+        again = model.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(out, again)
