@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from caa_eval import data
+from caa_eval.core.forward import cache_kwarg, decoder_base, pad_right
 from caa_eval.core.layers import decoder_layers, hidden_of, hidden_size, site_module
 from caa_eval.core.prompts import ab_answer_prompt, prompt_for
 from caa_eval.core.vectors import SteeringVector, model_fingerprint
@@ -126,40 +127,16 @@ class _Reader:
             h.remove()
 
 
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder without the LM head (whose vocab-sized matmul CAA never needs)."""
-    prefix = getattr(model, "base_model_prefix", "")
-    base = getattr(model, prefix, None) if prefix else None
-    return base if isinstance(base, torch.nn.Module) else model
-
-
-def _cache_kwarg(module: torch.nn.Module) -> str:
-    """transformers 5.x renamed `past_key_values` to `cache` (the old name warns, then goes away)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
-
-def _pad_right(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
 @torch.no_grad()
 def _shared_prefix_batch(base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device) -> dict[int, torch.Tensor]:
     """Prefix once with a KV cache, then both letters as one step: returns (pos − neg) per layer, (B, H)."""
     from transformers import DynamicCache
 
     prefixes = [pos.ids[:-1] for pos, _ in batch]
-    ids, mask = _pad_right(prefixes, pad_id, device)
+    ids, mask = pad_right(prefixes, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
-    cache_kw = _cache_kwarg(base)
+    cache_kw = cache_kwarg(base)
     reader.active = False
     try:
         base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache})
@@ -177,7 +154,7 @@ def _shared_prefix_batch(base, reader: _Reader, batch: list[tuple[_Row, _Row]], 
 @torch.no_grad()
 def _full_rows_batch(base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device) -> dict[int, torch.Tensor]:
     rows = [row for pair in batch for row in pair]
-    ids, mask = _pad_right([r.ids for r in rows], pad_id, device)
+    ids, mask = pad_right([r.ids for r in rows], pad_id, device)
     outputs = reader.run(lambda: base(input_ids=ids, attention_mask=mask, use_cache=False))
     read = torch.tensor([r.read for r in rows], device=device)
     diffs = {}
@@ -203,7 +180,7 @@ def extract_vectors(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data
     rows = build_rows(tokenizer, pairs, system_prompt, read)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    base = _base(model)
+    base = decoder_base(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0].ids))  # similar lengths share a batch
     sums = {layer: torch.zeros(hidden_size(model), dtype=torch.float64) for layer in layers}
     reader = _Reader(model, layers, site)

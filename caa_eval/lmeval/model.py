@@ -73,6 +73,7 @@ class SteeredHFLM(HFLM):
         if kwargs.get("tokenizer") == DEFAULT_MODEL:
             kwargs["tokenizer"] = resolve(DEFAULT_MODEL)
         super().__init__(pretrained=pretrained, **kwargs)
+        self._join_data_parallel()
         self._known_rows: dict[tuple[int, ...], int] | None = None
         self._steering: Steering | None = None
         self._fingerprint_cache: str | None = None
@@ -80,6 +81,18 @@ class SteeredHFLM(HFLM):
                           allow_fingerprint_mismatch=allow_fingerprint_mismatch)
 
     # ------------------------------------------------------------------ configuration
+
+    def _join_data_parallel(self) -> None:
+        """Take rank and world size from `accelerate launch` where HFLM leaves every process at rank 0 of 1.
+
+        lm-eval 0.4.13 enables data parallelism only when it sees more than one GPU, so on CPU (gloo) or with
+        several processes on one GPU each process would run every request and all would write the same output
+        files. With the accelerator's rank and world size lm-eval splits the requests and gathers the results.
+        """
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and accelerator.num_processes > 1 and self._world_size == 1:
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+            log.info("steered-hf: data-parallel rank %d of %d", self._rank, self._world_size)
 
     @property
     def model_fingerprint(self) -> str:
@@ -143,9 +156,55 @@ class SteeredHFLM(HFLM):
             self._steering = Steering(self.model, sv.select(layer_list, source), multiplier, site, positions_rule,
                                       tokenizer=self.tokenizer, layers_path=self.layers_path)
 
+    # ------------------------------------------------------------------ one pass for a grid of settings
+
+    def plan_grid(self, configs: list[dict[str, Any]], max_rows: int = 256) -> None:
+        """Announce every steering config a sweep will run on the same task, so log-likelihoods are computed for
+        all of them in one pass (shared unsteered prefix, one short tail per config; see `caa_eval.lmeval.grid`).
+        Cells are still run one by one with `set_steering`; their results come from the grid.
+
+        Args:
+            configs: `set_steering` keyword dicts (a dict without `vector` is the unsteered baseline).
+            max_rows: prefix rows × configs per tail batch (bounds the memory of the repeated KV cache).
+        """
+        from caa_eval.lmeval.grid import GridSetting, SteeringGrid
+
+        settings = []
+        for config in configs:
+            self.set_steering(**config)
+            steering = self._steering
+            settings.append(GridSetting(
+                key=self.steering_fingerprint or "unsteered",
+                vectors=dict(steering.vectors) if steering is not None else {},
+                multiplier=float(self.steering_config["multiplier"]),
+                site=self.steering_config["site"], positions=Positions.parse(self.steering_config["positions"])))
+        self.grid = SteeringGrid(settings, max_rows=max_rows)
+
+    def clear_grid(self) -> None:
+        self.grid = None
+
+    def _grid_loglikelihood(self, requests, disable_tqdm: bool) -> list[tuple[float, bool]] | None:
+        grid = getattr(self, "grid", None)
+        key = self.steering_fingerprint or "unsteered"
+        if grid is None or not grid.covers(key):
+            return None
+        rows = [((ctx + cont)[-(self.max_length + 1):][:-1], cont) for _, ctx, cont in requests]
+        found = grid.lookup(key, rows)
+        if found is None:
+            batch = int(self.batch_size) if str(self.batch_size).isdigit() else 8
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            grid.compute(self.model, self.tokenizer, rows, batch, pad, getattr(self, "softmax_dtype", None))
+            found = grid.lookup(key, rows)
+        for (request, _, _), answer in zip(requests, found):
+            self.cache_hook.add_partial("loglikelihood", request, answer)
+        return found
+
     # ------------------------------------------------------------------ steered forwards
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        from_grid = self._grid_loglikelihood(requests, disable_tqdm)
+        if from_grid is not None:
+            return from_grid
         if self._steering is None:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         # HFLM right-pads these rows with zeros and no mask; remember each row's real length and context length
