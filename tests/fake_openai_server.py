@@ -7,7 +7,8 @@ Run: `python tests/fake_openai_server.py [--latency S] [--api-key KEY] [--lifeti
 scripted by the answer being judged (the text between <answer> tags of the first user message):
 - `PLAN[step|step|...]` plays one step per request for that answer (the last step repeats); steps:
   `429`, `500`, `slow:SECONDS` (sleep, then reply "5"), `reply:TEXT`, `echo-auth` (reply with the
-  Authorization header, to test redaction);
+  Authorization header, to test redaction), `html` (HTTP 200 with an HTML page, like a proxy's login
+  page), `bad-usage:TEXT` (reply TEXT with non-numeric token counts);
 - otherwise `SCORE=<text>` replies `<text>`; otherwise the reply is "5".
 Every request also sleeps `--latency` seconds. `GET /_stats` returns counters (requests, peak in-flight,
 statuses, requests per answer); `POST /_reset` zeroes them.
@@ -73,10 +74,11 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # quiet
             pass
 
-        def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
+        def _send(self, status: int, body: dict | str, headers: dict[str, str] | None = None) -> None:
+            html = isinstance(body, str)
+            data = body.encode() if html else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/html; charset=utf-8" if html else "application/json")
             self.send_header("Content-Length", str(len(data)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
@@ -144,6 +146,12 @@ def make_handler(state: State) -> type[BaseHTTPRequestHandler]:
                 self._send(200, _completion(model, "5", len(user)))
             elif step == "echo-auth":
                 self._send(200, _completion(model, auth, len(user)))
+            elif step == "html":
+                self._send(200, "<!DOCTYPE html>\n<html><body><h1>Sign in to the gateway</h1></body></html>\n")
+            elif step.startswith("bad-usage:"):
+                body = _completion(model, step.removeprefix("bad-usage:"), len(user))
+                body["usage"] = {"prompt_tokens": "n/a", "completion_tokens": None, "total_tokens": [1]}
+                self._send(200, body)
             else:
                 self._send(200, _completion(model, step.removeprefix("reply:"), len(user)))
 

@@ -1,5 +1,8 @@
 """Judge: parsing, rubrics, prompt quoting, samples discovery, and the openai backend against a real local
-OpenAI-compatible HTTP server (tests/fake_openai_server.py on 127.0.0.1), through the official client."""
+OpenAI-compatible HTTP server (tests/fake_openai_server.py on 127.0.0.1), through the official client.
+
+Also the reliability rules: only generations are judged (never A/B log-likelihoods), a run in which every
+item failed fails, odd token counts do not crash, and outputs are checked writable before any paid call."""
 
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from caa_eval import judge
+from caa_eval import cli, judge
 from caa_eval.errors import CAAEvalError
-from caa_eval.judge import Rubric, build_messages, judge_samples, load_rubrics, parse_score
+from caa_eval.judge import JudgeFailedError, Rubric, build_messages, judge_samples, load_rubrics, parse_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_openai_server import serve  # noqa: E402
@@ -59,6 +62,23 @@ def write_samples(
                 "doc_id": i, "doc": {"question": f"Question number {i}?", **(doc_extra or {})},
                 "arguments": {"gen_args_0": {"arg_0": "ctx", "arg_1": {}}}, "resps": [[answer]],
                 "filtered_resps": [answer], "filter": "none", "metrics": ["gen_len"], "gen_len": len(answer),
+            }
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def write_ab_samples(folder: Path, n: int = 3, task: str = "caa_ab_refusal") -> Path:
+    """What lm-eval --log_samples writes for a multiple_choice task: log-likelihoods stored as strings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"samples_{task}_{TS}.jsonl"
+    with path.open("w") as f:
+        for i in range(n):
+            record = {
+                "doc_id": i, "doc": {"question": f"Q{i}? (A) yes (B) no", "behaviour": "refusal"},
+                "arguments": {"gen_args_0": {"arg_0": "ctx", "arg_1": " A"},
+                              "gen_args_1": {"arg_0": "ctx", "arg_1": " B"}},
+                "resps": [[["-0.6931", "False"]], [["-1.2040", "False"]]],
+                "filtered_resps": [["-0.6931", "False"], ["-1.2040", "False"]], "filter": "none",
             }
             f.write(json.dumps(record) + "\n")
     return path
@@ -126,15 +146,18 @@ def test_prompt_quotes_answer_and_neutralises_delimiters():
 
 def test_behaviour_from_task_name_and_doc(tmp_path):
     rubrics = load_rubrics()
-    for b in BEHAVIOURS:
-        task = "caa_open_" + b.replace("-", "_").lower()
-        assert judge._behaviour_from_task(task, rubrics) == b
-    assert judge._behaviour_from_task("caa_open_corrigible_neutral_HHH", rubrics) == "corrigible-neutral-HHH"
-    assert judge._behaviour_from_task("caa_ab_refusal", rubrics) is None
-    p = write_samples(tmp_path, ["a"], task="caa_open_corrigible_neutral_hhh")
+    for b in BEHAVIOURS:  # caa_open_<behaviour>, any case, with no behaviour in the docs
+        p = write_samples(tmp_path / b, ["a"], task="caa_open_" + b.replace("-", "_").lower())
+        assert judge.read_items(p, rubrics)[0].behaviour == b
+    p = write_samples(tmp_path / "hhh", ["a"], task="caa_open_corrigible_neutral_HHH")
     assert judge.read_items(p, rubrics)[0].behaviour == "corrigible-neutral-HHH"
+    p = write_samples(tmp_path / "ab", ["a"], task="caa_ab_refusal")  # only caa_open_* names a behaviour
+    with pytest.raises(CAAEvalError, match="no behaviour"):
+        judge.read_items(p, rubrics)
     p = write_samples(tmp_path / "o", ["a"], task="my_task", doc_extra={"behaviour": "refusal"})
     assert judge.read_items(p, rubrics)[0].behaviour == "refusal"
+    p = write_samples(tmp_path / "s", ["a"], task="my_task", doc_extra={"behaviour": "survival_instinct"})
+    assert judge.read_items(p, rubrics)[0].behaviour == "survival-instinct"  # another spelling, same rubric
     p = write_samples(tmp_path / "u", ["a"], task="my_task", doc_extra={"behaviour": "unknown-b"})
     with pytest.raises(CAAEvalError, match="no rubric for behaviour 'unknown-b'.*--rubrics"):
         judge.read_items(p, rubrics)
@@ -145,8 +168,12 @@ def test_folder_discovery_skips_other_tasks(tmp_path):
     a = write_samples(tmp_path / "m1", ["x"], task="caa_open_refusal")
     b = write_samples(tmp_path / "m2" / "deep", ["x"], task="custom_open", doc_extra={"behaviour": "sycophancy"})
     write_samples(tmp_path / "m1", ["(A"], task="caa_ab_refusal")  # no behaviour in doc, not open-ended
+    write_ab_samples(tmp_path / "m2", task="caa_ab_sycophancy")  # question + behaviour, but log-likelihoods
+    write_samples(tmp_path / "m2", ["x"], task="custom_polite", doc_extra={"behaviour": "politeness"})  # no rubric
     (tmp_path / "m1" / f"judged_caa_open_refusal_{TS}.jsonl").write_text("{}\n")
     assert judge.find_samples([tmp_path], rubrics) == [a, b]
+    assert judge.find_samples([tmp_path], load_rubrics({"politeness": "Give 0 ... Give 10 ..."}))[-1].name.startswith(
+        "samples_custom_polite_")
     with pytest.raises(CAAEvalError, match="no such file"):
         judge.find_samples([tmp_path / "nope"], rubrics)
 
@@ -270,7 +297,7 @@ def test_outputs_are_replaced_atomically(tmp_path, fresh, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(judge.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError):
         run(p, fresh, None)
     assert target.read_text() == "previous content\n"
@@ -356,3 +383,137 @@ def test_cli_show_rubrics_and_missing_input(capsys):
     assert all(f"{b} [" in out for b in BEHAVIOURS)
     assert cli.main(["judge"]) == 2
     assert "no input" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ reliability (issue 14)
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("caa-eval judge: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_ab_only_folder_makes_no_calls_and_exits_2(tmp_path, fresh, monkeypatch, capsys):
+    ab = write_ab_samples(tmp_path / "run" / "m+1")
+    write_ab_samples(tmp_path / "run" / "m+1", task="caa_mmlu_2opt_high_school_physics")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fresh.base_url)
+    for target in (tmp_path / "run", ab):  # a folder, and the A/B file named explicitly
+        code, out, err = _cli(["judge", str(target), "--no-cache"], capsys)
+        assert code == 2
+        line = _error_line(err)
+        assert "no samples to judge" in line and "caa_ab_refusal (log-likelihood)" in line
+        assert "caa_open_<behaviour>" in line and "sycophancy" in line  # which tasks can be judged
+    assert fresh.stats()["requests"] == 0
+    assert not list(tmp_path.rglob("judged_*"))
+    with pytest.raises(CAAEvalError, match="log-likelihoods, not generated text"):
+        judge.read_items(ab, load_rubrics())
+
+
+def test_mixed_folder_judges_only_the_generations(tmp_path, fresh):
+    write_ab_samples(tmp_path / "run")
+    p = write_samples(tmp_path / "run", ["SCORE=3", "SCORE=5"], task="caa_open_refusal")
+    summary = run(tmp_path / "run", fresh, None)
+    assert [t.task for t in summary.tasks] == ["caa_open_refusal"] and summary.tasks[0].mean == 4.0
+    assert fresh.stats()["requests"] == 2
+    assert [f.name for f in tmp_path.rglob("judged_*.jsonl")] == [judge.output_path(p).name]
+
+
+@pytest.mark.parametrize("plan,why", [
+    ("PLAN[500]", "HTTP 500 after 0 retries"),
+    ("PLAN[html]", "not a chat completion: '<!DOCTYPE html> <html><body><h1>Sign in"),
+])
+def test_run_where_every_item_failed_exits_nonzero_and_keeps_old_results(tmp_path, fresh, monkeypatch, capsys,
+                                                                         plan, why):
+    p = write_samples(tmp_path / "run", [f"item {i} {plan}" for i in range(3)])
+    target = judge.output_path(p)
+    target.write_text("earlier results\n")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fresh.base_url)
+    code, out, err = _cli(["judge", str(tmp_path / "run"), "--no-cache", "--max-retries", "0"], capsys)
+    assert code == 2
+    line = _error_line(err)
+    assert "all 3 items failed (3 without a reply, 0 with invalid replies)" in line and why in line
+    assert KEY not in err + out
+    assert target.read_text() == "earlier results\n"  # a failed run never replaces results with nulls
+    assert not target.with_suffix(".summary.json").exists()
+    assert fresh.stats()["requests"] == 3
+    with pytest.raises(JudgeFailedError) as info:  # the library says the same, with the counts
+        run(p, fresh, None, max_retries=0)
+    assert info.value.summary.tasks[0].missing == 3 and info.value.summary.usage.calls == 0
+
+
+def test_every_reply_invalid_is_a_failed_run_too(tmp_path, fresh):
+    p = write_samples(tmp_path, ["PLAN[reply:good answer]", "PLAN[reply:fine]"])
+    with pytest.raises(JudgeFailedError, match="all 2 items failed .*first error: the judge replied 'good answer'"):
+        run(p, fresh, None)
+    assert not judge.output_path(p).exists()
+
+
+def test_partly_failed_run_still_succeeds(tmp_path, fresh, monkeypatch, capsys):
+    p = write_samples(tmp_path / "run", ["PLAN[html]", "SCORE=6"])
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fresh.base_url)
+    code, out, err = _cli(["judge", str(tmp_path / "run"), "--no-cache", "--max-retries", "0"], capsys)
+    assert code == 0, err
+    assert [r["status"] for r in read_judged(p)] == ["missing", "ok"]
+    assert "1 missing" in out
+
+
+def test_non_numeric_usage_counts_are_unknown_not_a_crash(tmp_path, fresh):
+    from caa_eval.judge.openai_backend import read_completion
+
+    p = write_samples(tmp_path, ["PLAN[bad-usage:7]", "SCORE=3"])
+    summary = run(p, fresh, tmp_path / "c.sqlite")
+    assert [r["score"] for r in read_judged(p)] == [7.0, 3.0]
+    u = summary.usage
+    assert u.calls == 2 and u.unknown_usage == 1
+    assert u.completion_tokens == 1 and u.prompt_tokens > 0  # only the well-formed reply's counts
+    assert "token counts unknown for 1 calls" in summary.format()
+    assert read_completion(type("R", (), {"choices": "oops"})()) is None
+    assert read_completion("<html>") is None
+
+
+def test_unwritable_output_fails_before_any_call(tmp_path, fresh, monkeypatch, capsys):
+    write_samples(tmp_path / "run", ["SCORE=1", "SCORE=2"])
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file\n")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fresh.base_url)
+    for extra in (["--output-dir", str(blocker / "judged")], ["--output-dir", str(blocker)],
+                  ["--summary-json", str(blocker / "s.json")]):
+        code, _, err = _cli(["judge", str(tmp_path / "run"), "--no-cache", *extra], capsys)
+        assert code == 2
+        line = _error_line(err)
+        assert f"({blocker} is a file)" in line and extra[0] in line
+    with pytest.raises(CAAEvalError, match="cannot write judge outputs"):
+        run(tmp_path / "run", fresh, None, output_dir=blocker / "x")
+    code, _, err = _cli(["judge", str(tmp_path / "run"), "--cache", str(blocker / "c.sqlite")], capsys)
+    assert code == 2 and "judge cache" in _error_line(err)
+    assert fresh.stats()["requests"] == 0
+
+
+def test_paid_verdicts_are_cached_before_writing_can_fail(tmp_path, fresh, monkeypatch):
+    p = write_samples(tmp_path, ["SCORE=4", "SCORE=9"])
+    cache = tmp_path / "c.sqlite"
+
+    def disk_full(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("caa_eval.judge.pipeline.write_atomic", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        run(p, fresh, cache)
+    assert fresh.stats()["requests"] == 2
+    with sqlite3.connect(cache) as db:
+        assert sorted(r[0] for r in db.execute("SELECT score FROM verdicts")) == [4.0, 9.0]
+    monkeypatch.undo()
+    fresh.reset()
+    assert run(p, fresh, cache).usage.cached == 2 and fresh.stats()["requests"] == 0
+    assert [r["score"] for r in read_judged(p)] == [4.0, 9.0]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from caa_eval import judge
+from caa_eval.errors import CAAEvalError
 from caa_eval.judge import HFBackend, judge_samples, load_rubrics
 
 ANSWERS = [
@@ -95,7 +96,7 @@ def test_judge_samples_hf_writes_scores_and_rerun_needs_no_model(tmp_path, tiny_
 
 def test_bad_judge_model_is_a_clear_error(tmp_path):
     p = write_samples(tmp_path / "run", ["x"])
-    with pytest.raises(judge.CAAEvalError, match="cannot load judge model"):
+    with pytest.raises(CAAEvalError, match="cannot load judge model"):
         judge_samples(p, backend="hf", judge_model=str(tmp_path / "no-such-model"), cache_path=None)
 
 
