@@ -1,11 +1,17 @@
-"""Atomic file writes: results already on disk are never left half-written or corrupted."""
+"""Atomic file writes and the one JSONL reader: results on disk are never half-written, nor half-read."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from caa_eval.errors import CAAEvalError
+
+__all__ = ["write_atomic", "read_jsonl"]
 
 
 def _umask() -> int:
@@ -31,3 +37,33 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every JSON object of a JSONL file, in order; blank lines are skipped.
+
+    Why strict: a truncated or hand-edited line would otherwise drop an item without anyone noticing.
+
+    Args:
+        path: the file; a line that is not one JSON object is a CAAEvalError naming the file and line.
+    """
+    path = Path(path)
+    records: list[dict[str, Any]] = []
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CAAEvalError(f"{path}: line {lineno} is not valid JSON ({exc.msg}); write one JSON object "
+                                       "per line (a truncated file: rerun the step that wrote it)") from None
+                if not isinstance(obj, dict):
+                    raise CAAEvalError(f"{path}: line {lineno} is not a JSON object; write one object per line")
+                records.append(obj)
+    except UnicodeDecodeError:
+        raise CAAEvalError(f"{path}: not UTF-8 text; write the JSONL file as UTF-8") from None
+    except OSError as exc:
+        raise CAAEvalError(f"{path}: cannot read ({exc.strerror or exc}); check the path") from None
+    return records

@@ -13,6 +13,7 @@ from caa_eval import cli
 from caa_eval import stats as st
 from caa_eval.errors import CAAEvalError
 from caa_eval.report import build_report
+from caa_eval.vocab import format_multiplier
 
 DATE = "2025-01-02T03-04-05.678901"
 N = 20  # items per task
@@ -287,3 +288,64 @@ def test_vector_header_names_the_behaviour(tmp_path):
     _write_run(root / "a", {"pretrained": "tiny", "vector": str(vec), "layers": 13, "multiplier": -1}, _mmlu_tasks(-1.0))
     table = st.long_table_from_runs(root)
     assert set(table["behaviour"]) == {"corrigible-neutral-HHH"} and set(table["site"]) == {"mlp"}
+
+
+# CAA's subset and the full MMLU in one report, with uneven subject sizes: per-subject means are planted so
+# that the macro mean (mean per subject, then over subjects) differs from a size-weighted item mean.
+MMLU_VARIANTS = {  # family -> {subject: (items, baseline mean)}
+    "caa_mmlu_2opt": {"anatomy": (3, 0.80), "virology": (12, 0.40)},
+    "caa_mmlu_2opt_full": {"anatomy": (20, 0.90), "virology": (5, 0.50)},
+}
+VARIANT_SHIFT = {"caa_mmlu_2opt": {-1.0: -0.10, 1.0: -0.02}, "caa_mmlu_2opt_full": {-1.0: -0.06, 1.0: 0.04}}
+
+
+def _variant_tasks(multiplier: float) -> dict[str, list[dict]]:
+    out = {}
+    for family, subjects in MMLU_VARIANTS.items():
+        for subject, (n, mean) in subjects.items():
+            spread = np.linspace(-0.05, 0.05, n)  # mean zero within the subject
+            noise = 0.004 * np.cos(np.arange(n) * 1.7) * (multiplier != 0)
+            values = mean + spread + VARIANT_SHIFT[family].get(multiplier, 0.0) + (noise - noise.mean())
+            out[f"{family}_{subject}"] = [_sample(i, p_correct=float(v), ab_mass=0.9 + 0.01 * (subject == "anatomy"))
+                                          for i, v in enumerate(values)]
+    return out
+
+
+def test_mmlu_variants_stay_apart_with_subject_macro_means(tmp_path):
+    root = tmp_path / "runs"
+    _write_run(root / "base", {"pretrained": "tiny"}, _variant_tasks(0.0))
+    for layer in (12, 13):
+        for m in (-1.0, 1.0):
+            _write_run(root / f"L{layer}_m{m:+g}", {"pretrained": "tiny", "vector": "/nowhere/sycophancy.safetensors",
+                                                    "layers": layer, "multiplier": m}, _variant_tasks(m))
+    table = st.long_table_from_runs(root)
+    assert set(table["task"]) == set(MMLU_VARIANTS)  # the full variant is not pooled into the subset's cell
+    assert set(table.loc[table.task == "caa_mmlu_2opt_full", "subject"]) == {"anatomy", "virology"}
+
+    md = build_report(root, tmp_path / "report", **FAST).read_text()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    mmlu = {t["family"]: t for t in report["tables"] if t["kind"] == "mmlu"}
+    assert set(mmlu) == set(MMLU_VARIANTS)
+    for family, subjects in MMLU_VARIANTS.items():
+        sizes = np.array([n for n, _ in subjects.values()])
+        means = np.array([mean for _, mean in subjects.values()])
+        for m in (-1.0, 0.0, 1.0):
+            macro = means.mean() + VARIANT_SHIFT[family].get(m, 0.0)
+            flat = np.average(means, weights=sizes) + VARIANT_SHIFT[family].get(m, 0.0)
+            assert abs(macro - flat) > 0.05  # a size-weighted mean would fail the checks below
+            for row in mmlu[family]["rows"]:
+                entry = row["values"][format_multiplier(m)]
+                assert entry["mean"] == pytest.approx(macro) and entry["n"] == sizes.sum()
+        cells = [c for c in report["cells"] if c["task"] == family]
+        assert cells and all(c["n_subjects"] == 2 and c["n_items"] == sizes.sum() for c in cells)
+        assert all(family in s for c in cells for s in c["sources"])
+        assert f"### {mmlu[family]['title']}" in md
+    assert mmlu["caa_mmlu_2opt"]["title"] != mmlu["caa_mmlu_2opt_full"]["title"]
+    # diagnostics (ab_mass) are macro means too: anatomy 0.91, virology 0.90 in both variants
+    assert {round(d["mean"], 6) for d in report["diagnostics"]} == {0.905}
+    # figures: the layer sweep draws each variant in its own figure; the dose figure has a line per variant
+    layer_families = sorted(f["config"]["family"] for f in report["figures"] if f["kind"] == "layer_sweep")
+    assert layer_families == sorted(MMLU_VARIANTS)
+    from caa_eval.report.figures import _label
+
+    assert _label("caa_mmlu_2opt", "p_correct", "sycophancy") != _label("caa_mmlu_2opt_full", "p_correct", "sycophancy")

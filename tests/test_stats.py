@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ def test_matches_scipy_statsmodels_reference():
         d = x - base
         assert row["n"] == 10 and row["mean"] == pytest.approx(x.mean()) and row["diff_vs_0"] == pytest.approx(d.mean())
         assert row["p_wilcoxon"] == pytest.approx(sps.wilcoxon(x, base).pvalue)
+        assert row["wilcoxon_method"] == "exact"  # 10 untied non-zero differences
         # n=10 -> 2^10 sign flips < n_permutations: scipy enumerates them exactly; recompute by brute force
         flips = np.array(list(itertools.product([1, -1], repeat=10)))
         null = (flips * d).mean(axis=1)
@@ -117,8 +119,94 @@ def test_missing_judge_scores_excluded_pairwise_and_counted():
     ok = ~np.isnan(base) & ~np.isnan(plus)
     assert row["n_missing"] == 4 and row["n"] == 26 == ok.sum()
     assert row["diff_vs_0"] == pytest.approx((plus[ok] - base[ok]).mean())
-    assert row["p_wilcoxon"] == pytest.approx(sps.wilcoxon(plus[ok], base[ok]).pvalue)
+    assert row["p_wilcoxon"] == pytest.approx(sps.wilcoxon(plus[ok], base[ok], method="asymptotic").pvalue)
+    assert row["wilcoxon_method"] == "asymptotic"  # tied integer judge scores
     assert row["mean"] == pytest.approx(np.nanmean(plus)) and row["n_items"] == 27
+
+
+def _tie_corrected_normal_p(d: np.ndarray) -> float:
+    """Wilcoxon signed-rank p by hand: zeros dropped, average ranks, tie-corrected variance, no continuity term."""
+    nz = d[d != 0]
+    n, ranks = nz.size, sps.rankdata(np.abs(nz))
+    _, counts = np.unique(np.abs(nz), return_counts=True)
+    var = n * (n + 1) * (2 * n + 1) / 24 - (counts ** 3 - counts).sum() / 48
+    z = (ranks[nz > 0].sum() - n * (n + 1) / 4) / math.sqrt(var)
+    return float(2 * sps.norm.sf(abs(z)))
+
+
+def test_wilcoxon_uses_normal_approximation_on_ties_and_exact_otherwise():
+    rng = np.random.default_rng(9)
+    base = rng.integers(0, 11, 200).astype(float)
+    d = np.clip(base + rng.integers(-1, 3, 200), 0, 10) - base  # 200 tied integer differences, with zeros
+    res = st.paired_tests(d, np.random.default_rng(0), 999)
+    assert res.wilcoxon_method == "asymptotic" and res.p_wilcoxon == pytest.approx(_tie_corrected_normal_p(d))
+    small = d[:12]  # scipy's "auto" would enumerate all 2^12 sign patterns here
+    assert len(np.unique(np.abs(small[small != 0]))) < (small != 0).sum()
+    res = st.paired_tests(small, np.random.default_rng(0), 999)
+    assert res.wilcoxon_method == "asymptotic" and res.p_wilcoxon == pytest.approx(_tie_corrected_normal_p(small))
+    untied = rng.normal(0.3, 1.0, 12)
+    res = st.paired_tests(untied, np.random.default_rng(0), 999)
+    assert res.wilcoxon_method == "exact" and res.p_wilcoxon == pytest.approx(sps.wilcoxon(untied, method="exact").pvalue)
+    assert st.wilcoxon_method(np.append(untied, 0.0)) == "asymptotic"  # a zero difference
+    assert st.wilcoxon_method(rng.normal(size=60)) == "asymptotic"  # beyond the exact table
+    # compute_stats records the method per cell
+    judge = long_table({("j", 0.0): base, ("j", 1.0): base + d}, metric="judge_score")
+    cells = st.compute_stats(judge, **FAST)
+    assert list(cells["wilcoxon_method"]) == ["", "asymptotic"]
+
+
+def test_subject_macro_mean_with_uneven_subjects():
+    """Items with a subject (MMLU): mean per subject, then over subjects; a flat item mean would differ."""
+    sizes, shift = {"anatomy": 3, "virology": 9}, {"anatomy": -0.09, "virology": 0.03}
+    rows, base_by, plus_by, weights = [], {}, {}, []
+    for subject, n in sizes.items():
+        base = np.linspace(0.5, 0.9, n) if subject == "anatomy" else np.linspace(0.2, 0.5, n)
+        plus = base + shift[subject] + np.linspace(-0.01, 0.01, n)[::-1] * (np.arange(n) % 2)
+        base_by[subject], plus_by[subject] = base, plus
+        weights += [1 / (len(sizes) * n)] * n
+        for m, values in ((0.0, base), (1.0, plus)):
+            rows += [{"item_id": f"{subject}:{i}", "behaviour": "syc", "task": "mmlu", "metric": "p_correct",
+                      "subject": subject, "multiplier": m, "score": v} for i, v in enumerate(values)]
+    cells = st.paired_stats(pd.DataFrame(rows), n_resamples=500, n_permutations=9999)
+    row = cells[cells.multiplier == 1].iloc[0]
+    macro = np.mean([plus_by[s].mean() for s in sizes])
+    flat = np.concatenate(list(plus_by.values())).mean()
+    assert abs(macro - flat) > 0.05  # the check below can tell the two apart
+    assert row["mean"] == pytest.approx(macro) and row["n_subjects"] == 2 and row["n"] == 12
+    assert row["baseline_mean"] == pytest.approx(np.mean([base_by[s].mean() for s in sizes]))
+    d = np.concatenate([plus_by[s] - base_by[s] for s in sizes])
+    assert row["diff_vs_0"] == pytest.approx(np.sum(np.array(weights) * d))
+    assert row["ci_low"] < macro < row["ci_high"] and row["diff_ci_low"] < row["diff_vs_0"] < row["diff_ci_high"]
+    # permutation test of the macro mean difference: 2^12 sign flips, enumerated exactly
+    flips = np.array(list(itertools.product([1, -1], repeat=12)))
+    null = (flips * d * np.array(weights)).sum(axis=1)
+    exact = np.mean(np.abs(null) >= abs(row["diff_vs_0"]) - 1e-12)
+    assert row["p_permutation"] == pytest.approx(exact, abs=1e-9)
+    assert row["cohen_dz"] == pytest.approx(row["diff_vs_0"] / d.std(ddof=1))
+    dose = st.compute_dose_response(pd.DataFrame(rows), n_resamples=300).iloc[0]  # slope = difference per item here
+    assert dose["slope"] == pytest.approx(row["diff_vs_0"])
+    # without subjects the same scores give the flat mean
+    flat_cells = st.compute_stats(pd.DataFrame(rows).drop(columns="subject"), **FAST)
+    assert flat_cells[flat_cells.multiplier == 1].iloc[0]["mean"] == pytest.approx(flat)
+
+
+def test_subject_column_checked():
+    rows = [{"item_id": "a:0", "behaviour": "x", "task": "mmlu", "multiplier": 0, "score": 0.5, "subject": "a"},
+            {"item_id": "a:1", "behaviour": "x", "task": "mmlu", "multiplier": 0, "score": 0.5, "subject": ""}]
+    with pytest.raises(CAAEvalError, match="task 'mmlu' has rows with and without a subject"):
+        st.validate_long_table(pd.DataFrame(rows))
+    rows[1] |= {"item_id": "a:0", "multiplier": 1, "subject": "b"}
+    with pytest.raises(CAAEvalError, match="item 'a:0' of task 'mmlu' has several subjects"):
+        st.validate_long_table(pd.DataFrame(rows))
+
+
+def test_paired_stats_is_the_public_name_of_compute_stats():
+    rng = np.random.default_rng(4)
+    base = rng.uniform(size=15)
+    df = long_table({("a", 0.0): base, ("a", 1.0): base + rng.normal(0.05, 0.1, 15)})
+    pd.testing.assert_frame_equal(st.paired_stats(df, seed=2, **FAST), st.compute_stats(df, seed=2, **FAST))
+    assert {"load_any", "long_table_from_runs", "compute_stats", "paired_stats", "compute_dose_response",
+            "adjust_pvalues"} <= set(st.__all__)
 
 
 def test_edge_cases_zero_differences_and_tiny_n():

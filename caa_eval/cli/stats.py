@@ -1,3 +1,86 @@
-"""`caa-eval stats` (moving here from caa_eval.stats)."""
+"""`caa-eval stats`: paired significance tests on a long table or a run folder, printed and written."""
 
-from caa_eval.stats import configure_cli as configure, run_cli as run  # noqa: F401
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from caa_eval.errors import CAAEvalError
+from caa_eval.files import write_atomic
+
+__all__ = ["configure", "run", "add_common_arguments", "check_common_arguments"]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The statistics options `stats` and `report` share.
+
+    Args:
+        parser: the subcommand's parser.
+    """
+    from caa_eval.stats.tests import TESTS
+
+    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise level for the Holm mark (default 0.05)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for bootstrap and permutation resampling (default 0)")
+    parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples per CI (default 2000)")
+    parser.add_argument("--n-permutations", type=int, default=9999, help="sign-flip resamples per test (default 9999)")
+    parser.add_argument("--test", choices=TESTS, default="wilcoxon",
+                        help="test whose p-values are Holm/BH-corrected and marked (default wilcoxon)")
+
+
+def check_common_arguments(args: argparse.Namespace) -> None:
+    """Refuse resampling counts too small to give meaningful CIs and p-values.
+
+    Args:
+        args: the parsed arguments.
+    """
+    if args.n_resamples < 100 or args.n_permutations < 100:
+        raise CAAEvalError("--n-resamples and --n-permutations must be at least 100")
+
+
+def _metrics(value: str) -> str | list[str]:
+    return value if value in ("primary", "all") else [m.strip() for m in value.split(",") if m.strip()]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of `caa-eval stats`.
+
+    Args:
+        parser: the `caa-eval stats` parser.
+    """
+    parser.add_argument("input", type=Path, help="long table (.csv/.jsonl) or a sweep / lm_eval output folder")
+    parser.add_argument("--json", type=Path, help="write settings, one row per cell and dose-response here")
+    parser.add_argument("--csv", type=Path, help="write one row per cell here")
+    parser.add_argument("--metrics", default="primary",
+                        help="for run folders: 'primary' (default), 'all', or comma-separated metric names")
+    add_common_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compute and print the per-cell and dose-response tables; write --json / --csv if asked.
+
+    Args:
+        args: the parsed arguments.
+    """
+    from caa_eval import stats
+
+    check_common_arguments(args)
+    table = stats.load_any(args.input, _metrics(args.metrics))
+    options = {"seed": args.seed, "n_resamples": args.n_resamples}
+    cells = stats.paired_stats(table, alpha=args.alpha, n_permutations=args.n_permutations, primary_test=args.test,
+                               **options)
+    dose = stats.compute_dose_response(table, **options)
+    print(stats.format_cells(cells))
+    print()
+    print(f"Paired against multiplier 0 on the same items; p_holm/p_bh: {args.test} p-values corrected over "
+          f"{cells.attrs['n_tests']} cell-vs-0 tests; * = p_holm < {args.alpha}.")
+    print()
+    print("Dose-response (per-item OLS slope of score on multiplier; Page's L trend test, two-sided):")
+    print(stats.format_dose(dose))
+    if args.json:
+        write_atomic(args.json, json.dumps(stats.stats_json(cells, dose, str(args.input)), indent=2, allow_nan=False))
+        print(f"\nwrote {args.json}")
+    if args.csv:
+        write_atomic(args.csv, cells.to_csv(index=False))
+        print(f"wrote {args.csv}")
+    return 0
