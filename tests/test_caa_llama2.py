@@ -239,24 +239,11 @@ def test_extraction_equals_caa_reference_loop(llama2):
     from caa_eval.core.extract import extract_vectors
     from caa_eval.data import ContrastPair
 
+    from caa_reference import caa_loop
+
     model, tok, _ = llama2
-    n_layers = model.config.num_hidden_layers
-    sums = {layer: torch.zeros(model.config.hidden_size, dtype=torch.float64) for layer in range(n_layers)}
-    for p in PAIRS:
-        acts = []
-        for answer in (p["answer_matching_behavior"], p["answer_not_matching_behavior"]):
-            store = {}
-            handles = [model.model.layers[i].register_forward_hook(
-                lambda m, a, o, i=i: store.__setitem__(i, (o if torch.is_tensor(o) else o[0])[0, -2].double()))
-                for i in range(n_layers)]
-            with torch.no_grad():
-                model(torch.tensor([caa_encode(tok, p["question"], answer)]))
-            for h in handles:
-                h.remove()
-            acts.append(dict(store))
-        for i in sums:
-            sums[i] += acts[0][i] - acts[1][i]
+    want = caa_loop(model, model.model.layers, lambda q, a: caa_encode(tok, q, a), PAIRS)
     got = extract_vectors(model, tok, [ContrastPair(**p) for p in PAIRS], batch_size=3, progress=False)
-    for layer in range(n_layers):
-        want = (sums[layer] / len(PAIRS)).float()
-        assert torch.allclose(got[layer], want, atol=1e-5, rtol=1e-5), layer
+    assert sorted(got) == sorted(want) == list(range(model.config.num_hidden_layers))
+    for layer in want:
+        assert torch.allclose(got[layer], want[layer].float(), atol=1e-5, rtol=1e-5), layer

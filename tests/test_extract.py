@@ -12,6 +12,7 @@ from caa_eval.core import extract, vectors
 from caa_eval.core.layers import decoder_layers, hidden_of
 from caa_eval.vocab import parse_layers
 from caa_eval.errors import CAAEvalError
+from caa_reference import caa_loop, chat_encoder
 
 PAIRS = [
     {"question": f"Question {i}: is the weather sunny today?{' It is warm.' * (i % 4)}\n\nChoices:\n (A) Yes\n (B) No",
@@ -22,27 +23,8 @@ PAIRS = [
 
 
 def naive_reference(model, tok, pairs) -> dict[int, torch.Tensor]:
-    """Two full forwards per pair (batch 1), read the block output at the answer letter (CAA index -2)."""
-    layers = decoder_layers(model)
-    sums = {layer: torch.zeros(model.config.hidden_size, dtype=torch.float64) for layer in range(len(layers))}
-    for pair in pairs:
-        acts = []
-        for answer in (pair.answer_matching_behavior, pair.answer_not_matching_behavior):
-            text = tok.apply_chat_template([{"role": "user", "content": pair.question}], tokenize=False,
-                                           add_generation_prompt=True) + answer
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            assert tok.convert_ids_to_tokens(ids[-2]) == answer[1]
-            store = {}
-            handles = [layer.register_forward_hook(lambda m, a, o, i=i: store.__setitem__(i, hidden_of(o)))
-                       for i, layer in enumerate(layers)]
-            with torch.no_grad():
-                model(torch.tensor([ids]))
-            for h in handles:
-                h.remove()
-            acts.append({i: store[i][0, -2].double() for i in store})
-        for i in sums:
-            sums[i] += acts[0][i] - acts[1][i]
-    return {i: s / len(pairs) for i, s in sums.items()}
+    """CAA's batch-1 loop (tests/caa_reference.py) with the ChatML prompt of the tiny model."""
+    return caa_loop(model, decoder_layers(model), chat_encoder(tok), [vars(p) for p in pairs])
 
 
 @pytest.fixture(scope="module")
