@@ -1,6 +1,7 @@
 """`caa-eval sweep`: config parsing and validation, the cell plan, one-process runs on the tiny model
 (model loaded once per condition, lm-eval's own file formats, report at the end), resuming after an
-interruption without recomputing finished cells, and the CLI end to end (SIGINT, then rerun)."""
+interruption without recomputing finished cells, the CLI end to end (SIGINT, then rerun), CAA's mean-norm
+normalisation as the default for CAA behaviours (opt-out with normalize: false), and the device check."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from caa_eval import cli, sweep
+from caa_eval.cli import sweep as sweep_cli
 from caa_eval.errors import CAAEvalError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,17 +142,17 @@ def test_example_configs_parse_and_plan():
 def test_cli_flags_override_config_keys(tmp_path):
     path = write_config(tmp_path / "s.yaml", **base_keys(Path("m"), tmp_path / "run"))
     args = argparse.ArgumentParser()
-    sweep.configure_cli(args)
+    sweep_cli.configure(args)
     ns = args.parse_args([str(path), "--layers", "3-5", "7", "--multipliers=-2,0.5", "--behaviours", "refusal",
                           "--tasks", "caa_ab_{behaviour},caa_mmlu_2opt", "--limit", "5", "--out", "elsewhere"])
-    cfg = sweep.load_config(path, sweep.cli_overrides(ns))
+    cfg = sweep.load_config(path, sweep_cli.overrides(ns))
     assert cfg.layers == [[3], [4], [5], [7]]
     assert cfg.multipliers == [-2.0, 0.0, 0.5]  # 0 is always added
     assert [b.name for b in cfg.behaviours] == ["refusal"]
     assert cfg.tasks == ["caa_ab_{behaviour}", "caa_mmlu_2opt"] and cfg.limit == 5
     assert cfg.output == Path.cwd() / "elsewhere"
     ns = args.parse_args([str(path), "--multipliers", "-1", "1"])  # negative numbers as separate words work too
-    assert sweep.load_config(path, sweep.cli_overrides(ns)).multipliers == [-1.0, 0.0, 1.0]
+    assert sweep.load_config(path, sweep_cli.overrides(ns)).multipliers == [-1.0, 0.0, 1.0]
 
 
 def test_joint_layers_and_cell_ids_are_readable_and_unique(tmp_path):
@@ -187,6 +189,9 @@ def test_joint_layers_and_cell_ids_are_readable_and_unique(tmp_path):
     ({"behaviours": [{"name": "mine"}]}, "'mine' is not a CAA behaviour and has no pairs file"),
     ({"judge": {"backend": "claude"}}, "key 'judge.backend'"),
     ({"batch_size": 0}, "key 'batch_size'"),
+    ({"device": "gpu"}, "key 'device': 'gpu' is not a device; write one of cpu, cuda, cuda:N, mps, auto"),
+    ({"device": "cuda0"}, "key 'device'"),
+    ({"normalize": "yes"}, "key 'normalize': 'yes' is not true/false"),
     ({"model": None}, "key 'model': missing"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, keys, needle):
@@ -197,6 +202,78 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, keys, needle):
         sweep.config_from_dict(raw, source="s.yaml", base=tmp_path)
     message = str(exc.value)
     assert needle in message and "\n" not in message and message.startswith("s.yaml")
+
+
+def test_normalize_defaults_to_caa_when_two_or_more_caa_behaviours_are_swept(tmp_path):
+    def config(**keys):
+        raw = {"model": "m", "behaviours": ["sycophancy", "refusal"], "layers": [13], "multipliers": [1], **keys}
+        return sweep.config_from_dict(raw, source="s.yaml", base=tmp_path, default_output=tmp_path / "run")
+
+    caa = config()
+    assert caa.normalize and caa.normalize_by_default and sweep.config.normalize_warning(caa) is None
+    assert all(Path(c.vector).parent == tmp_path / "run" / "vectors_normalized" for c in sweep.plan_cells(caa) if c.vector)
+    for opt_out in (config(normalize=False), config(vectors={"normalize": False}), config(normalise=False)):
+        assert not opt_out.normalize and not opt_out.normalize_by_default
+        assert all(Path(c.vector).parent == opt_out.vectors_folder for c in sweep.plan_cells(opt_out) if c.vector)
+    assert config(normalize=True).normalize
+    # the user's own pairs (even under a CAA name) are not CAA's vectors: no rescaling unless asked
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("")
+    own = config(behaviours=[{"name": "agree", "pairs": str(pairs)}, {"name": "sycophancy", "pairs": str(pairs)}])
+    assert not own.normalize and own.normalize_by_default and sweep.config.normalize_warning(own) is None
+    assert config(behaviours=["sycophancy", "refusal", {"name": "agree", "pairs": str(pairs)}]).normalize
+    # one CAA behaviour cannot be normalised across behaviours: raw vectors, and a one-line warning saying so
+    single = config(behaviours=["sycophancy"])
+    warning = sweep.config.normalize_warning(single)
+    assert not single.normalize and "\n" not in warning
+    assert "one CAA behaviour (sycophancy)" in warning and "multipliers are on the raw scale" in warning
+    assert sweep.config.normalize_warning(config(behaviours=["sycophancy"], normalize=False)) is None
+
+
+def test_single_caa_behaviour_sweep_logs_the_raw_scale_warning(tmp_path, tiny_model_dir, caa_env, caplog):
+    cfg = sweep.load_config(write_config(tmp_path / "s.yaml", **base_keys(tiny_model_dir, tmp_path / "run",
+                                                                           behaviours=["sycophancy"])))
+    lines: list[str] = []
+    with caplog.at_level("WARNING", logger="caa_eval.sweep"):
+        sweep.run_sweep(cfg, dry_run=True, print_fn=lines.append)
+    warnings = [r.getMessage() for r in caplog.records if "CAA behaviour" in r.getMessage()]
+    assert len(warnings) == 1 and "raw scale" in warnings[0] and "\n" not in warnings[0]
+    assert "vectors raw" in "\n".join(lines)
+
+
+def test_normalize_false_steers_with_the_raw_vectors(full_run, tmp_path, tiny_model_dir, caa_env):
+    raw_dir = full_run[0].run_dir / "vectors"  # reuse the extracted raw files: no extraction here
+    keys = base_keys(tiny_model_dir, tmp_path / "run", layers=[1], multipliers=[1], limit=2, report=False,
+                     vectors={"dir": str(raw_dir)}, normalize=False)
+    result = sweep.run_sweep(sweep.load_config(write_config(tmp_path / "s.yaml", **keys)), progress=False,
+                             print_fn=lambda s: None)
+    from caa_eval.core import vectors
+
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["normalize"]["used"] is False and manifest["normalize"]["by_default"] is False
+    assert not (result.run_dir / "vectors_normalized").exists()
+    steered = [c for c in result.cells if not c.is_baseline]
+    assert len(steered) == 2
+    for c in steered:
+        raw = vectors.load(raw_dir / f"{c.behaviour}.safetensors")
+        steering = json.loads((result.run_dir / "cells" / c.id / "cell.json").read_text())["steering_config"]
+        assert Path(c.vector) == raw_dir / f"{c.behaviour}.safetensors"
+        assert steering["vector_sha256"] == raw.sha256() and not steering["normalization"]
+
+
+def test_unknown_or_absent_device_is_refused_in_one_line(tmp_path, tiny_model_dir, caa_env, monkeypatch, capsys):
+    path = write_config(tmp_path / "gpu.yaml", **base_keys(tiny_model_dir, tmp_path / "run", device="gpu"))
+    assert cli.main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "key 'device': 'gpu' is not a device; write one of cpu, cuda, cuda:N, mps, auto" in err
+    # a well-formed name of a GPU that is not there would make lm-eval fall back to the CPU: refused too
+    counter = LoadCounter(monkeypatch)
+    cfg = sweep.load_config(write_config(tmp_path / "s.yaml", **base_keys(tiny_model_dir, tmp_path / "run",
+                                                                           device="cuda:99")))
+    with pytest.raises(CAAEvalError, match=r"device 'cuda:99': (no CUDA GPU is available|only cuda:0\.\.cuda:\d+ exist); "
+                                           r"write device: cpu \(or auto\)"):
+        sweep.run_sweep(cfg, progress=False, print_fn=lambda s: None)
+    assert counter.calls == [] and not (tmp_path / "run").exists()
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
@@ -251,6 +328,22 @@ def test_sweep_writes_every_cell_in_lm_eval_format_and_the_report(full_run):
     assert manifest["config"]["layers"] == [[1], [2]] and manifest["runs"][-1]["status"] == "complete"
     assert manifest["started"] and manifest["ended"] and all(c["done"] for c in manifest["cells"])
     assert set(manifest["vectors"]) == {"sycophancy/residual", "refusal/residual"}
+    # two CAA behaviours and no `normalize` key: CAA's mean-norm vectors are what the cells add
+    assert manifest["normalize"] == {"used": True, "by_default": True, "caa_behaviours": list(BEHAVIOURS), "note": None}
+    from caa_eval.core import vectors
+
+    raw = {b: vectors.load(run / "vectors" / f"{b}.safetensors") for b in BEHAVIOURS}
+    used = {b: vectors.load(run / "vectors_normalized" / f"{b}.safetensors") for b in BEHAVIOURS}
+    for layer in (1, 2):
+        raw_norms = [float(v.vectors[layer].norm()) for v in raw.values()]
+        assert abs(raw_norms[0] - raw_norms[1]) > 0.01 * max(raw_norms)  # else rescaling would prove nothing
+        for v in used.values():
+            assert float(v.vectors[layer].norm()) == pytest.approx(sum(raw_norms) / 2, rel=1e-5)
+    for c in cells:
+        if not c.is_baseline:
+            steering = json.loads((run / "cells" / c.id / "cell.json").read_text())["steering_config"]
+            assert steering["vector_sha256"] == used[c.behaviour].sha256() != raw[c.behaviour].sha256()
+            assert steering["normalization"]["method"] == "caa_mean_norm"
     report = json.loads((run / "report" / "report.json").read_text())
     steered = [c for c in report["cells"] if not c["is_baseline"]]
     assert len(steered) == 8 and report["correction"]["n_tests"] == 8
@@ -270,6 +363,10 @@ def test_rerun_skips_everything_and_changed_settings_are_refused(full_run, monke
     changed = sweep.load_config(Path(cfg.source), {"limit": 3})
     with pytest.raises(CAAEvalError, match=r"different setting \(limit\); use a new output folder"):
         sweep.run_sweep(changed, progress=False, print_fn=lambda s: None)
+    raw = sweep.load_config(Path(cfg.source), {"normalize": False})
+    with pytest.raises(CAAEvalError, match=r"different setting \(vector_sha256\) \(normalize is false now\)"):
+        sweep.run_sweep(raw, progress=False, print_fn=lambda s: None)
+    assert counter.calls == []
 
 
 def test_interrupted_sweep_resumes_without_recomputing_finished_cells(full_run, tmp_path, tiny_model_dir, caa_env,
@@ -302,13 +399,13 @@ def test_interrupted_sweep_resumes_without_recomputing_finished_cells(full_run, 
     (run / ".partial" / todo[1]).mkdir(parents=True, exist_ok=True)
 
     calls: list[str] = []
-    original = sweep.run_cell
+    original = sweep.runner.run_cell
 
     def counting_run_cell(lm, cfg_, cell, *args, **kwargs):
         calls.append(cell.id)
         return original(lm, cfg_, cell, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "run_cell", counting_run_cell)
+    monkeypatch.setattr(sweep.runner, "run_cell", counting_run_cell)
     resumed = sweep.run_sweep(cfg, progress=False, print_fn=lambda s: None)
     assert sorted(calls) == sorted(todo) and sorted(resumed.skipped) == sorted(first)
     assert {k: v for k, v in done_mtimes(run).items() if k in first} == first  # finished cells untouched

@@ -1,0 +1,293 @@
+"""The run folder: its lock, its manifest, the build-then-rename life of a cell, and the vector files.
+
+Written results are never lost: a cell is built in `RUN_DIR/.partial/<id>/`, renamed into `cells/<id>/` when
+complete, and `DONE` is written last. Anything without DONE is half-built and is wiped on the next run.
+
+The vectors the cells add are CAA's when `normalize` is on: every behaviour's vector rescaled, per layer, to
+the mean norm across the sweep's behaviours (`caa_eval.core.vectors.normalize_to_mean_norm`), written as
+copies into `RUN_DIR/vectors_normalized/`; the extracted raw files are kept as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from caa_eval import __version__
+from caa_eval.errors import CAAEvalError
+from caa_eval.files import write_atomic
+from caa_eval.sweep.config import Behaviour, SweepConfig, caa_behaviours, normalize_warning
+from caa_eval.sweep.plan import Cell, vector_file_name, vector_path
+
+__all__ = ["FORMAT", "RunLock", "Manifest", "VectorStore", "now", "sha", "to_json", "cleanup", "is_done",
+           "new_stage", "commit_cell"]
+
+FORMAT = "caa-eval/sweep-v1"
+log = logging.getLogger(__name__)
+
+
+def now() -> str:
+    """UTC time stamp for manifests and cell files."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def sha(obj: Any) -> str:
+    """Stable hash of a JSON-able object (keys sorted)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def to_json(obj: Any) -> str:
+    """Indented JSON text with a final newline."""
+    return json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n"
+
+
+class RunLock:
+    """RUN_DIR/.lock holding pid@host: two sweeps writing one folder would wipe each other's cells."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.owned = False
+
+    def __enter__(self) -> RunLock:
+        if self.path.exists():
+            other = self.path.read_text(encoding="utf-8").strip()
+            pid, _, host = other.partition("@")
+            alive = False
+            if host == socket.gethostname() and pid.isdigit():
+                try:
+                    os.kill(int(pid), 0)
+                    alive = int(pid) != os.getpid()
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:
+                    alive = True
+            if alive:
+                raise CAAEvalError(f"{self.path.parent}: another sweep (pid {pid}) is writing this folder; wait for it "
+                                   f"or stop it (a stale lock from a dead process is taken over automatically)")
+        write_atomic(self.path, f"{os.getpid()}@{socket.gethostname()}\n")
+        self.owned = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
+def is_done(run_dir: Path, cell_id: str) -> bool:
+    """A cell is finished exactly when its DONE file exists."""
+    return (run_dir / "cells" / cell_id / "DONE").exists()
+
+
+def cleanup(run_dir: Path) -> list[str]:
+    """Remove half-built cells: everything in .partial/, and cells/ folders without DONE. Returns their names."""
+    wiped = []
+    partial = run_dir / ".partial"
+    if partial.is_dir():
+        for p in partial.iterdir():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            wiped.append(p.name)
+    cells = run_dir / "cells"
+    if cells.is_dir():
+        for p in cells.iterdir():
+            if p.is_dir() and not (p / "DONE").exists():
+                shutil.rmtree(p, ignore_errors=True)
+                wiped.append(p.name)
+    return wiped
+
+
+def new_stage(run_dir: Path, cell_id: str) -> Path:
+    """An empty RUN_DIR/.partial/<id>/ to build a cell in."""
+    stage = run_dir / ".partial" / cell_id
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    return stage
+
+
+def commit_cell(run_dir: Path, stage: Path, cell_id: str) -> Path:
+    """Move a complete stage folder to cells/<id>/ and write DONE, last and atomically."""
+    final = run_dir / "cells" / cell_id
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():  # a folder without DONE from an earlier crash
+        shutil.rmtree(final)
+    os.replace(stage, final)
+    write_atomic(final / "DONE", now() + "\n")
+    return final
+
+
+def _versions() -> dict[str, str | None]:
+    import importlib.metadata as md
+
+    out: dict[str, str | None] = {"caa-eval": __version__}
+    for dist in ("lm_eval", "torch", "transformers", "peft", "datasets"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+class Manifest:
+    """RUN_DIR/manifest.json: the resolved config, versions, normalisation, models, vector files, one entry
+    per run (status running/complete/interrupted/failed/killed) and the cell list with what is done."""
+
+    def __init__(self, run_dir: Path, cfg: SweepConfig, cells: list[Cell], skipped: list[str]):
+        self.run_dir, self.cells = run_dir, cells
+        self.path = run_dir / "manifest.json"
+        self.data: dict[str, Any] = {}
+        if self.path.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                self.data = json.loads(self.path.read_text(encoding="utf-8"))
+        self.run: dict[str, Any] = {
+            "started": now(), "ended": None, "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
+            "argv": sys.argv, "config_sha256": sha(cfg.to_dict()), "cells_run": [], "cells_skipped": sorted(skipped)}
+        self.data.update({
+            "format": FORMAT, "config": cfg.to_dict(), "config_file": cfg.source, "versions": _versions(),
+            "platform": platform.platform(), "started": self.data.get("started") or self.run["started"], "ended": None,
+            "normalize": {"used": cfg.normalize, "by_default": cfg.normalize_by_default,
+                          "caa_behaviours": caa_behaviours(cfg.behaviours), "note": normalize_warning(cfg)},
+        })
+        self.data.setdefault("models", {})
+        for old_run in self.data.get("runs", []):
+            if old_run.get("status") == "running":  # we hold the lock: that process died without cleaning up
+                old_run["status"] = "killed"
+        self.data["runs"] = list(self.data.get("runs", [])) + [self.run]
+
+    def save(self) -> None:
+        """Write the manifest (atomically) with the current done-state of every cell."""
+        self.data["cells"] = [{"id": c.id, "condition": c.condition, "behaviour": c.behaviour, "layer": c.layer,
+                               "site": c.site, "positions": c.positions, "multiplier": c.multiplier, "tasks": c.tasks,
+                               "done": is_done(self.run_dir, c.id)} for c in self.cells]
+        write_atomic(self.path, to_json(self.data))
+
+    def finish(self, status: str, error: BaseException | None = None) -> None:
+        """Record how this run ended and save (never raises: the run's own error matters more)."""
+        self.run["status"] = status
+        if error is not None:
+            self.run["error"] = f"{type(error).__name__}: {error}"
+        self.run["ended"] = self.data["ended"] = now()
+        with contextlib.suppress(Exception):
+            self.save()
+
+
+class VectorStore:
+    """The sweep's vector files: extraction of missing files (and missing layers), CAA's normalisation, and a
+    hash per cell of exactly the numbers it adds."""
+
+    def __init__(self, cfg: SweepConfig):
+        self.cfg = cfg
+        self.layers = sorted({x for group in cfg.layers for x in group})
+        self.info: dict[str, dict[str, Any]] = {}
+
+    def pairs_path(self, b: Behaviour) -> Path:
+        """The behaviour's contrast pairs: its own file, or CAA's generate set."""
+        from caa_eval import data
+
+        return b.pairs if b.pairs is not None else data.resolve_behaviour_pairs(b.name, "generate", self.cfg.caa_data_dir)
+
+    def raw_path(self, b: Behaviour, site: str) -> Path:
+        """Where the extracted (never rescaled) vector file of a behaviour and site lives."""
+        return self.cfg.vectors_folder / vector_file_name(b.name, site)
+
+    def missing(self) -> list[tuple[Behaviour, str, list[int]]]:
+        """(behaviour, site, layers to extract) for every file that is absent or lacks layers."""
+        from caa_eval import data
+        from caa_eval.core import vectors
+
+        todo = []
+        for b in self.cfg.behaviours:
+            pairs_sha = data.file_sha256(self.pairs_path(b))
+            for site in self.cfg.sites:
+                path = self.raw_path(b, site)
+                if not path.is_file():
+                    todo.append((b, site, self.layers))
+                    continue
+                sv = vectors.load(path)
+                if sv.site != site:
+                    raise CAAEvalError(f"{path} was read at site {sv.site!r}, the sweep needs {site!r}; delete it or "
+                                       "point vectors at another folder")
+                if sv.dataset_sha256 and sv.dataset_sha256 != pairs_sha:
+                    raise CAAEvalError(f"{path} was extracted from other contrast pairs than {self.pairs_path(b)}; "
+                                       "delete it or point vectors at another folder")
+                if sv.normalization:
+                    raise CAAEvalError(f"{path} is already rescaled ({sv.normalization.get('method')}); the sweep needs "
+                                       "raw vectors: point vectors at the raw files")
+                lacking = [x for x in self.layers if x not in sv.vectors]
+                if lacking:
+                    todo.append((b, site, lacking))
+        return todo
+
+    def extract(self, todo: list[tuple[Behaviour, str, list[int]]], model: Any, tokenizer: Any, progress: bool) -> None:
+        """Extract what `missing` listed with an already loaded model; existing layers stay bit-identical.
+
+        Args:
+            todo: `missing()`'s answer.
+            model: the loaded HF model the vectors are read from.
+            tokenizer: its tokenizer.
+            progress: show progress bars.
+        """
+        from caa_eval.core import vectors
+        from caa_eval.core.extract import extract_to_file
+
+        for b, site, layers in todo:
+            path = self.raw_path(b, site)
+            old = vectors.load(path) if path.is_file() else None
+            log.info("extracting %s vectors (site %s, layers %s) from %s", b.name, site, layers, self.pairs_path(b))
+            started = time.perf_counter()
+            target = path if old is None else path.with_name(path.name + ".new.safetensors")
+            sv = extract_to_file(self.cfg.model, self.pairs_path(b), target, layers=layers, site=site,
+                                 batch_size=self.cfg.extract_batch_size, behaviour=b.name, model=model,
+                                 tokenizer=tokenizer, progress=progress)
+            if old is not None:  # keep the layers already there bit-identical, add the new ones
+                dataclasses.replace(sv, vectors={**old.vectors, **sv.vectors}).save(path)
+                target.unlink(missing_ok=True)
+            log.info("extracted %s (%s) in %.1f s", b.name, site, time.perf_counter() - started)
+
+    def finalize(self) -> None:
+        """Write the normalised copies (with normalize) and record per-file facts for the manifest."""
+        from caa_eval.core import vectors
+
+        for site in self.cfg.sites:
+            raw = [vectors.load(self.raw_path(b, site)) for b in self.cfg.behaviours]
+            used = vectors.normalize_to_mean_norm(raw) if self.cfg.normalize else raw
+            for b, sv in zip(self.cfg.behaviours, used):
+                path = vector_path(self.cfg, b.name, site)
+                if self.cfg.normalize:
+                    existing = vectors.load(path) if path.is_file() else None
+                    if existing is None or existing.sha256() != sv.sha256():
+                        sv.save(path)
+                self.info[f"{b.name}/{site}"] = {
+                    "file": str(path), "raw_file": str(self.raw_path(b, site)), "sha256": sv.sha256(),
+                    "layers": sv.layers, "n_pairs": sv.n_pairs, "dataset_sha256": sv.dataset_sha256,
+                    "model_fingerprint": sv.model_fingerprint, "normalization": sv.normalization,
+                    "norms": {str(x): round(float(sv.vectors[x].float().norm()), 6) for x in self.layers if x in sv.vectors},
+                }
+
+    def content_sha(self, cell: Cell) -> str | None:
+        """Hash of exactly the numbers the cell adds (its layers' vectors): unchanged by extracting more layers."""
+        if cell.vector is None:
+            return None
+        import torch
+
+        from caa_eval.core import vectors
+
+        sv = vectors.load(cell.vector)
+        h = hashlib.sha256(f"{sv.site}".encode())
+        for x in cell.layer or []:
+            h.update(f"{x}:".encode())
+            h.update(sv.vectors[x].detach().to(torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()
