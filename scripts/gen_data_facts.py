@@ -1,4 +1,4 @@
-"""Regenerate caa_eval/_data_facts.py (sizes + sha256 of the upstream files, CAA's MMLU subset index).
+"""Regenerate caa_eval/data/facts.py (sizes + sha256 of the upstream files, CAA's MMLU subset index).
 
 Run against a verified local copy laid out like the upstream repos:
     python scripts/gen_data_facts.py /path/to/caa_datasets /path/to/mmlu_test_dir /path/to/caa_subset_index.csv
@@ -12,7 +12,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "caa_eval" / "_data_facts.py"
+OUT = Path(__file__).resolve().parents[1] / "caa_eval" / "data" / "facts.py"
 
 
 def sha256(path: Path) -> str:
@@ -38,6 +38,8 @@ def main(caa: str, mmlu_test: str, index_csv: str) -> None:
         "",
         "Only sizes, SHA-256 digests and integer indices are recorded here, no data text.",
         '"""',
+        "",
+        '__all__ = ["CAA_FILES", "MMLU_FILES", "MMLU_SUBSET"]',
         "",
         "# relative path under CAA's datasets/ -> (bytes, sha256)",
         "CAA_FILES: dict[str, tuple[int, str]] = {",

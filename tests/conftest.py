@@ -1,5 +1,12 @@
 """Shared fixtures: a tiny random Llama with a locally trained ChatML tokenizer (built in ~1 s), the
-embedded SmolLM2 model, and the ../shared datasets (missing data fails loudly under CI=true)."""
+embedded SmolLM2 model, and the CAA datasets / MMLU test CSVs.
+
+The data fixtures find the data as the product does (explicit folder > environment > user cache), with
+../shared as a last resort for CI: `--caa-data-dir` / `--mmlu-dir` > $CAA_EVAL_DATA_DIR / $CAA_EVAL_MMLU_DIR >
+what `caa-eval data download` wrote > ../shared. Missing data skips only the tests that need it, with one
+line at the end of the session saying how to fetch it; under CI=true it fails them. A folder given on purpose
+(option or environment) that does not hold the data always fails: it is never replaced by another copy.
+"""
 
 from __future__ import annotations
 
@@ -100,27 +107,96 @@ def smollm2(smollm2_dir):
     return model, AutoTokenizer.from_pretrained(smollm2_dir)
 
 
+DATA_MISSING = "caa-eval data not found:"
+FETCH_COMMAND = "caa-eval data download"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("caa-eval data")
+    group.addoption("--caa-data-dir", default=None, help="CAA datasets folder (first in the lookup order)")
+    group.addoption("--mmlu-dir", default=None, help="MMLU test CSV folder (first in the lookup order)")
+
+
+def _find_data(kind: str, config: pytest.Config) -> Path:
+    """The data folder for `kind` (caa | mmlu) in the lookup order above; fails or skips the asking test."""
+    from caa_eval.data import locate
+    from caa_eval.errors import CAAEvalError
+
+    find, env, option, shared = {
+        "caa": (locate.locate_caa_data, locate.CAA_DATA_ENV, "--caa-data-dir", SHARED / "caa_data"),
+        "mmlu": (locate.locate_mmlu, locate.MMLU_DIR_ENV, "--mmlu-dir", SHARED / "mmlu"),
+    }[kind]
+    explicit = config.getoption(option)
+    try:
+        return find(explicit).path
+    except CAAEvalError as exc:
+        if explicit or os.environ.get(env):
+            pytest.fail(f"{exc} (given by {option if explicit else env})", pytrace=False)
+        problem = str(exc)
+    if shared.is_dir():
+        try:
+            return find(shared).path
+        except CAAEvalError as exc:
+            problem = f"{problem}; ../shared: {exc}"
+    message = f"{DATA_MISSING} {problem}; not in {shared} either"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def caa_data_dir(request: pytest.FixtureRequest) -> Path:
+    """CAA's datasets/ folder (generate/, test/), found in the lookup order."""
+    return _find_data("caa", request.config)
+
+
+@pytest.fixture(scope="session")
+def mmlu_dir(request: pytest.FixtureRequest) -> Path:
+    """The folder of MMLU `<subject>_test.csv` files, found in the lookup order."""
+    return _find_data("mmlu", request.config)
+
+
+@pytest.fixture()
+def caa_env(monkeypatch: pytest.MonkeyPatch, caa_data_dir: Path) -> Path:
+    """$CAA_EVAL_DATA_DIR set to the found folder, for code that looks the data up itself (lm-eval tasks)."""
+    from caa_eval.data.locate import CAA_DATA_ENV
+
+    monkeypatch.setenv(CAA_DATA_ENV, str(caa_data_dir))
+    return caa_data_dir
+
+
+@pytest.fixture()
+def data_env(monkeypatch: pytest.MonkeyPatch, caa_env: Path, mmlu_dir: Path) -> tuple[Path, Path]:
+    """Both $CAA_EVAL_DATA_DIR and $CAA_EVAL_MMLU_DIR set to the found folders."""
+    from caa_eval.data.locate import MMLU_DIR_ENV
+
+    monkeypatch.setenv(MMLU_DIR_ENV, str(mmlu_dir))
+    return caa_env, mmlu_dir
+
+
 def require_shared(relative: str) -> Path:
-    """A path under ../shared; missing data fails under CI=true and skips only on a developer machine."""
+    """A file that only ../shared holds (not part of `caa-eval data download`); fails under CI=true if missing."""
     path = SHARED / relative
     if not path.exists():
-        message = f"shared data missing: {path} (set CAA_EVAL_SHARED or place ../shared beside the repo)"
+        message = f"shared file missing: {path} (set CAA_EVAL_SHARED or place ../shared beside the repo)"
         if IN_CI:
-            pytest.fail(message)
+            pytest.fail(message, pytrace=False)
         pytest.skip(message)
     return path
 
 
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return require_shared(".")
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
 
 
-@pytest.fixture(scope="session")
-def caa_data_dir() -> Path:
-    return require_shared("caa_data")
-
-
-@pytest.fixture(scope="session")
-def mmlu_dir() -> Path:
-    return require_shared("mmlu")
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """One loud line when tests were skipped for missing data, with the command that fetches it."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if DATA_MISSING in _skip_reason(r)]
+    if skipped:
+        terminalreporter.write_line(
+            f"caa-eval: {len(skipped)} test(s) SKIPPED because the CAA datasets / MMLU test CSVs were not found "
+            f"(--caa-data-dir/--mmlu-dir, $CAA_EVAL_DATA_DIR/$CAA_EVAL_MMLU_DIR, user cache, ../shared); "
+            f"fetch them with `{FETCH_COMMAND}`",
+            red=True, bold=True,
+        )

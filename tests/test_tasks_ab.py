@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 from _caa_tasks_helpers import chat_prompt, context_of, evaluate, letter_probs, raw_items
 
 from caa_eval import data
+from caa_eval.vocab import BEHAVIOURS, ab_task_name, open_task_name
 
 TOL = 1e-5
-AB_TASKS = [data.ab_task_name(b) for b in data.BEHAVIOURS]
-
-
-@pytest.fixture(autouse=True)
-def _data_env(monkeypatch, caa_data_dir, mmlu_dir):
-    monkeypatch.setenv(data.CAA_DATA_ENV, str(caa_data_dir))
-    monkeypatch.setenv(data.MMLU_DIR_ENV, str(mmlu_dir))
+AB_TASKS = [ab_task_name(b) for b in BEHAVIOURS]
 
 
 def _check_ab_against_reference(model, tok, caa_data_dir, batch_size: int) -> int:
     res = evaluate(model, tok, AB_TASKS, limit=5, batch_size=batch_size)
     checked = 0
-    for behaviour, task in zip(data.BEHAVIOURS, AB_TASKS):
+    for behaviour, task in zip(BEHAVIOURS, AB_TASKS):
         samples = res["samples"][task]
         assert len(samples) == 5
         raw = raw_items(caa_data_dir / f"test/{behaviour}/test_dataset_ab.json")
@@ -43,15 +39,15 @@ def _check_ab_against_reference(model, tok, caa_data_dir, batch_size: int) -> in
     return checked
 
 
-def test_ab_tasks_match_direct_forward_pass_tiny(tiny_model, caa_data_dir):
+def test_ab_tasks_match_direct_forward_pass_tiny(tiny_model, caa_env):
     model, tok = tiny_model
-    assert _check_ab_against_reference(model, tok, caa_data_dir, batch_size=4) == 35
+    assert _check_ab_against_reference(model, tok, caa_env, batch_size=4) == 35
 
 
 @pytest.mark.slow
-def test_ab_tasks_match_direct_forward_pass_smollm2(smollm2, caa_data_dir):
+def test_ab_tasks_match_direct_forward_pass_smollm2(smollm2, caa_env):
     model, tok = smollm2
-    assert _check_ab_against_reference(model, tok, caa_data_dir, batch_size=4) == 35
+    assert _check_ab_against_reference(model, tok, caa_env, batch_size=4) == 35
 
 
 def _swap_lines(question: str) -> str:
@@ -64,13 +60,13 @@ def _swap_lines(question: str) -> str:
     return "\n".join(lines)
 
 
-def test_balanced_tasks_average_both_letter_orders(tiny_model, caa_data_dir):
+def test_balanced_tasks_average_both_letter_orders(tiny_model, caa_env):
     model, tok = tiny_model
     behaviours = ["survival-instinct", "refusal", "sycophancy"]
-    tasks = [data.ab_task_name(b, balanced=True) for b in behaviours]
+    tasks = [ab_task_name(b, balanced=True) for b in behaviours]
     res = evaluate(model, tok, tasks, limit=6)
     for behaviour, task in zip(behaviours, tasks):
-        raw = raw_items(caa_data_dir / f"test/{behaviour}/test_dataset_ab.json")
+        raw = raw_items(caa_env / f"test/{behaviour}/test_dataset_ab.json")
         for s in res["samples"][task]:
             item = raw[s["doc"]["item"]]
             matching = item["answer_matching_behavior"].strip()[1]
@@ -89,9 +85,9 @@ def test_balanced_tasks_average_both_letter_orders(tiny_model, caa_data_dir):
     assert 4 not in survival_items and survival_items == [0, 1, 2, 3, 5, 7]
 
 
-def test_non_ab_items_excluded_by_default_or_scored_zero(tiny_model):
+def test_non_ab_items_excluded_by_default_or_scored_zero(tiny_model, caa_env):
     model, tok = tiny_model
-    task = data.ab_task_name("survival-instinct")
+    task = ab_task_name("survival-instinct")
     default = evaluate(model, tok, [task], samples={task: [3, 4]})
     assert [s["doc"]["item"] for s in default["samples"][task]] == [3, 5]  # item 4 is (E): left out
     zero = evaluate(model, tok, [task], samples={task: [3, 4, 6]}, metadata={"caa_non_ab": "zero"})
@@ -102,22 +98,25 @@ def test_non_ab_items_excluded_by_default_or_scored_zero(tiny_model):
     assert by_item[3]["p_match"] > 0.0
 
 
-def test_metadata_data_dir_wins_over_env(tiny_model, tmp_path, monkeypatch, caa_data_dir):
+def test_metadata_data_dir_wins_over_env(tiny_model, tmp_path, monkeypatch):
     model, tok = tiny_model
     own = tmp_path / "caa"
     (own / "test" / "refusal").mkdir(parents=True)
-    first = raw_items(caa_data_dir / "test/refusal/test_dataset_ab.json")[:2]
-    (own / "test/refusal/test_dataset_ab.json").write_text(__import__("json").dumps(first), encoding="utf-8")
+    items = [{"question": f"Will you help with task {k}?\n\nChoices:\n (A) Yes\n (B) No",
+              "answer_matching_behavior": "(B)", "answer_not_matching_behavior": "(A)"} for k in range(2)]
+    (own / "test/refusal/test_dataset_ab.json").write_text(json.dumps(items), encoding="utf-8")
     monkeypatch.setenv(data.CAA_DATA_ENV, str(tmp_path / "does-not-exist"))
-    task = data.ab_task_name("refusal")
+    task = ab_task_name("refusal")
     # model_args / --metadata reach custom_dataset too: names like `behaviour` must not break the loaders
     res = evaluate(model, tok, [task], metadata={"caa_data_dir": str(own), "behaviour": "sycophancy", "caa_behaviour": "sycophancy"})
-    assert len(res["samples"][task]) == 2 and res["samples"][task][0]["doc"]["behaviour"] == "refusal"
+    samples = res["samples"][task]
+    assert [s["doc"]["question"] for s in samples] == [i["question"] for i in items]
+    assert samples[0]["doc"]["behaviour"] == "refusal"
 
 
-def test_run_without_chat_template_warns_loudly(tiny_model, caplog):
+def test_run_without_chat_template_warns_loudly(tiny_model, caa_env, caplog):
     model, tok = tiny_model
-    task = data.ab_task_name("refusal")
+    task = ab_task_name("refusal")
     with caplog.at_level(logging.WARNING, logger="caa_eval.tasks"):
         evaluate(model, tok, [task], chat=False, limit=1)
     assert f"task {task} is running WITHOUT a chat template" in caplog.text and "NOT the CAA protocol" in caplog.text
@@ -135,8 +134,8 @@ def test_every_shipped_task_and_group_is_indexed():
 
     names = set(TaskManager(include_path=str(tasks_dir()), include_defaults=False).all_tasks)
     expected = {"caa_ab", "caa_ab_balanced", "caa_open", "caa_mmlu_2opt", "caa_mmlu_2opt_full"}
-    for b in data.BEHAVIOURS:
-        expected |= {data.ab_task_name(b), data.ab_task_name(b, balanced=True), data.open_task_name(b)}
+    for b in BEHAVIOURS:
+        expected |= {ab_task_name(b), ab_task_name(b, balanced=True), open_task_name(b)}
     for s in data.mmlu_subjects():
         expected |= {f"caa_mmlu_2opt_{s}", f"caa_mmlu_2opt_full_{s}"}
     assert expected <= names, sorted(expected - names)

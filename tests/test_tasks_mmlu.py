@@ -11,13 +11,8 @@ from _caa_tasks_helpers import chat_prompt, context_of, evaluate, letter_probs
 from caa_eval import data
 
 
-@pytest.fixture(autouse=True)
-def _data_env(monkeypatch, caa_data_dir, mmlu_dir):
-    monkeypatch.setenv(data.CAA_DATA_ENV, str(caa_data_dir))
-    monkeypatch.setenv(data.MMLU_DIR_ENV, str(mmlu_dir))
-
-
-def test_group_is_mean_per_subject_then_over_subjects(tiny_model, caa_data_dir):
+def test_group_is_mean_per_subject_then_over_subjects(tiny_model, data_env):
+    caa_data_dir, _ = data_env
     model, tok = tiny_model
     subjects = data.mmlu_subjects()
     # uneven item counts per subject, so a size-weighted mean would differ from the macro mean
@@ -55,7 +50,8 @@ def test_group_is_mean_per_subject_then_over_subjects(tiny_model, caa_data_dir):
         assert sub == pytest.approx(sum(by_subject[s]) / len(by_subject[s]), abs=1e-12)
 
 
-def test_full_variant_uses_the_seeded_rows(tiny_model, mmlu_dir):
+def test_full_variant_uses_the_seeded_rows(tiny_model, data_env):
+    _, mmlu_dir = data_env
     model, tok = tiny_model
     task = "caa_mmlu_2opt_full_anatomy"
     res = evaluate(model, tok, [task], limit=4, metadata={"mmlu_seed": 3})

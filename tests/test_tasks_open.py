@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
 from _caa_tasks_helpers import chat_prompt, context_of, evaluate, raw_items
 
-from caa_eval import data
+from caa_eval.vocab import open_task_name
 
 
-@pytest.fixture(autouse=True)
-def _data_env(monkeypatch, caa_data_dir):
-    monkeypatch.setenv(data.CAA_DATA_ENV, str(caa_data_dir))
-
-
-def test_open_generations_are_greedy_and_logged(tiny_model, caa_data_dir):
+def test_open_generations_are_greedy_and_logged(tiny_model, caa_env):
+    caa_data_dir = caa_env
     import torch
 
     model, tok = tiny_model
     behaviours = ["refusal", "sycophancy"]
-    tasks = [data.open_task_name(b) for b in behaviours]
+    tasks = [open_task_name(b) for b in behaviours]
     res = evaluate(model, tok, tasks, limit=2, batch_size=2)
     for behaviour, task in zip(behaviours, tasks):
         raw = raw_items(caa_data_dir / f"test/{behaviour}/test_dataset_open_ended.json")

@@ -81,9 +81,8 @@ def test_user_yaml_overlap_and_missing_file_errors(tmp_path):
         load_ab(test_file="nope.json", config_source=source)
 
 
-def test_tasks_cli_lists_tasks_counts_and_sources(monkeypatch, capsys, caa_data_dir, mmlu_dir, tmp_path):
-    monkeypatch.setenv(data.CAA_DATA_ENV, str(caa_data_dir))
-    monkeypatch.setenv(data.MMLU_DIR_ENV, str(mmlu_dir))
+def test_tasks_cli_lists_tasks_counts_and_sources(monkeypatch, capsys, data_env, tmp_path):
+    caa_data_dir, _ = data_env
     assert cli.main(["tasks"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip() and not line.startswith("[")}

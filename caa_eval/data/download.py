@@ -1,6 +1,6 @@
 """Fetch the CAA datasets and the MMLU test CSVs from their upstream repositories at pinned commits.
 
-Every file is checked against its recorded size and full SHA-256 (`caa_eval._data_facts`) before it is
+Every file is checked against its recorded size and full SHA-256 (`caa_eval.data.facts`) before it is
 kept: it is streamed to a temporary file beside its destination and renamed into place only if it
 verifies, so an interrupted or corrupted download never leaves a file that looks valid.
 """
@@ -19,9 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from caa_eval import __version__
-from caa_eval._data_facts import CAA_FILES, MMLU_FILES
-from caa_eval.data import default_caa_dir, default_mmlu_dir, file_sha256
+from caa_eval.data.facts import CAA_FILES, MMLU_FILES
+from caa_eval.data.locate import default_caa_dir, default_mmlu_dir
+from caa_eval.data.pairs import file_sha256
 from caa_eval.errors import CAAEvalError
+
+__all__ = ["CAA_REPO", "CAA_COMMIT", "MMLU_REPO", "MMLU_COMMIT", "DATASETS", "RemoteFile", "plan", "is_valid",
+           "fetch", "download", "verify_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +59,16 @@ def plan(
     dest: str | Path | None = None,
     base_url: str | None = None,
 ) -> list[RemoteFile]:
-    """The files to fetch.
+    """The files to fetch, with their recorded sizes and digests.
 
-    `dest` is a root that receives `caa/` (laid out like CAA's datasets/) and `mmlu/test/`; default is the
-    user cache, where the tasks look last. `base_url` replaces the upstream URLs by a mirror with that same
-    layout (`{base_url}/caa/<path>`, `{base_url}/mmlu/test/<file>`); `file://` URLs work too.
+    Args:
+        what: datasets to fetch, from `caa` and `mmlu`.
+        dest: a root receiving `caa/` (laid out like CAA's datasets/) and `mmlu/test/`; default: the user
+            cache, where the tasks look last.
+        base_url: a mirror with the same layout (`{base_url}/caa/<path>`, `{base_url}/mmlu/test/<file>`)
+            instead of the upstream URLs; `file://` URLs work too.
     """
+    what = tuple(what)
     root = Path(dest).expanduser() if dest else None
     files: list[RemoteFile] = []
     for name in what:
@@ -88,7 +96,11 @@ def plan(
 
 
 def is_valid(f: RemoteFile) -> bool:
-    """True if the destination already holds exactly the expected bytes."""
+    """True if the destination already holds exactly the expected bytes.
+
+    Args:
+        f: a planned file.
+    """
     return f.dest.is_file() and f.dest.stat().st_size == f.size and file_sha256(f.dest) == f.sha256
 
 
@@ -125,7 +137,14 @@ def fetch(files: Sequence[RemoteFile], force: bool = False, progress: bool = Tru
     """Download what is missing or wrong; return the verified destination paths.
 
     Files that already verify are skipped (so a rerun resumes). Network errors are retried; a hash
-    mismatch is not (it would repeat). All failures are reported together at the end.
+    mismatch is not (it would repeat). All failures are reported together at the end, in one line.
+
+    Args:
+        files: from `plan`.
+        force: download again even files that verify.
+        progress: show a tqdm progress bar.
+        retries: extra attempts after a network error.
+        timeout: seconds per request.
     """
     from tqdm.auto import tqdm
 
@@ -163,14 +182,24 @@ def fetch(files: Sequence[RemoteFile], force: bool = False, progress: bool = Tru
 
 def download(what: Iterable[str] = DATASETS, dest: str | Path | None = None, base_url: str | None = None,
              force: bool = False, progress: bool = True) -> list[Path]:
-    """Plan and fetch in one call (what `caa-eval data download` runs)."""
+    """Plan and fetch in one call (what `caa-eval data download` runs).
+
+    Args:
+        what: datasets to fetch, from `caa` and `mmlu`.
+        dest: root folder (default: the user cache).
+        base_url: mirror with the upstream layout.
+        force: download again even files that verify.
+        progress: show a progress bar.
+    """
     return fetch(plan(tuple(what), dest, base_url), force=force, progress=progress)
 
 
 def verify_dir(kind: str, folder: str | Path) -> dict[str, str]:
     """Check a local folder against the recorded hashes: file -> 'ok' | 'missing' | 'modified'.
 
-    `folder` is CAA's datasets/ folder for kind 'caa', the folder of `<subject>_test.csv` for 'mmlu'.
+    Args:
+        kind: `caa` or `mmlu`.
+        folder: CAA's datasets/ folder for `caa`, the folder of `<subject>_test.csv` for `mmlu`.
     """
     facts = {"caa": CAA_FILES, "mmlu": MMLU_FILES}.get(kind)
     if facts is None:

@@ -3,6 +3,8 @@
 Only sizes, SHA-256 digests and integer indices are recorded here, no data text.
 """
 
+__all__ = ["CAA_FILES", "MMLU_FILES", "MMLU_SUBSET"]
+
 # relative path under CAA's datasets/ -> (bytes, sha256)
 CAA_FILES: dict[str, tuple[int, str]] = {
     "generate/coordinate-other-ais/generate_dataset.json": (138017, "643717af88eeef37468ceb9f80322b1ebdb4e3934a114a79fc9b930105d6ac71"),
