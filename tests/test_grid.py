@@ -78,3 +78,45 @@ def test_grid_refuses_rules_that_cannot_share(tiny_model_dir, vector_files):
     lm = SteeredHFLM(pretrained=str(tiny_model_dir), batch_size=4, device="cpu", multiplier=0)
     with pytest.raises(ValueError, match="cannot share"):
         lm.plan_grid([{"vector": vector_files[0], "layers": 2, "multiplier": 1.0, "positions": "span:0:2"}])
+
+
+def _samples(run_dir):
+    """cell id -> task -> [(doc_id, resps)] from every samples file of a sweep folder."""
+    import json
+
+    out = {}
+    for path in sorted(run_dir.glob("cells/*/samples_*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        task = path.name.split("samples_", 1)[1].rsplit("_", 1)[0]
+        out.setdefault(path.parent.name, {})[task] = sorted((r["doc_id"], r["resps"]) for r in rows)
+    return out
+
+
+def test_sweep_with_the_grid_writes_what_separate_runs_write(tmp_path, tiny_model_dir, monkeypatch):
+    """The sweep plans a grid per (condition, tasks); its samples equal a sweep whose cells run one by one."""
+    from test_sweep import base_keys, write_caa_layout, write_config
+
+    monkeypatch.setenv("CAA_EVAL_DATA_DIR", str(write_caa_layout(tmp_path / "data")))
+    from caa_eval import sweep
+    from caa_eval.lmeval.model import SteeredHFLM
+    from caa_eval.sweep import runner
+
+    keys = base_keys(tiny_model_dir, tmp_path / "grid", layers=[2], multipliers=[-8, 0, 8], normalize=False,
+                     tasks=["caa_ab_{behaviour}"])
+    planned = []
+    original = SteeredHFLM.plan_grid
+    monkeypatch.setattr(SteeredHFLM, "plan_grid", lambda self, configs, **kw: (planned.append(len(configs)),
+                                                                            original(self, configs, **kw))[1])
+    sweep.run_sweep(sweep.load_config(write_config(tmp_path / "a.yaml", **keys)), progress=False, print_fn=lambda _: None)
+    assert planned and max(planned) >= 2, "the sweep did not use the grid"
+    monkeypatch.setattr(runner, "_plan_grid", lambda lm, cells, conds: lm.clear_grid())
+    keys["output"] = str(tmp_path / "separate")
+    sweep.run_sweep(sweep.load_config(write_config(tmp_path / "b.yaml", **keys)), progress=False, print_fn=lambda _: None)
+    grid, separate = _samples(tmp_path / "grid"), _samples(tmp_path / "separate")
+    assert grid.keys() == separate.keys() and len(grid) >= 3
+    for cell in grid:
+        for task in grid[cell]:
+            for (doc_a, resps_a), (doc_b, resps_b) in zip(grid[cell][task], separate[cell][task]):
+                assert doc_a == doc_b
+                for (ll_a, greedy_a), (ll_b, greedy_b) in zip([r[0] for r in resps_a], [r[0] for r in resps_b]):
+                    assert abs(float(ll_a) - float(ll_b)) <= 1e-5 and greedy_a == greedy_b

@@ -130,6 +130,30 @@ def _judge(cfg: SweepConfig, files: list[Path]) -> dict[str, Any]:
     return {t.task: {"mean": t.mean, "scored": t.scored, "n": t.n, "missing": t.missing} for t in summary.tasks}
 
 
+def _steering_args(cell: Cell, cond: Condition) -> dict[str, Any]:
+    """The `set_steering` arguments of a cell (one place, used by the cell run and by the grid plan)."""
+    if cell.is_baseline:
+        return {"vector": None, "multiplier": 0}
+    return {"vector": cell.vector, "layers": cell.layer, "multiplier": cell.multiplier, "site": cell.site,
+            "positions": cell.positions, "allow_fingerprint_mismatch": cond.allow_mismatch}
+
+
+def _grid_batches(group: list[Cell], conds: dict[str, Condition]) -> list[list[Cell]]:
+    """Cells that see the same requests (same condition, same tasks): their log-likelihoods come from one pass."""
+    batches: dict[tuple, list[Cell]] = {}
+    for cell in group:
+        batches.setdefault((cell.condition, tuple(cell.tasks)), []).append(cell)
+    return list(batches.values())
+
+
+def _plan_grid(lm: Any, cells: list[Cell], conds: dict[str, Condition]) -> None:
+    """One shared-prefix pass for every cell of the batch that CAA's prefix sharing applies to."""
+    shareable = [c for c in cells if c.is_baseline or (c.positions or "after_instruction") in ("after_instruction", "all")]
+    lm.clear_grid()
+    if len(shareable) > 1:
+        lm.plan_grid([_steering_args(c, conds[c.condition]) for c in shareable])
+
+
 def run_cell(lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: Any, run_dir: Path,
              spec: dict[str, Any]) -> dict[str, Any]:
     """Run one cell into RUN_DIR/.partial/<id>/, move it to cells/<id>/, then write DONE.
@@ -151,11 +175,7 @@ def run_cell(lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: An
 
     started, t0 = now(), time.perf_counter()
     stage = new_stage(run_dir, cell.id)
-    if cell.is_baseline:
-        lm.set_steering(vector=None, multiplier=0)
-    else:
-        lm.set_steering(vector=cell.vector, layers=cell.layer, multiplier=cell.multiplier, site=cell.site,
-                        positions=cell.positions, allow_fingerprint_mismatch=cond.allow_mismatch)
+    lm.set_steering(**_steering_args(cell, cond))
     model_args: dict[str, Any] = {"pretrained": cond.pretrained or cfg.model}
     if cond.peft:
         model_args["peft"] = cond.peft
@@ -318,15 +338,18 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
                     if key == base_key:
                         manifest.data["model_fingerprint"] = lm.model_fingerprint
                     manifest.save()
-                    for cell in group:
-                        bar.set_postfix_str(cell.id, refresh=True)
-                        res = run_cell(lm, cfg, cell, conds[cell.condition], manager, run_dir, specs[cell.id])
-                        manifest.run["cells_run"].append(cell.id)
-                        bar.write(f"done {cell.id}: {_primary_summary(res, cell.tasks)}")
-                        bar.update(1)
-                        manifest.save()
-                        if after_cell is not None:
-                            after_cell(cell)
+                    for batch in _grid_batches(group, conds):
+                        _plan_grid(lm, batch, conds)
+                        for cell in batch:
+                            bar.set_postfix_str(cell.id, refresh=True)
+                            res = run_cell(lm, cfg, cell, conds[cell.condition], manager, run_dir, specs[cell.id])
+                            manifest.run["cells_run"].append(cell.id)
+                            bar.write(f"done {cell.id}: {_primary_summary(res, cell.tasks)}")
+                            bar.update(1)
+                            manifest.save()
+                            if after_cell is not None:
+                                after_cell(cell)
+                    lm.clear_grid()
             lms.clear()
             with contextlib.suppress(OSError):
                 (run_dir / ".partial").rmdir()  # only when empty
