@@ -43,13 +43,10 @@ from caa_eval.data.pairs import (
     load_contrast_pairs,
 )
 from caa_eval.data.records import read_records, read_text
-from caa_eval.vocab import BEHAVIOURS, caa_behaviour
-
-canonical_behaviour = caa_behaviour
-"""Old name of `caa_eval.vocab.caa_behaviour`, kept while sweep.py and lmeval/tasks.py still call it."""
+from caa_eval.vocab import BEHAVIOURS
 
 __all__ = [
-    "BEHAVIOURS", "canonical_behaviour",
+    "BEHAVIOURS",
     "read_records", "read_text",
     "PAIR_FIELDS", "ContrastPair", "load_contrast_pairs", "check_unique", "check_no_overlap", "file_sha256",
     "CAA_DATA_ENV", "MMLU_DIR_ENV", "SPLIT_FILES", "DataLocation", "default_caa_dir", "default_mmlu_dir",

@@ -20,6 +20,7 @@ from lm_eval.api.task import ConfigurableTask
 from caa_eval import data
 from caa_eval.core.prompts import render_prompt
 from caa_eval.errors import CAAEvalError
+from caa_eval.vocab import caa_behaviour
 
 log = logging.getLogger("caa_eval.tasks")
 
@@ -116,7 +117,7 @@ def _source(behaviour: str | None, test_file: str | None, split: str, caa_data_d
         return path, behaviour or path.stem
     if not behaviour:
         raise CAAEvalError(f"task {config_source} names no data: set dataset_kwargs.test_file (or caa_behaviour)")
-    return data.resolve_behaviour_pairs(behaviour, split=split, data_dir=caa_data_dir), data.canonical_behaviour(behaviour)
+    return data.resolve_behaviour_pairs(behaviour, split=split, data_dir=caa_data_dir), caa_behaviour(behaviour)
 
 
 def load_ab(caa_behaviour: str | None = None, test_file: str | None = None, caa_data_dir: str | None = None,
