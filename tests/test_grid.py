@@ -20,6 +20,10 @@ def requests(tok):
                                       tokenize=False, continue_final_message=True)
         for cont in ("A", "B", "A) Yes"):
             out.append(Instance("loglikelihood", {}, (ctx, cont), len(out)))
+        # a context ending in the generation prompt's newline: lm-eval moves that whitespace into the
+        # continuation, so the first steered token lies inside the scored continuation
+        open_ctx = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        out.append(Instance("loglikelihood", {}, (open_ctx, "What a lovely day!"), len(out)))
     return out
 
 
@@ -68,7 +72,8 @@ def test_grid_equals_separate_runs(tiny_model_dir, tiny_model, vector_files):
         lm.set_steering(**({"multiplier": 0} | config))
         got = lm.loglikelihood(requests(tok))
         assert [g for _, g in got] == [g for _, g in separate[i]], config
-        assert max(abs(a - b) for (a, _), (b, _) in zip(got, separate[i])) <= 1e-5, config
+        # 1e-5 relative: summed log-likelihoods of long continuations reach |ll| ~ 100 in this sharp tiny model
+        assert max(abs(a - b) / max(1.0, abs(b)) for (a, _), (b, _) in zip(got, separate[i])) <= 1e-5, config
     assert calls["n"] == 1, "the grid should compute every setting in one pass"
     steered = [max(abs(a - b) for (a, _), (b, _) in zip(separate[i], separate[0])) for i in separate]
     assert sum(d > 1e-2 for d in steered) >= len(steered) - 3, "steering had no effect; the test would be vacuous"

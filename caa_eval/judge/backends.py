@@ -41,6 +41,9 @@ class Backend(Protocol):
     async def run(self, jobs: Sequence[Job], done: Done) -> None: ...
 
 
+_HF_BACKENDS: dict[tuple[str | None, int], Backend] = {}
+
+
 def make_backend(
     backend: str, judge_model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
     concurrency: int = 8, timeout: float = 60.0, max_retries: int = 5, batch_size: int = 8,
@@ -65,7 +68,11 @@ def make_backend(
     if backend == "hf":
         from caa_eval.judge.hf_backend import HFBackend
 
-        return HFBackend(judge_model, batch_size=batch_size)
+        # one local judge per process: a sweep judges many cells, and the model should load once
+        key = (judge_model, batch_size)
+        if key not in _HF_BACKENDS:
+            _HF_BACKENDS[key] = HFBackend(judge_model, batch_size=batch_size)
+        return _HF_BACKENDS[key]
     raise CAAEvalError(f"unknown judge backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -115,14 +115,13 @@ class SteeringGrid:
         if rule == "all":
             return 0
         assert locator is not None
-        start = locator.instruction_end(inp)
-        if start > first_scored:
-            raise ValueError("the first steered token lies inside the continuation; run this setting without the grid")
-        return start
+        return locator.instruction_end(inp)  # may lie in the continuation (lm-eval moves trailing spaces there)
 
     def _run(self, model, batch, starts, settings, pad_id, device, softmax_dtype) -> None:
         cache_kw = cache_kwarg(model)
-        prefix_ids = [list(inp[: s]) for (inp, _), s in zip(batch, starts)]
+        # the tail starts where steering starts, or earlier at the first scored position
+        cuts = [min(s, len(inp) - len(cont)) for (inp, cont), s in zip(batch, starts)]
+        prefix_ids = [list(inp[:c]) for (inp, _), c in zip(batch, cuts)]
         cache = None
         if any(prefix_ids):
             from transformers import DynamicCache
@@ -138,7 +137,7 @@ class SteeringGrid:
                   logits_to_keep=1)
         else:
             mask = torch.zeros((len(batch), 0), dtype=torch.long, device=device)
-        tails = [list(inp[s:]) for (inp, _), s in zip(batch, starts)]
+        tails = [list(inp[c:]) for (inp, _), c in zip(batch, cuts)]
         groups: dict[tuple, list[GridSetting]] = {}
         for s in settings:
             groups.setdefault(s.group(), []).append(s)
@@ -146,9 +145,10 @@ class SteeringGrid:
         for group in groups.values():
             for k0 in range(0, len(group), per_chunk):
                 chunk = group[k0 : k0 + per_chunk]
-                self._tail(model, batch, tails, prefix_ids, mask, cache, chunk, pad_id, device, cache_kw, softmax_dtype)
+                self._tail(model, batch, tails, prefix_ids, starts, mask, cache, chunk, pad_id, device, cache_kw,
+                           softmax_dtype)
 
-    def _tail(self, model, batch, tails, prefix_ids, mask, cache, chunk, pad_id, device, cache_kw, softmax_dtype):
+    def _tail(self, model, batch, tails, prefix_ids, starts, mask, cache, chunk, pad_id, device, cache_kw, softmax_dtype):
         k = len(chunk)
         tail_ids, tail_mask = pad_right(tails, pad_id, device)
         tail_ids = tail_ids.repeat_interleave(k, 0)
@@ -162,7 +162,10 @@ class SteeringGrid:
             kwargs[cache_kw] = rep
         coefficients = torch.tensor([s.multiplier for s in chunk] * len(batch), dtype=torch.float32)
         first = chunk[0]
-        steering = Steering(model, first.vectors, coefficients, first.site, "all") if first.vectors else None
+        steering = None
+        if first.vectors:  # absolute first steered position per row ("generated" = from a given position on)
+            steering = Steering(model, first.vectors, coefficients, first.site, "generated")
+            steering.set_batch(prompt_lengths=[s for s in starts for _ in range(k)])
         if steering is not None:
             with steering:
                 logits = model(input_ids=tail_ids, attention_mask=full_mask, position_ids=positions, use_cache=cache is not None,

@@ -170,8 +170,7 @@ def run_cell(lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: An
     Returns:
         lm-eval's results (without the samples).
     """
-    import lm_eval
-    from lm_eval.loggers import EvaluationTracker
+    from caa_eval.lmeval.run import evaluate_to_folder
 
     started, t0 = now(), time.perf_counter()
     stage = new_stage(run_dir, cell.id)
@@ -183,24 +182,11 @@ def run_cell(lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: An
     model_args.update({"vector": cell.vector, "layers": cell.layer, "multiplier": cell.multiplier, "site": cell.site,
                        "positions": cell.positions, "behaviour": cell.behaviour, "condition": cell.condition})
     model_args = {k: v for k, v in model_args.items() if v is not None}
-    tracker = EvaluationTracker(output_path=str(stage / "results.json"))  # -> stage/results_<ts>.json, samples beside
-    results = lm_eval.simple_evaluate(
-        model=lm, model_args=model_args, tasks=list(cell.tasks), task_manager=manager, apply_chat_template=True,
-        log_samples=True, limit=cfg.limit, batch_size=cfg.batch_size, evaluation_tracker=tracker,
-        system_instruction=cond.system_instruction, gen_kwargs=dict(cfg.gen_kwargs) if cfg.gen_kwargs else None,
-    )
-    if results is None:
-        raise CAAEvalError(f"cell {cell.id}: lm-eval returned no results (non-zero rank?)")
-    samples = results.pop("samples")
-    tracker.save_results_aggregated(results=results, samples=samples)
-    for task_name in results["configs"]:
-        tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
-    # the tracker only logs write failures: check that every file is there before calling the cell done
-    date_id = tracker.date_id
-    expected = [stage / f"results_{date_id}.json"] + [stage / f"samples_{t}_{date_id}.jsonl" for t in results["configs"]]
-    absent = [p.name for p in expected if not p.is_file()]
-    if absent:
-        raise CAAEvalError(f"cell {cell.id}: lm-eval did not write {', '.join(absent)} (disk full or not writable?)")
+    results, expected = evaluate_to_folder(
+        lm, list(cell.tasks), stage, task_manager=manager, model_args=model_args, limit=cfg.limit,
+        batch_size=cfg.batch_size, system_instruction=cond.system_instruction,
+        gen_kwargs=dict(cfg.gen_kwargs) if cfg.gen_kwargs else None)
+    date_id = expected[0].stem.removeprefix("results_")
     open_files = sorted(p for t in cell.open_tasks for p in stage.glob(f"samples_{t}_{date_id}.jsonl"))
     judged = _judge(cfg, open_files) if open_files else None
     info = cell.cell_json() | {
