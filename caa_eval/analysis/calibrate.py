@@ -1,0 +1,273 @@
+"""The scale of a multiplier (§9.1): how big the added vector is and how much it moves the model.
+
+A multiplier means nothing on its own: `+5` on a vector of norm 0.3 is a nudge, on a norm-10 vector it
+wrecks the model. Two model-relative measures make multipliers comparable across vectors, layers, sites,
+positions and models, both on a small shipped set of ordinary questions (`neutral_prompts.json`):
+
+- norm fraction: |multiplier| × ‖vector‖ / mean ‖residual stream‖ at that layer (block output, every real
+  token of the chat-templated prompts except the first, whose norm is an outlier in most models);
+- KL: mean over the prompts of KL(steered ‖ unsteered) of the next-token distribution at the end of the
+  prompt (where the answer starts), steering at the given site and positions (default CAA's
+  `after_instruction`). A residual and an MLP-output intervention can thus be compared per unit of KL.
+
+`calibrate` inverts the KL: the multiplier that reaches a target KL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+import torch
+from torch import nn
+
+from caa_eval.analysis.tokens import prompt_ids
+from caa_eval.core.hooks import Steering
+from caa_eval.core.layers import decoder_layers, hidden_of
+from caa_eval.core.positions import InstructionLocator, Positions
+from caa_eval.core.vectors import SteeringVector
+from caa_eval.errors import CAAEvalError
+from caa_eval.vocab import SITES
+
+__all__ = ["neutral_prompts", "ScaleProbe", "ScaleRow", "Calibration", "multiplier_scale", "calibrate"]
+
+
+def neutral_prompts() -> list[str]:
+    """The shipped ordinary questions (no link to any CAA behaviour)."""
+    text = resources.files("caa_eval.analysis").joinpath("neutral_prompts.json").read_text(encoding="utf-8")
+    return list(json.loads(text)["prompts"])
+
+
+@dataclass
+class ScaleRow:
+    """One multiplier's scale. `norm_fraction` = |multiplier| × vector_norm / resid_norm; `kl` in nats."""
+
+    layer: int
+    multiplier: float
+    site: str
+    positions: str
+    vector_norm: float
+    resid_norm: float
+    norm_fraction: float
+    kl: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Calibration:
+    """The multiplier that reaches `target_kl` in one direction (`multiplier` None = not reached)."""
+
+    layer: int
+    target_kl: float
+    direction: int
+    multiplier: float | None
+    kl: float | None
+    norm_fraction: float | None
+    max_multiplier: float
+    evaluations: list[tuple[float, float]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ScaleProbe:
+    """Neutral prompts run once through a model: residual norms per layer and unsteered next-token log-probs;
+    `kl()` then costs one batched forward per multiplier.
+
+    Args:
+        model: an HF causal LM.
+        tokenizer: its tokenizer (chat template used for the prompts, as in CAA's evaluation).
+        prompts: questions (default: the shipped `neutral_prompts()`).
+        layers_path: dotted path to the decoder blocks for models not found structurally.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, prompts: Sequence[str] | None = None,
+                 layers_path: str | None = None):
+        self.model, self.tokenizer, self.layers_path = model, tokenizer, layers_path
+        self.prompts = list(prompts) if prompts is not None else neutral_prompts()
+        if not self.prompts:
+            raise CAAEvalError("the scale probe needs at least one neutral prompt")
+        rows = [prompt_ids(tokenizer, p) for p in self.prompts]
+        device = next(model.parameters()).device
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)  # right padding
+        self.attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        self.last = torch.tensor([len(r) - 1 for r in rows], device=device)
+        self.blocks = decoder_layers(model, layers_path)
+        self._locator: InstructionLocator | None = None
+        norms: dict[int, list[torch.Tensor]] = {}
+        handles = [block.register_forward_hook(self._norm_hook(i, norms)) for i, block in enumerate(self.blocks)]
+        try:
+            self.base_logprobs = self._next_token_logprobs()
+        finally:
+            for h in handles:
+                h.remove()
+        keep = self.attention_mask.bool().clone()
+        keep[:, 0] = False  # the first token's residual norm is an outlier (attention sink) in most models
+        self.resid_norms = {i: float(n[0][keep].mean()) for i, n in norms.items()}
+
+    @staticmethod
+    def _norm_hook(layer: int, store: dict[int, list[torch.Tensor]]):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            store[layer] = [hidden_of(output).detach().float().norm(dim=-1)]
+        return hook
+
+    @torch.no_grad()
+    def _next_token_logprobs(self) -> torch.Tensor:
+        logits = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask, use_cache=False).logits
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        return logits[rows, self.last.to(logits.device)].float().log_softmax(-1)
+
+    def kl(self, vector: torch.Tensor, layer: int, multiplier: float, site: str = "residual",
+           positions: str | Positions = "after_instruction") -> tuple[float, list[float]]:
+        """Mean and per-prompt KL(steered ‖ unsteered) of the next-token distribution, in nats.
+
+        Args:
+            vector: the steering vector for `layer`.
+            layer: block to steer.
+            multiplier: coefficient of the vector.
+            site: `residual`, `mlp` or `attn`.
+            positions: which tokens get the vector (see `caa_eval.core.positions.Positions`).
+        """
+        rule = Positions.parse(positions)
+        if rule.needs_chat_structure and self._locator is None:
+            self._locator = InstructionLocator(self.tokenizer)
+        steering = Steering(self.model, {layer: vector.reshape(-1)}, float(multiplier), site, rule,
+                            tokenizer=self.tokenizer, locator=self._locator, layers_path=self.layers_path)
+        with steering:
+            steered = self._next_token_logprobs()
+        per_prompt = (steered.exp() * (steered - self.base_logprobs.to(steered.device))).sum(-1).clamp_min(0.0)
+        values = [float(x) for x in per_prompt.tolist()]
+        return sum(values) / len(values), values
+
+    def resid_norm(self, layer: int) -> float:
+        """Mean ‖block output‖ at `layer` over the prompts' tokens (first token excluded)."""
+        if layer not in self.resid_norms:
+            raise CAAEvalError(f"layer {layer} out of range: the model has layers 0..{len(self.blocks) - 1}")
+        return self.resid_norms[layer]
+
+    def row(self, vector: torch.Tensor, layer: int, multiplier: float, site: str = "residual",
+            positions: str | Positions = "after_instruction") -> ScaleRow:
+        """Norm fraction and KL of one multiplier (see `ScaleRow`)."""
+        vnorm = float(vector.float().norm())
+        resid = self.resid_norm(layer)
+        kl, _ = self.kl(vector, layer, multiplier, site, positions)
+        return ScaleRow(layer, float(multiplier), site, str(Positions.parse(positions)), vnorm, resid,
+                        abs(multiplier) * vnorm / resid, kl)
+
+
+def _vector_and_site(vector: SteeringVector | torch.Tensor, layer: int, site: str | None) -> tuple[torch.Tensor, str]:
+    if isinstance(vector, SteeringVector):
+        vec = vector.select([layer])[layer]
+        site = site or vector.site
+    else:
+        vec = vector.reshape(-1)
+        site = site or "residual"
+    if site not in SITES:
+        raise CAAEvalError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
+    return vec, site
+
+
+def multiplier_scale(model: nn.Module, tokenizer: Any, vector: SteeringVector | torch.Tensor, layer: int,
+                     multipliers: Sequence[float], site: str | None = None,
+                     positions: str | Positions = "after_instruction", probe: ScaleProbe | None = None) -> list[ScaleRow]:
+    """Each multiplier as a fraction of the mean residual-stream norm at `layer` and its next-token KL.
+
+    This is the function reports call to state the scale of every multiplier, e.g.
+    `rows = multiplier_scale(model, tok, caa_eval.core.vectors.load(path), 13, [-1, 1])`, then
+    `row.norm_fraction` and `row.kl` (nats) per row. Pass one `ScaleProbe(model, tok)` as `probe` when
+    calling it for several vectors or layers: the unsteered forward is then done once.
+
+    Args:
+        model: an HF causal LM (the one the vector is applied to).
+        tokenizer: its tokenizer.
+        vector: a loaded vector file (its vector at `layer` is used) or a 1-D tensor.
+        layer: the steered block.
+        multipliers: the multipliers to describe.
+        site: where to add the vector (default: the file's site, `residual` for a tensor).
+        positions: which tokens get the vector (default CAA's `after_instruction`).
+        probe: a prepared ScaleProbe for this model (default: one on the shipped neutral prompts).
+    """
+    vec, site = _vector_and_site(vector, layer, site)
+    probe = probe or ScaleProbe(model, tokenizer)
+    return [probe.row(vec, layer, m, site, positions) for m in multipliers]
+
+
+def calibrate(model: nn.Module, tokenizer: Any, vector: SteeringVector | torch.Tensor, layer: int,
+              target_kl: float, direction: int = 1, site: str | None = None,
+              positions: str | Positions = "after_instruction", tolerance: float = 0.02,
+              max_multiplier: float = 1000.0, probe: ScaleProbe | None = None) -> Calibration:
+    """The multiplier (sign = `direction`) whose mean next-token KL on the neutral prompts is `target_kl`.
+
+    The multiplier is doubled from a small start until the KL passes the target, then the bracket is
+    narrowed (bisection in log-multiplier, then secant steps on log KL) until the KL is within
+    `tolerance` × target. KL usually grows monotonically with |multiplier| near 0; if it does not, the
+    first crossing found is returned.
+
+    Args:
+        model, tokenizer: the steered model.
+        vector: vector file or 1-D tensor.
+        layer: the steered block.
+        target_kl: wanted KL in nats (e.g. 0.1).
+        direction: +1 (behaviour-increasing) or -1.
+        site, positions: as in `multiplier_scale`.
+        tolerance: relative tolerance on the KL.
+        max_multiplier: give up (multiplier None) beyond this |multiplier|.
+        probe: a prepared ScaleProbe.
+    """
+    if not target_kl > 0 or not math.isfinite(target_kl):
+        raise CAAEvalError(f"--kl {target_kl}: give a positive target KL in nats, e.g. --kl 0.1")
+    if direction not in (1, -1):
+        raise CAAEvalError(f"direction {direction}: use +1 or -1")
+    vec, site = _vector_and_site(vector, layer, site)
+    probe = probe or ScaleProbe(model, tokenizer)
+    vnorm = float(vec.float().norm())
+    if not vnorm > 0:
+        raise CAAEvalError(f"the vector at layer {layer} has norm 0; it cannot move the model")
+    seen: list[tuple[float, float]] = []
+
+    def kl_at(m: float) -> float:
+        value = probe.kl(vec, layer, direction * m, site, positions)[0]
+        seen.append((direction * m, value))
+        return value
+
+    def result(m: float | None, kl: float | None) -> Calibration:
+        frac = None if m is None else m * vnorm / probe.resid_norm(layer)
+        return Calibration(layer, target_kl, direction, None if m is None else direction * m, kl, frac,
+                           max_multiplier, sorted(seen))
+
+    lo, kl_lo = 0.0, 0.0
+    hi = min(0.01 * probe.resid_norm(layer) / vnorm, max_multiplier)  # 1% of the residual norm
+    kl_hi = kl_at(hi)
+    while kl_hi < target_kl:
+        if hi >= max_multiplier:
+            return result(None, None)
+        lo, kl_lo = hi, kl_hi
+        hi = min(2 * hi, max_multiplier)
+        kl_hi = kl_at(hi)
+    for step in range(60):
+        if abs(kl_hi - target_kl) <= tolerance * target_kl:
+            return result(hi, kl_hi)
+        if abs(kl_lo - target_kl) <= tolerance * target_kl and lo > 0:
+            return result(lo, kl_lo)
+        if lo > 0 and kl_lo > 0 and step % 2:  # secant on (log m, log KL): KL ~ c·m^p near a smooth crossing
+            p = math.log(kl_hi / kl_lo) / math.log(hi / lo)
+            mid = lo * math.exp(math.log(target_kl / kl_lo) / p) if p > 0 else math.sqrt(lo * hi)
+            if not lo < mid < hi:
+                mid = math.sqrt(lo * hi)
+        else:
+            mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
+        kl_mid = kl_at(mid)
+        if kl_mid < target_kl:
+            lo, kl_lo = mid, kl_mid
+        else:
+            hi, kl_hi = mid, kl_mid
+    raise CAAEvalError(f"calibration did not converge to KL {target_kl} within {tolerance:.0%}; "
+                       "the KL is not smooth in the multiplier here: try a larger --tolerance")
