@@ -12,9 +12,19 @@ import sys
 _WATCHED = {"lm_eval.models", "lm_eval.tasks", "lm_eval.loggers.evaluation_tracker", "lm_eval.api.model"}
 
 
+def _watched():
+    """The list lives in the package (`register.WATCHED`), so an installed copy of this file never goes stale."""
+    try:
+        from caa_eval.lmeval import register as _register
+
+        return _register.WATCHED
+    except Exception:
+        return _WATCHED
+
+
 class _AfterImport(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name not in _WATCHED:
+        if not name.startswith("lm_eval.") or name not in _watched():
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
@@ -37,7 +47,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 def install() -> None:
     if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterImport())
-        for name in _WATCHED & set(sys.modules):  # already imported (e.g. hook installed late)
+        for name in _watched() & set(sys.modules):  # already imported (e.g. hook installed late)
             from caa_eval.lmeval import register as _register
 
             _register.on_import(name, sys.modules[name])

@@ -15,11 +15,15 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
 from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
+from caa_eval.files import write_atomic
 from caa_eval.vocab import CAA_VECTOR_RE, SITES, behaviour_key
+
+__all__ = ["FORMAT", "VECTOR_SUFFIXES", "SteeringVector", "load", "ranges", "validate_for_model", "model_fingerprint",
+           "normalize_to_mean_norm"]
 
 FORMAT = "caa-eval/vector-v1"
 _META_KEY = "caa_eval"
@@ -90,12 +94,8 @@ class SteeringVector:
         if not self.vectors:
             raise CAAEvalError("refusing to save a steering vector file with no layers")
         _check_finite(self.vectors, str(path))
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer.{layer}": self.vectors[layer].detach().cpu().contiguous() for layer in self.layers}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt", _META_KEY: json.dumps(self.metadata())})
-        tmp.replace(path)
-        return path
+        return write_atomic(path, save_bytes(tensors, metadata={"format": "pt", _META_KEY: json.dumps(self.metadata())}))
 
     def scaled(self, factor_per_layer: dict[int, float], normalization: dict[str, Any]) -> SteeringVector:
         return replace(
@@ -118,9 +118,9 @@ def ranges(layers: list[int]) -> str:
     return ",".join(map(str, layers)) if len(layers) < 8 else f"{layers[0]}..{layers[-1]} ({len(layers)} layers)"
 
 
-def _check_site(site: str) -> None:
+def _check_site(site: str, source: str = "") -> None:
     if site not in SITES:
-        raise CAAEvalError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
+        raise CAAEvalError(f"{source + ': ' if source else ''}unknown site {site!r}; use one of {', '.join(SITES)}")
 
 
 def _check_finite(vectors: dict[int, torch.Tensor], source: str) -> None:
@@ -129,57 +129,156 @@ def _check_finite(vectors: dict[int, torch.Tensor], source: str) -> None:
             raise CAAEvalError(f"{source}: vector for layer {layer} contains NaN or inf; re-extract it")
 
 
+VECTOR_SUFFIXES = (".safetensors", ".pt", ".pth")
+_USE = ("write a .safetensors file with `caa-eval extract`, or pass CAA's vec_layer_<L>_<model>.pt or an "
+        "lm-eval steered .pt")
+# header field -> (accepted types, what to write) for the caa-eval metadata
+_HEADER_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "format": ((str,), f"{FORMAT!r}"), "behaviour": ((str,), "a name"), "model": ((str,), "a model name"),
+    "model_fingerprint": ((str,), "a hex string"), "layers": ((list,), "a list of layer numbers"),
+    "site": ((str,), "one of " + "/".join(SITES)), "hidden_size": ((int,), "an integer"),
+    "dtype": ((str,), "a dtype name"), "read_position": ((str,), "a text"), "n_pairs": ((int,), "an integer"),
+    "dataset_sha256": ((str,), "a hex string"), "aggregation": ((str,), "a name"),
+    "normalization": ((dict, type(None)), "an object or null"), "caa_eval_version": ((str,), "a version"),
+    "extra": ((dict,), "an object"),
+}
+
+
 def load(path: str | Path) -> SteeringVector:
-    """Load a caa-eval `.safetensors` file, or lm-eval `steered`'s `.pt` format (never unpickling objects)."""
+    """Load a caa-eval `.safetensors` file, CAA's bare-tensor `.pt`, or lm-eval `steered`'s `.pt` format.
+
+    Every problem with the file (missing, wrong type, malformed header, odd tensor names or shapes, NaN) is a
+    one-line CAAEvalError naming the file; pickled objects are never executed (torch.load weights_only=True).
+
+    Args:
+        path: the vector file.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CAAEvalError(f"{path} is a folder, not a vector file; pass one .safetensors file (a CAA vectors/ "
+                           "folder: convert it with `caa-eval import-caa`)")
     if not path.is_file():
-        raise CAAEvalError(f"vector file not found: {path}")
+        raise CAAEvalError(f"vector file not found: {path}; check the path ({_USE})")
+    if path.suffix not in VECTOR_SUFFIXES:
+        raise CAAEvalError(f"{path}: a vector file ends in .safetensors (caa-eval) or .pt (CAA, lm-eval steered), "
+                           f"not {path.suffix or 'no suffix'!r}; rename it if it is one, else {_USE}")
+    if path.stat().st_size == 0:
+        raise CAAEvalError(f"{path}: the file is empty (an interrupted copy?); {_USE}")
     if path.suffix in (".pt", ".pth"):
-        return _load_lm_eval_pt(path)
+        return _load_pt(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
-        raise CAAEvalError(f"{path}: not a readable safetensors file ({exc})") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CAAEvalError(f"{path}: not a readable safetensors file ({why}); {_USE}") from None
     if _META_KEY not in header:
-        raise CAAEvalError(f"{path}: no caa-eval metadata in the header; create it with `caa-eval extract`")
-    meta = json.loads(header[_META_KEY])
-    vectors = {}
-    for key, tensor in tensors.items():
-        if not key.startswith("layer."):
-            raise CAAEvalError(f"{path}: unexpected tensor {key!r} (expected 'layer.<n>')")
-        vectors[int(key.split(".", 1)[1])] = tensor.reshape(-1)
+        raise CAAEvalError(f"{path}: no caa-eval metadata in the header; create it with `caa-eval extract` "
+                           "(or `caa-eval import-caa` for CAA's .pt files)")
+    meta = _read_header(path, header[_META_KEY])
+    vectors = {_layer_of_key(path, key): _as_vector(path, key, tensor) for key, tensor in tensors.items()}
     if not vectors:
-        raise CAAEvalError(f"{path}: file holds no vectors")
-    _check_finite(vectors, str(path))
-    _check_site(meta.get("site", "residual"))
-    sizes = {v.numel() for v in vectors.values()}
-    if len(sizes) != 1 or (meta.get("hidden_size") and sizes != {meta["hidden_size"]}):
-        raise CAAEvalError(f"{path}: vectors have sizes {sorted(sizes)}, header says {meta.get('hidden_size')}; file is corrupt")
+        raise CAAEvalError(f"{path}: the file holds no vectors; re-extract it with `caa-eval extract`")
+    _check_sizes(path, vectors, meta.get("hidden_size"))
+    if "layers" in meta and sorted(meta["layers"]) != sorted(vectors):
+        raise CAAEvalError(f"{path}: the header lists layers {meta['layers']} but the file holds layers "
+                           f"{sorted(vectors)}; the file is corrupt: re-extract it")
     known = {f for f in SteeringVector.__dataclass_fields__ if f not in ("vectors",)}
     return SteeringVector(vectors=vectors, **{k: v for k, v in meta.items() if k in known})
 
 
-def _load_lm_eval_pt(path: Path) -> SteeringVector:
+def _read_header(path: Path, text: str) -> dict[str, Any]:
+    """The caa-eval JSON header, checked field by field (a wrong type would fail much later, unnamed)."""
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise CAAEvalError(f"{path}: the caa-eval header is not valid JSON ({exc.msg} at character {exc.pos}); "
+                           "re-extract the file with `caa-eval extract`") from None
+    if not isinstance(meta, dict):
+        raise CAAEvalError(f"{path}: the caa-eval header is a JSON {type(meta).__name__}, not an object; "
+                           "re-extract the file with `caa-eval extract`")
+    for key, (types, expected) in _HEADER_TYPES.items():
+        value = meta.get(key)
+        if key in meta and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            raise CAAEvalError(f"{path}: header field {key!r} is {value!r}; it must be {expected} "
+                               "(re-extract the file, or fix the header)")
+    if meta.get("format", FORMAT) != FORMAT:
+        raise CAAEvalError(f"{path}: header format {meta['format']!r} is not {FORMAT!r}; this caa-eval "
+                           f"({__version__}) reads {FORMAT} files only")
+    if any(isinstance(x, bool) or not isinstance(x, int) for x in meta.get("layers", [])):
+        raise CAAEvalError(f"{path}: header field 'layers' is {meta['layers']!r}; it must be a list of integers")
+    _check_site(meta.get("site", "residual"), str(path))
+    return meta
+
+
+def _layer_of_key(path: Path, key: str) -> int:
+    number = key.removeprefix("layer.")
+    if not key.startswith("layer.") or not number.isdigit():
+        raise CAAEvalError(f"{path}: tensor {key!r} is not named 'layer.<n>' (n = 0, 1, ...); the file was not "
+                           "written by caa-eval: re-extract it with `caa-eval extract`")
+    return int(number)
+
+
+def _as_vector(path: Path, name: str, tensor: Any) -> torch.Tensor:
+    """A 1-D float vector; a (1, H) row is accepted (lm-eval steered writes those), any other shape is refused."""
+    if not torch.is_tensor(tensor):
+        raise CAAEvalError(f"{path}: {name} is a {type(tensor).__name__}, not a tensor; "
+                           "save the steering vector as a 1-D tensor")
+    shape = tuple(tensor.shape)
+    if tensor.dim() == 0 or tensor.numel() == 0 or sum(1 for d in shape if d != 1) > 1 or tensor.numel() != shape[-1]:
+        raise CAAEvalError(f"{path}: {name} has shape {list(shape)}; a steering vector is 1-D with the model's "
+                           "hidden size (e.g. [4096]); save one vector per layer")
+    if not tensor.dtype.is_floating_point:
+        raise CAAEvalError(f"{path}: {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; steering "
+                           "vectors are floating point (float32, bfloat16, float16)")
+    return tensor.reshape(-1)
+
+
+def _check_sizes(path: Path, vectors: dict[int, torch.Tensor], header_size: Any = None) -> None:
+    _check_finite(vectors, str(path))
+    sizes = {layer: v.numel() for layer, v in vectors.items()}
+    if len(set(sizes.values())) != 1:
+        by_size = ", ".join(f"{n} at layer(s) {ranges([k for k, s in sizes.items() if s == n])}"
+                            for n in sorted(set(sizes.values())))
+        raise CAAEvalError(f"{path}: the vectors have different sizes ({by_size}); one file holds one model's "
+                           "vectors: re-extract it")
+    size = next(iter(sizes.values()))
+    if header_size is not None and header_size != size:
+        raise CAAEvalError(f"{path}: the header says hidden_size {header_size} but the vectors have size {size}; "
+                           "the file is corrupt: re-extract it")
+
+
+def _load_pt(path: Path) -> SteeringVector:
     try:
         config = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CAAEvalError(f"{path}: cannot load safely with weights_only=True ({type(exc).__name__}); "
-                           "caa-eval never unpickles arbitrary objects") from None
+                           "caa-eval never unpickles arbitrary objects; pass a tensor file saved with torch.save "
+                           "or a .safetensors file") from None
     if torch.is_tensor(config):
-        caa = CAA_VECTOR_RE.match(path.name)
-        if caa is None or config.dim() != 1:
-            raise CAAEvalError(f"{path}: a bare tensor has no layer; name it like CAA (vec_layer_<L>_<model>.pt), "
-                               "convert a CAA folder with `caa-eval import-caa`, or use lm-eval steered's dict format")
-        vectors = {int(caa["layer"]): config.to(torch.float32)}
-        _check_finite(vectors, str(path))
-        normalized = path.parent.parent.name == "normalized_vectors"
-        return SteeringVector(vectors=vectors, behaviour=behaviour_key(path.parent.name), model=caa["model"],
-                              normalization={"method": "caa_mean_norm", "source": "CAA normalized_vectors"} if normalized else None,
-                              extra={"source": str(path)})
+        return _load_caa_pt(path, config)
     if not isinstance(config, dict) or not config:
-        raise CAAEvalError(f"{path}: expected a dict of hookpoint -> config (lm-eval `steered` format)")
+        raise CAAEvalError(f"{path}: expected CAA's bare tensor or lm-eval steered's dict of hookpoint -> "
+                           f"{{steering_vector, steering_coefficient}}, found {type(config).__name__}"
+                           f"{' (empty)' if isinstance(config, dict) else ''}")
+    return _load_lm_eval_pt(path, config)
+
+
+def _load_caa_pt(path: Path, tensor: torch.Tensor) -> SteeringVector:
+    caa = CAA_VECTOR_RE.match(path.name)
+    if caa is None:
+        raise CAAEvalError(f"{path}: a bare tensor has no layer; name it like CAA (vec_layer_<L>_<model>.pt), "
+                           "convert a CAA folder with `caa-eval import-caa`, or use lm-eval steered's dict format")
+    vectors = {int(caa["layer"]): _as_vector(path, "the tensor", tensor).to(torch.float32)}
+    _check_sizes(path, vectors)
+    normalized = path.parent.parent.name == "normalized_vectors"
+    return SteeringVector(vectors=vectors, behaviour=behaviour_key(path.parent.name), model=caa["model"],
+                          normalization={"method": "caa_mean_norm", "source": "CAA normalized_vectors"} if normalized else None,
+                          extra={"source": str(path)})
+
+
+def _load_lm_eval_pt(path: Path, config: dict[Any, Any]) -> SteeringVector:
     vectors: dict[int, torch.Tensor] = {}
     sites = set()
     for hookpoint, entry in config.items():
@@ -189,20 +288,34 @@ def _load_lm_eval_pt(path: Path) -> SteeringVector:
         site = _STEERED_SITES.get(".".join(parts[2:]))
         if site is None:
             raise CAAEvalError(f"{path}: hookpoint {hookpoint!r}: only block output, .mlp and .self_attn are supported")
+        if not isinstance(entry, dict):
+            raise CAAEvalError(f"{path}: {hookpoint}: expected {{steering_vector, steering_coefficient}}, found a "
+                               f"{type(entry).__name__}; write lm-eval steered's format")
+        if "steering_vector" not in entry:
+            raise CAAEvalError(f"{path}: {hookpoint} has no 'steering_vector' (fields: {', '.join(map(str, entry))}); "
+                               "add the vector as a 1-D tensor")
         if entry.get("action", "add") != "add" or entry.get("bias") is not None or entry.get("head_index") is not None:
             raise CAAEvalError(f"{path}: {hookpoint}: only action 'add' without bias/head_index maps to CAA")
-        vec = entry["steering_vector"].reshape(-1).to(torch.float32) * float(entry.get("steering_coefficient", 1.0))
-        vectors[int(parts[1])] = vec
+        coefficient = entry.get("steering_coefficient", 1.0)
+        if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient):
+            raise CAAEvalError(f"{path}: {hookpoint}: steering_coefficient is {coefficient!r}; write a finite "
+                               "number such as 1.0")
+        vectors[int(parts[1])] = _as_vector(path, hookpoint, entry["steering_vector"]).to(torch.float32) * float(coefficient)
         sites.add(site)
     if len(sites) != 1:
         raise CAAEvalError(f"{path}: mixes sites {sorted(sites)}; caa-eval steers one site per file")
-    _check_finite(vectors, str(path))
+    _check_sizes(path, vectors)
     return SteeringVector(vectors=vectors, site=sites.pop(), model="unknown (lm-eval steered .pt)", extra={"source": str(path)})
 
 
 def validate_for_model(sv: SteeringVector, hidden_size: int, fingerprint: str, layers: list[int],
                        n_layers: int, allow_fingerprint_mismatch: bool = False, source: str = "vector file") -> None:
-    """Refuse vectors that cannot be meant for this model (hidden size, layers, fingerprint)."""
+    """Refuse vectors that cannot be meant for this model (shape, hidden size, layers, fingerprint)."""
+    for layer, v in sv.vectors.items():
+        if not torch.is_tensor(v) or v.dim() != 1 or not v.dtype.is_floating_point:
+            what = f"shape {list(v.shape)}, dtype {v.dtype}" if torch.is_tensor(v) else type(v).__name__
+            raise CAAEvalError(f"{source}: the vector for layer {layer} has {what}; pass 1-D float tensors, one per layer")
+    _check_finite(sv.vectors, source)
     if sv.hidden_size != hidden_size:
         raise CAAEvalError(f"{source}: vectors have size {sv.hidden_size}, the model's hidden size is {hidden_size}: "
                            f"this vector was extracted from a different model ({sv.model})")
@@ -227,10 +340,22 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     params = list(model.named_parameters())
     for name, p in params:
         h.update(f"{name}:{tuple(p.shape)};".encode())
-    for _, p in (params[0], params[-1]):
-        sample = p.detach().reshape(-1)[:256].to("cpu", torch.bfloat16).to(torch.float32)
-        h.update(sample.numpy().tobytes())
+    for name, p in (params[0], params[-1]):
+        h.update(_weight_sample(model, name, p).numpy().tobytes())
     return h.hexdigest()
+
+
+def _weight_sample(model: torch.nn.Module, name: str, p: torch.Tensor) -> torch.Tensor:
+    """First 256 values, bf16-rounded; a weight accelerate offloaded to CPU/disk (on `meta` between forwards,
+    as with `device_map`/`parallelize=True` and too little GPU memory) is read through its module's offload hook."""
+    if p.device.type == "meta" and hasattr(model, "get_submodule"):
+        from accelerate.utils import align_module_device
+
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        with align_module_device(module, torch.device("cpu")):
+            return getattr(module, attr).detach().reshape(-1)[:256].to("cpu", torch.bfloat16).to(torch.float32)
+    return p.detach().reshape(-1)[:256].to("cpu", torch.bfloat16).to(torch.float32)
 
 
 def normalize_to_mean_norm(vectors: list[SteeringVector]) -> list[SteeringVector]:

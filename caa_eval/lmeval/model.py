@@ -23,7 +23,7 @@ from caa_eval.core.layers import decoder_layers, hidden_size
 from caa_eval.core.positions import Positions
 from caa_eval.errors import CAAEvalError
 from caa_eval.models import DEFAULT_MODEL, resolve
-from caa_eval.vocab import parse_layers, parse_multiplier
+from caa_eval.vocab import SITES, format_multiplier, parse_layers, parse_multiplier
 
 __all__ = ["SteeredHFLM", "STEERING_ARGS"]
 
@@ -36,17 +36,19 @@ FROM_PRETRAINED_ARGS = ("attn_implementation", "low_cpu_mem_usage", "device_map"
                         "use_safetensors", "offload_state_dict", "variant")
 
 
-def _as_bool(value: Any) -> bool:
+def _as_bool(value: Any, name: str = "value") -> bool:
     if isinstance(value, bool):
         return value
     if str(value).lower() in ("1", "true", "yes"):
         return True
     if str(value).lower() in ("0", "false", "no", "none", ""):
         return False
-    raise CAAEvalError(f"expected true/false, got {value!r}")
+    raise CAAEvalError(f"{name}={value!r} not understood; write {name}=true or {name}=false")
 
 
 class SteeredHFLM(HFLM):
+    resolved_steering: dict[str, Any] | None = None  # newest model's resolved setting (see `_record`)
+
     """lm-eval's `hf` model with CAA steering: `--model steered-hf --model_args pretrained=…,vector=…,layers=13,multiplier=-1`.
 
     Args:
@@ -67,6 +69,8 @@ class SteeredHFLM(HFLM):
                  positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False,
                  layers_path: str | None = None, **kwargs: Any):
         _reject_unknown(kwargs)
+        # every steering argument is checked before the (possibly long) model load
+        checked = _check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch)
         self.layers_path = layers_path
         if isinstance(pretrained, str):
             pretrained = resolve(pretrained)
@@ -77,8 +81,7 @@ class SteeredHFLM(HFLM):
         self._known_rows: dict[tuple[int, ...], int] | None = None
         self._steering: Steering | None = None
         self._fingerprint_cache: str | None = None
-        self.set_steering(vector=vector, layers=layers, multiplier=multiplier, site=site, positions=positions,
-                          allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+        self._apply(checked)
 
     # ------------------------------------------------------------------ configuration
 
@@ -116,45 +119,60 @@ class SteeredHFLM(HFLM):
     def set_steering(self, vector: str | vector_files.SteeringVector | None = None, layers: Any = None,
                      multiplier: float | int | str = 1.0, site: str | None = None,
                      positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False) -> None:
-        """(Re)configure steering in place: sweeps change layer/multiplier/site without reloading the model."""
-        multiplier = parse_multiplier(multiplier)
-        positions_rule = Positions.parse(positions)
-        self._steering = None
-        self.steering_config: dict[str, Any] = {"vector": None, "layers": [], "multiplier": multiplier,
-                                                "site": site or "residual", "positions": str(positions_rule),
-                                                **self._adapter()}
-        if vector is None:
-            if multiplier != 0:
-                raise CAAEvalError(f"multiplier={multiplier} needs a vector=FILE.safetensors (or use multiplier=0)")
-            self.steering_fingerprint = ""
+        """(Re)configure steering in place: sweeps change layer/multiplier/site without reloading the model.
+
+        Everything is checked before anything changes: a refused setting leaves the previous one in place.
+        `steering_config` then holds the RESOLVED setting (defaults filled in), the one source of every label.
+
+        Args:
+            vector: vector file or `SteeringVector`; None = unsteered (multiplier must be 0).
+            layers: layer spec; None = the vector's only layer.
+            multiplier: finite coefficient (default 1).
+            site: residual / mlp / attn; None = the site the vector was read at.
+            positions: position rule (see `Positions`).
+            allow_fingerprint_mismatch: apply a vector read from other weights.
+        """
+        self._apply(_check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch))
+
+    def _apply(self, args: dict[str, Any]) -> None:
+        """Resolve checked arguments against the loaded model; assign only when everything fits."""
+        multiplier, positions_rule, sv = args["multiplier"], Positions.parse(args["positions"]), args["vector"]
+        if sv is None:
+            config: dict[str, Any] = {"vector": None, "layers": [], "multiplier": multiplier,
+                                      "site": args["site"] or "residual", "positions": str(positions_rule),
+                                      **self._adapter()}
+            self._steering, self.steering_config, self.steering_fingerprint = None, config, ""
+            _record(config, "")
             return
-        sv = vector if isinstance(vector, vector_files.SteeringVector) else vector_files.load(vector)
-        source = str(vector) if not isinstance(vector, vector_files.SteeringVector) else f"{sv.behaviour} vector"
+        source = args["source"]
         n_layers = len(decoder_layers(self.model, self.layers_path))
-        layer_list = parse_layers(layers, n_layers) if layers is not None else None
+        layer_list = parse_layers(args["layers"], n_layers) if args["layers"] is not None else None
         if layer_list is None:
             if len(sv.layers) != 1:
-                raise CAAEvalError(f"{source} holds layers {sv.layers[0]}..{sv.layers[-1]}; choose with layers=13 or layers=[12,13]")
+                raise CAAEvalError(f"{source} holds layers {vector_files.ranges(sv.layers)}; choose with layers=13 "
+                                   "or layers=[12,13]")
             layer_list = sv.layers
-        site = site or sv.site
+        site = args["site"] or sv.site
+        vector_files.validate_for_model(sv, hidden_size(self.model), self.model_fingerprint if sv.model_fingerprint else "",
+                                        layer_list, n_layers, args["allow_fingerprint_mismatch"], source)
+        steering = None
+        if multiplier != 0:  # multiplier 0 is exactly the unsteered model: no hooks at all
+            steering = Steering(self.model, sv.select(layer_list, source), multiplier, site, positions_rule,
+                                tokenizer=self.tokenizer, layers_path=self.layers_path)
         if site != sv.site:
             log.warning("vector was read at site %r but is applied at site %r", sv.site, site)
-        vector_files.validate_for_model(sv, hidden_size(self.model), self.model_fingerprint if sv.model_fingerprint else "",
-                                        layer_list, n_layers, _as_bool(allow_fingerprint_mismatch), source)
         scale = (f"CAA-normalised ({sv.normalization.get('method')}): multipliers are on CAA's published scale"
                  if sv.normalization else "raw (not normalised): multipliers are relative to this vector's own norm")
         log.info("steering with %s, layers %s, multiplier %g, site %s, positions %s; vector %s",
                  source, layer_list, multiplier, site, positions_rule, scale)
-        self.steering_config = {
+        config = {
             "vector": source, "vector_sha256": sv.sha256(), "behaviour": sv.behaviour, "layers": layer_list,
             "multiplier": multiplier, "site": site, "positions": str(positions_rule),
             "vector_model": sv.model, "normalization": sv.normalization, **self._adapter(),
         }
-        self.steering_fingerprint = hashlib.sha256(
-            json.dumps(self.steering_config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        if multiplier != 0:  # multiplier 0 is exactly the unsteered model: no hooks at all
-            self._steering = Steering(self.model, sv.select(layer_list, source), multiplier, site, positions_rule,
-                                      tokenizer=self.tokenizer, layers_path=self.layers_path)
+        fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self._steering, self.steering_config, self.steering_fingerprint = steering, config, fingerprint
+        _record(config, fingerprint)
 
     # ------------------------------------------------------------------ one pass for a grid of settings
 
@@ -250,6 +268,42 @@ class SteeredHFLM(HFLM):
         info["steering"] = dict(self.steering_config, fingerprint=self.steering_fingerprint,
                                 model_fingerprint=self.model_fingerprint)
         return info
+
+
+def _check_steering_args(vector: Any, layers: Any, multiplier: Any, site: Any, positions: Any,
+                         allow_fingerprint_mismatch: Any) -> dict[str, Any]:
+    """Every steering argument checked without the model (the model-dependent checks follow in set_steering).
+
+    Returns `set_steering` keywords with the vector file loaded, the multiplier a float and the layer spec's
+    syntax checked, so a bad argument costs no model load.
+    """
+    m = parse_multiplier(multiplier)
+    Positions.parse(positions)
+    if site is not None and site not in SITES:
+        raise CAAEvalError(f"site={site!r} not understood; write one of {', '.join(SITES)} (or leave it out: the "
+                           "vector's own site)")
+    if layers is not None:
+        parse_layers(layers)
+    allow = _as_bool(allow_fingerprint_mismatch, "allow_fingerprint_mismatch")
+    if isinstance(vector, str) and not vector.strip():
+        raise CAAEvalError("vector= is empty; write vector=FILE.safetensors, or leave vector out (with "
+                           "multiplier=0) for the unsteered model")
+    if vector is None:
+        if m != 0:
+            raise CAAEvalError(f"multiplier={format_multiplier(m)} needs a vector: add vector=FILE.safetensors, or "
+                               "write multiplier=0 for the unsteered model (the default multiplier is 1)")
+        sv, source = None, None
+    elif isinstance(vector, vector_files.SteeringVector):
+        sv, source = vector, f"{vector.behaviour} vector"
+    else:
+        sv, source = vector_files.load(vector), str(vector)
+    return {"vector": sv, "source": source, "layers": layers, "multiplier": m, "site": site,
+            "positions": positions, "allow_fingerprint_mismatch": allow}
+
+
+def _record(config: dict[str, Any], fingerprint: str) -> None:
+    """The resolved setting of the newest steered-hf model: lm-eval's output folder is named from it."""
+    SteeredHFLM.resolved_steering = dict(config, fingerprint=fingerprint)
 
 
 def _reject_unknown(kwargs: dict[str, Any]) -> None:

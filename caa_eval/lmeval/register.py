@@ -17,6 +17,9 @@ from typing import Any
 
 MODEL_NAME = "steered-hf"
 MODEL_TARGET = "caa_eval.lmeval.model:SteeredHFLM"
+# lm-eval modules patched once they have finished importing (read by the startup hook caa_eval_autoregister)
+WATCHED = frozenset({"lm_eval.models", "lm_eval.tasks", "lm_eval.loggers.evaluation_tracker", "lm_eval.api.model",
+                     "lm_eval._cli.utils"})
 
 
 def on_import(name: str, module: Any) -> None:
@@ -28,6 +31,8 @@ def on_import(name: str, module: Any) -> None:
         _patch_tracker(module)
     elif name == "lm_eval.api.model":
         _patch_caching_lm(module)
+    elif name == "lm_eval._cli.utils":
+        _patch_model_args_parser(module)
 
 
 def _register_model() -> None:
@@ -38,8 +43,19 @@ def _register_model() -> None:
     _one_line_errors()
 
 
+def _debugging() -> bool:
+    """lm_eval's own debug switches (`--verbosity DEBUG`, $LMEVAL_LOG_LEVEL=DEBUG) keep full tracebacks."""
+    import logging
+    import os
+
+    argv = [a.upper() for a in sys.argv]
+    flag = any(a in ("-V", "--VERBOSITY") and argv[i + 1:i + 2] == ["DEBUG"] for i, a in enumerate(argv))
+    return flag or "--VERBOSITY=DEBUG" in argv or os.environ.get("LMEVAL_LOG_LEVEL", "").upper() == "DEBUG" \
+        or logging.getLogger("lm_eval").isEnabledFor(logging.DEBUG)
+
+
 def _one_line_errors() -> None:
-    """Under the plain `lm_eval` CLI, a bad steering argument prints one line, not a traceback."""
+    """Under the plain `lm_eval` CLI, a bad steering argument prints one line and exits 2, not a traceback."""
     if getattr(sys.excepthook, "_caa_eval", False):
         return
     previous = sys.excepthook
@@ -47,13 +63,54 @@ def _one_line_errors() -> None:
     def excepthook(kind, value, traceback):
         from caa_eval.errors import CAAEvalError
 
-        if isinstance(value, CAAEvalError):
+        if isinstance(value, CAAEvalError) and not _debugging():
             print(f"caa-eval: error: {value}", file=sys.stderr)
-        else:
-            previous(kind, value, traceback)
+            sys.stderr.flush()
+            sys.exit(2)  # bad input, as argparse and `caa-eval` report it
+        previous(kind, value, traceback)
 
     excepthook._caa_eval = True  # type: ignore[attr-defined]
     sys.excepthook = excepthook
+
+
+def _list_hint(text: str, bare: str) -> str:
+    """`layers=3,14` reaches lm-eval's parser as `layers=3` and a bare `14`: say how to write a list."""
+    from lm_eval._cli.utils import split_top_level
+
+    items = split_top_level(text)
+    i = items.index(bare) if bare in items else -1
+    j = i
+    while j > 0 and "=" not in items[j - 1]:
+        j -= 1
+    if j <= 0:
+        return ""
+    key, _, first = items[j - 1].partition("=")
+    values = [first, *items[j:i + 1]]
+    k = i + 1
+    while k < len(items) and "=" not in items[k]:
+        values.append(items[k])
+        k += 1
+    if not all(v.strip().lstrip("+-").replace(".", "", 1).isdigit() for v in values):
+        return ""  # not a list of numbers (layers, multipliers): no guess
+    return f"; a list needs brackets: write {key}=[{','.join(values)}]"
+
+
+def _patch_model_args_parser(module: Any) -> None:
+    original = module.key_val_to_dict
+    if getattr(original, "_caa_eval", False):
+        return
+
+    @functools.wraps(original)
+    def key_val_to_dict(args: str) -> dict[str, Any]:
+        try:
+            return original(args)
+        except ValueError as exc:
+            bare = str(exc).rpartition("got ")[2].strip("'\"")
+            hint = _list_hint(args, bare) if "key=value" in str(exc) else ""
+            raise ValueError(f"{exc}{hint}") from None
+
+    key_val_to_dict._caa_eval = True  # type: ignore[attr-defined]
+    module.key_val_to_dict = key_val_to_dict
 
 
 def _wrap_once(cls: Any, name: str, make: Any) -> None:
@@ -82,20 +139,32 @@ def _patch_task_manager(module: Any) -> None:
     _wrap_once(module.TaskManager, "__init__", make)
 
 
-def steering_slug(model_args: Any) -> str:
-    """A readable, collision-free folder suffix for one steering config."""
-    if isinstance(model_args, str):
-        from lm_eval.utils import simple_parse_args_string
+def steering_slug(config: dict[str, Any] | None, model_args: Any = None) -> str:
+    """A readable, collision-free folder suffix for one RESOLVED steering config.
 
-        model_args = simple_parse_args_string(model_args)
-    args = dict(model_args or {})
-    keys = ("vector", "layers", "multiplier", "site", "positions", "behaviour")
-    shown = {k: args.get(k) for k in keys if args.get(k) is not None}
-    digest = hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    mult = shown.get("multiplier", 0)
-    layers = shown.get("layers", "none")
-    layers = "-".join(str(x) for x in layers) if isinstance(layers, (list, tuple)) else str(layers)
-    return f"steer_L{layers}_m{mult}_{shown.get('site', 'residual')}_{digest}".replace("/", "_").replace(" ", "")
+    Why resolved: raw `--model_args` leave defaults out (a vector without a multiplier is steered at x1), so a
+    label built from them can name the wrong setting. The label comes from what the model applies.
+
+    Args:
+        config: `SteeredHFLM.steering_config` (plus its `fingerprint`), as the model resolved it; None when no
+            steered-hf model recorded one (then the label says so instead of guessing).
+        model_args: the raw arguments, only hashed for the unresolved label.
+    """
+    if config is None:
+        digest = hashlib.sha256(json.dumps(model_args, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return f"steer_unresolved_{digest}"
+    digest = (config.get("fingerprint") or hashlib.sha256(
+        json.dumps(config, sort_keys=True, default=str).encode()).hexdigest())[:8]
+    layers = "+".join(str(x) for x in config.get("layers") or []) or "none"
+    mult = f"{float(config.get('multiplier', 0)):g}"
+    site = config.get("site") or "residual"
+    return f"steer_L{layers}_m{mult}_{site}_{digest}".replace("/", "_").replace(" ", "")
+
+
+def resolved_steering() -> dict[str, Any] | None:
+    """The resolved setting of the newest steered-hf model in this process (None if none was built)."""
+    module = sys.modules.get("caa_eval.lmeval.model")  # loaded whenever a steered-hf model exists
+    return getattr(getattr(module, "SteeredHFLM", None), "resolved_steering", None)
 
 
 def _patch_tracker(module: Any) -> None:
@@ -103,7 +172,8 @@ def _patch_tracker(module: Any) -> None:
         def log_experiment_args(self, model_source: str, model_args: Any, *args: Any, **kwargs: Any) -> None:
             original(self, model_source, model_args, *args, **kwargs)
             if model_source == MODEL_NAME:
-                self.model_name_sanitized = f"{self.model_name_sanitized}__{steering_slug(model_args)}"
+                slug = steering_slug(resolved_steering(), model_args)
+                self.model_name_sanitized = f"{self.model_name_sanitized}__{slug}"
 
         return log_experiment_args
 
