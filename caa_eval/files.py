@@ -11,7 +11,7 @@ from typing import Any
 
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["write_atomic", "read_jsonl"]
+__all__ = ["write_atomic", "read_jsonl", "check_output"]
 
 
 def _umask() -> int:
@@ -67,3 +67,35 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     except OSError as exc:
         raise CAAEvalError(f"{path}: cannot read ({exc.strerror or exc}); check the path") from None
     return records
+
+
+def check_output(path: str | Path, flag: str, folder: bool = False) -> Path:
+    """Fail now, with one line, if `path` cannot be written later: before any model load or paid call.
+
+    Nothing is created: a probe file is made and removed in the nearest existing folder (permission bits
+    alone cannot tell, e.g. for root or on a read-only mount).
+
+    Args:
+        path: the output file (or folder, with `folder=True`).
+        flag: the option that named it (`--out`), for the message.
+        folder: whether `path` is a folder to create or fill.
+    """
+    path = Path(path).expanduser()
+    if not folder and path.is_dir():
+        raise CAAEvalError(f"{flag} {path} is a folder; pass a file path (e.g. {path / 'out'}{path.suffix or ''})")
+    if folder and path.exists() and not path.is_dir():
+        raise CAAEvalError(f"{flag} {path} is a file; pass a folder path (or remove the file)")
+    start = path if folder else path.parent
+    existing = next((p for p in (start, *start.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise CAAEvalError(f"cannot write {flag} {path} ({existing} is a file, not a folder); pass a path in a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".caa-eval-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "the file is read-only")
+    except OSError as exc:
+        raise CAAEvalError(f"cannot write {flag} {path} ({existing}: {exc.strerror or exc}); pass a writable "
+                           "location") from None
+    return path

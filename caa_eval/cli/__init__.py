@@ -6,14 +6,17 @@ Modules are imported only for the subcommand that runs, so `caa-eval stats` neve
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
+import traceback
 
 from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 
-# subcommand -> (module under caa_eval.cli with configure(parser) and run(args), one-line help)
+# subcommand -> (module under caa_eval.cli with configure(parser) and run(args), one-line help). A module may
+# declare OUTPUTS = {dest: "file" | "folder"}: those locations are checked writable before run() loads anything.
 COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("model", "prepare the embedded default model (SmolLM2-135M-Instruct)"),
     "data": ("data", "download / locate the CAA datasets and MMLU"),
@@ -62,13 +65,36 @@ def main(argv: list[str] | None = None) -> int:
     module.configure(parser)
     args = parser.parse_args(argv[idx + 1 :])
     try:
+        _check_outputs(args, getattr(module, "OUTPUTS", {}), parser)
         return int(module.run(args) or 0)
-    except CAAEvalError as exc:
+    except CAAEvalError as exc:  # bad input: one line, exit 2 (the traceback only with -v)
+        if verbose:
+            traceback.print_exc()
         print(f"caa-eval {command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if verbose or exc.errno not in _DISK_ERRORS:
+            raise  # anything else is a bug: the traceback is the report
+        print(f"caa-eval {command}: error: cannot write {exc.filename or 'output'} ({exc.strerror}); finished "
+              "work is kept: free space or fix the location, then rerun to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"caa-eval {command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)
         return 130
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # the machine's state, not a bug and not bad input
+
+
+def _check_outputs(args: argparse.Namespace, outputs: dict[str, str], parser: argparse.ArgumentParser) -> None:
+    """Every output location a command declares, checked before its model load or paid call."""
+    from caa_eval.files import check_output
+
+    flags = {a.dest: a.option_strings[0] if a.option_strings else a.dest for a in parser._actions}
+    for dest, kind in outputs.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            check_output(value, flags.get(dest, "--" + dest.replace("_", "-")), folder=kind == "folder")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ from caa_eval.errors import CAAEvalError
 from caa_eval.vocab import SITES
 
 
+OUTPUTS = {"out": "file"}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     from caa_eval.models import DEFAULT_MODEL
 

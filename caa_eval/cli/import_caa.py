@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 _CHOICES = {"auto": None, "yes": True, "no": False}
+OUTPUTS = {"out_dir": "folder"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

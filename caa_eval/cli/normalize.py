@@ -9,6 +9,9 @@ from caa_eval.core.vectors import load, normalize_to_mean_norm, ranges
 from caa_eval.errors import CAAEvalError
 
 
+OUTPUTS = {"out_dir": "folder"}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, help="one vector file per behaviour (same model)")
     parser.add_argument("--out-dir", type=Path, required=True, help="where to write the normalised files (same names)")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from caa_eval.cli.stats import add_common_arguments, check_common_arguments
 
-__all__ = ["configure", "run"]
+__all__ = ["configure", "run", "OUTPUTS"]
+
+OUTPUTS = {"out": "folder"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

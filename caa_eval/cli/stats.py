@@ -9,7 +9,9 @@ from pathlib import Path
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 
-__all__ = ["configure", "run", "add_common_arguments", "check_common_arguments"]
+__all__ = ["configure", "run", "add_common_arguments", "check_common_arguments", "OUTPUTS"]
+
+OUTPUTS = {"json": "file", "csv": "file"}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

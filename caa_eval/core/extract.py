@@ -23,9 +23,10 @@ from caa_eval.core.layers import decoder_layers, hidden_of, hidden_size, site_mo
 from caa_eval.core.prompts import ab_answer_prompt, prompt_for
 from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
-from caa_eval.vocab import behaviour_key, parse_layers
+from caa_eval.vocab import BEHAVIOURS, SITES, behaviour_key, parse_layers
 
-__all__ = ["READ_RULES", "extract_vectors", "extract_to_file", "build_rows"]
+__all__ = ["READ_RULES", "extract_vectors", "extract_to_file", "build_rows", "check_context", "context_length",
+           "default_behaviour"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,37 @@ def build_rows(tokenizer: Any, pairs: Sequence[data.ContrastPair], system_prompt
     make = answer_row if read == "letter" else answer_span_row
     return [(make(tokenizer, pair.question, pair.answer_matching_behavior, system_prompt),
              make(tokenizer, pair.question, pair.answer_not_matching_behavior, system_prompt)) for pair in pairs]
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The longest input the model was built for (`max_position_embeddings` or the like), None if unknown."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context(model: torch.nn.Module, rows: Sequence[tuple[_Row, _Row]]) -> None:
+    """Refuse prompts longer than the model's context before the first forward, not after a long run.
+
+    Why: past its trained positions a model reads garbage (or fails deep inside attention), and a long
+    extraction would only then find out.
+
+    Args:
+        model: the model vectors are read from.
+        rows: both prompts of every pair, tokenised (`build_rows`).
+    """
+    limit = context_length(model)
+    if limit is None:
+        return
+    too_long = [(i, max(len(pos.ids), len(neg.ids))) for i, (pos, neg) in enumerate(rows)
+                if max(len(pos.ids), len(neg.ids)) > limit]
+    if too_long:
+        i, n = max(too_long, key=lambda x: x[1])
+        raise CAAEvalError(f"{len(too_long)} pair(s) are longer than the model's context of {limit} tokens "
+                           f"(longest: item {i}, {n} tokens); shorten or drop them")
 
 
 def _shares_prefix(pos: _Row, neg: _Row) -> bool:
@@ -178,6 +210,7 @@ def extract_vectors(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data
     if batch_size < 1:
         raise CAAEvalError("--batch-size must be at least 1")
     rows = build_rows(tokenizer, pairs, system_prompt, read)
+    check_context(model, rows)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     base = decoder_base(model)
@@ -203,6 +236,29 @@ def extract_vectors(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data
     return {layer: (sums[layer] / len(rows)).to(torch.float32) for layer in layers}
 
 
+def default_behaviour(data_path: Path) -> str:
+    """The behaviour a pair file stands for when none is given: CAA's folder name, else the file's stem.
+
+    Why strict: the name must match the task names later (`caa_ab_<behaviour>`), or `stats` finds no
+    baseline; a generically named file in an arbitrary folder says nothing, so it needs a label.
+
+    Args:
+        data_path: the contrast-pair file.
+    """
+    if data_path.stem.startswith(("generate_dataset", "test_dataset")):
+        folder = behaviour_key(data_path.parent.name)
+        if folder in BEHAVIOURS:
+            return folder
+        raise CAAEvalError(f"{data_path}: cannot tell the behaviour from the name {data_path.name} in folder "
+                           f"{data_path.parent.name!r} (not one of CAA's behaviours); pass --behaviour-label NAME")
+    return behaviour_key(data_path.stem)
+
+
+def _check_site(site: str) -> None:
+    if site not in SITES:
+        raise CAAEvalError(f"site={site!r} not understood; write one of {', '.join(SITES)}")
+
+
 def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, layers=None, site: str = "residual",
                     batch_size: int = 16, behaviour: str | None = None, system_prompt: str | None = None,
                     model=None, tokenizer=None, progress: bool = True, read: str = "letter") -> SteeringVector:
@@ -218,17 +274,26 @@ def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, lay
         system_prompt: optional system message in every prompt.
         read: `letter` (CAA) or `answer_mean` (free-text answers).
     """
+    from caa_eval.files import check_output
+
     data_path = Path(data_path)
+    # everything that can be checked without the model is checked before loading it
+    check_output(out, "out")
+    parse_layers(layers)
+    _check_site(site)
+    if read not in READ_RULES:
+        raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
+    if batch_size < 1:
+        raise CAAEvalError(f"--batch-size {batch_size}: write 1 or more")
     pairs = data.load_contrast_pairs(data_path, free_text_answers=read == "answer_mean")
+    name = behaviour_key(behaviour) if behaviour else default_behaviour(data_path)
     if model is None:
         from caa_eval.models import load_model
 
         model, tokenizer = load_model(model_name)
     vectors = extract_vectors(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)
-    # CAA's layout names the behaviour by the folder (generate/<behaviour>/generate_dataset.json)
-    default_name = data_path.parent.name if data_path.stem.startswith("generate_dataset") else data_path.stem
     sv = SteeringVector(
-        vectors=vectors, behaviour=behaviour_key(behaviour or default_name), model=model_name,
+        vectors=vectors, behaviour=name, model=model_name,
         model_fingerprint=model_fingerprint(model), site=site,
         read_position=READ_RULES[read],
         n_pairs=len(pairs), dataset_sha256=data.file_sha256(data_path),

@@ -22,7 +22,7 @@ from typing import Any
 
 from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
-from caa_eval.files import write_atomic
+from caa_eval.files import check_output, write_atomic
 from caa_eval.sweep.config import Condition, SweepConfig, normalize_warning
 from caa_eval.sweep.plan import Cell, cell_spec, plan_cells
 from caa_eval.sweep.store import (Manifest, RunLock, VectorStore, cleanup, commit_cell, is_done, new_stage, now, sha,
@@ -266,6 +266,9 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
         _dry_run(cfg, cells, done, print_fn)
         return SweepResult(run_dir, cells, [], sorted(done), None, time.perf_counter() - t_start)
 
+    check_output(run_dir, "output", folder=True)  # before any model load (caa_eval.files)
+    if cfg.vectors_dir is not None:
+        check_output(cfg.vectors_dir, "vectors", folder=True)
     device = resolve_device(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
