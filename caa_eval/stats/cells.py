@@ -21,7 +21,7 @@ from caa_eval.stats.table import (
     BASELINE_CONFIG, BASELINE_KEY, CELL_KEY, CONFIG_KEY, GROUP_KEY, cell_label, validate_long_table,
 )
 from caa_eval.stats.tests import (
-    NOISE, TESTS, adjust_pvalues, macro_mean, mde_dz, mean_ci, paired_tests, seeded_rng,
+    NOISE, TESTS, adjust_pvalues, floor_p, macro_mean, mde_dz, mean_ci, paired_tests, seeded_rng,
 )
 from caa_eval.vocab import format_multiplier
 
@@ -272,6 +272,8 @@ def compute_dose_response(df: pd.DataFrame, *, seed: int = 0, n_resamples: int =
         notes = [note] if note else []
         if complete.shape[1] >= 3 and complete.shape[0] >= 2:
             stat, p_inc, p_dec = _page(complete)
+            (p_inc, low_inc), (p_dec, low_dec) = floor_p(p_inc, "Page's L"), floor_p(p_dec, "Page's L")
+            notes += [low_inc or low_dec] if low_inc or low_dec else []
         else:
             notes.append("Page's L needs ≥3 multipliers (incl. 0) and ≥2 complete items")
         out.append(dict(zip(GROUP_KEY, group)) | {

@@ -23,7 +23,7 @@ from caa_eval.vocab import format_multiplier
 __all__ = [
     "REQUIRED", "OPTIONAL", "GROUP_KEY", "CELL_KEY", "BASELINE_KEY", "CONFIG_KEY", "BASELINE_CONFIG",
     "SHARED_BEHAVIOUR", "DEFAULT_METRIC", "format_layer", "format_text", "cell_label", "validate_long_table",
-    "load_long_table", "load_any",
+    "load_long_table", "load_any", "MAX_ABS_SCORE",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ BASELINE_CONFIG = ["baseline_layer", "baseline_site", "baseline_positions"]  # w
 SHARED_BEHAVIOUR = "*"  # a multiplier-0 row that is the baseline for every behaviour on its task
 DEFAULT_METRIC = "score"
 _BLANK = ("", "nan", "na", "null", "none")
+MAX_ABS_SCORE = 1e100  # squares (<= 1e200) and their sums over any real table stay finite in float64
 
 
 def format_layer(value: Any) -> str:
@@ -153,6 +154,11 @@ def validate_long_table(df: pd.DataFrame, origin: str = "table", lines: Sequence
         raise CAAEvalError(f"{where(bad)}: score {shown} is not a number; leave it empty for a missing judge score")
     if np.isinf(score).any():
         raise CAAEvalError(f"{where(np.isinf(score))}: infinite score; scores must be finite or empty")
+    huge = score.abs() > MAX_ABS_SCORE
+    if huge.any():
+        raise CAAEvalError(f"{where(huge)}: score {score[huge].head(3).tolist()} is beyond ±{MAX_ABS_SCORE:.0e}, where "
+                           "sums of squares overflow and the statistics go wrong; rescale the scores (e.g. divide "
+                           "them by a constant)")
     table["score"] = score
     _check_subjects(table, origin)
 

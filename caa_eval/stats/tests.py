@@ -19,12 +19,27 @@ from scipy import stats as sps
 
 __all__ = [
     "NOISE", "TESTS", "WILCOXON_EXACT_MAX_N", "PairedTests", "seeded_rng", "strata", "macro_mean", "mean_ci",
-    "wilcoxon_method", "paired_tests", "mde_dz", "adjust_pvalues",
+    "wilcoxon_method", "paired_tests", "mde_dz", "adjust_pvalues", "P_FLOOR", "floor_p",
 ]
 
 NOISE = 1e-12  # differences and spreads below this are floating-point noise
 TESTS = ("wilcoxon", "permutation")
 WILCOXON_EXACT_MAX_N = 50  # exact signed-rank distribution up to here (untied, no zeros); scipy's own limit
+P_FLOOR = float(np.finfo(float).tiny)  # ~2.2e-308: below this a normal-approximation p underflows to 0.0
+
+
+def floor_p(p: float, name: str) -> tuple[float, str]:
+    """A p-value that underflowed to 0.0 is not 0: report the floor with a note saying so.
+
+    Why: a p of exactly 0 reads as "impossible under the null", and it breaks log scales and ratios downstream.
+
+    Args:
+        p: the p-value from scipy.
+        name: the test's name for the note.
+    """
+    if p == 0.0:
+        return P_FLOOR, f"{name} p below {P_FLOOR:.1e} (floating-point underflow): reported as {P_FLOOR:.1e}"
+    return p, ""
 
 
 def seeded_rng(seed: int, key: Sequence[Any]) -> np.random.Generator:
@@ -175,7 +190,8 @@ def paired_tests(d: np.ndarray, rng: np.random.Generator, n_permutations: int = 
         p_w = float(sps.wilcoxon(d, zero_method="wilcox", alternative="two-sided", method=method).pvalue)
         p_p = float(sps.permutation_test((d,), statistic, permutation_type="samples", vectorized=True,
                                          n_resamples=n_permutations, alternative="two-sided", rng=rng).pvalue)
-    return PairedTests(p_w, p_p, method, "")
+    p_w, note = floor_p(p_w, "Wilcoxon")
+    return PairedTests(p_w, p_p, method, note)
 
 
 @functools.lru_cache(maxsize=None)
