@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "markdown/JSON/PNG report for a sweep or run folder"),
     "sweep": ("sweep", "run layers x multipliers x sites x tasks in one process"),
     "demo": ("demo", "end-to-end demo on the embedded model"),
+    "tokens": ("tokens", "per-token cosine with a steering vector, as JSON + HTML (CAA §8.1)"),
+    "similarity": ("similarity", "cosine of vectors across layers or between two vector files (CAA §8.2, §8.3)"),
+    "elicit": ("elicit", "smallest multiplier that triggers a behaviour, with CIs (red-teaming, §9.1)"),
+    "calibrate": ("calibrate", "multiplier for a target KL on neutral prompts; norm fraction and KL (§9.1)"),
 }
 
 
