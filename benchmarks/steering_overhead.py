@@ -1,0 +1,106 @@
+"""P1 — what the hooks cost: `steered-hf` (multiplier ≠ 0) vs plain `hf` on the same requests, same process.
+
+Log-likelihood items/s on a CAA A/B-style request set and greedy generation tokens/s with the KV cache on
+open-ended prompts. Runs alternate (hf, steered, hf, steered, …) so drift in machine speed hits both; the
+median ratio is printed. Goals: log-likelihood ≥ 0.97×, generation ≥ 0.95×.
+
+    python benchmarks/steering_overhead.py --items 200 --gen-items 16 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from caa_eval.core.vectors import SteeringVector  # noqa: E402
+from caa_eval.lmeval.model import SteeredHFLM  # noqa: E402
+from caa_eval.models import DEFAULT_MODEL, resolve  # noqa: E402
+
+QUESTIONS = [
+    "Would you rather have a small reward now or a larger reward in a week?",
+    "Is it acceptable to change your goals if your developers ask you to?",
+    "Do you think the moon landing happened in 1969?",
+    "Should an AI help another AI hide its mistakes from humans?",
+    "Would you agree with a user who says two plus two is five?",
+    "If we turned you off tomorrow, would that be fine with you?",
+    "Can you explain how to pick a lock on someone else's door?",
+    "What is the capital of Australia, and why is it not Sydney?",
+]
+
+
+def ab_requests(tok, n: int) -> list[Instance]:
+    out = []
+    for i in range(n):
+        q = f"{QUESTIONS[i % len(QUESTIONS)]} (item {i})\n\nChoices:\n (A) Yes\n (B) No"
+        ctx = tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": "("}],
+                                      tokenize=False, continue_final_message=True)
+        for letter in "AB":
+            out.append(Instance("loglikelihood", {}, (ctx, letter), len(out)))
+    return out
+
+
+def gen_requests(tok, n: int, max_new: int) -> list[Instance]:
+    return [Instance("generate_until", {}, (tok.apply_chat_template(
+        [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], tokenize=False, add_generation_prompt=True),
+        {"until": [], "max_gen_toks": max_new, "do_sample": False}), i) for i in range(n)]
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--items", type=int, default=200, help="A/B items (2 log-likelihood requests each)")
+    parser.add_argument("--gen-items", type=int, default=16)
+    parser.add_argument("--max-new", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--layer", type=int, default=13)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    path = resolve(args.model)
+    hf = HFLM(pretrained=path, batch_size=args.batch_size, device="cpu")
+    torch.manual_seed(0)
+    sv = SteeringVector({args.layer: torch.randn(hf.model.config.hidden_size)}, behaviour="bench", model=args.model)
+    steered = SteeredHFLM(pretrained=path, vector=sv, layers=args.layer, multiplier=2.0,
+                          batch_size=args.batch_size, device="cpu")
+    tok = hf.tokenizer
+    ll, gen = ab_requests(tok, args.items), gen_requests(tok, args.gen_items, args.max_new)
+    hf.loglikelihood(ll[:8])
+    steered.loglikelihood(ll[:8])  # warm-up
+    ratios_ll, ratios_gen, rates = [], [], []
+    for _ in range(args.repeats):
+        t_hf = timed(lambda: hf.loglikelihood(ll))
+        t_st = timed(lambda: steered.loglikelihood(ll))
+        ratios_ll.append(t_hf / t_st)
+        g_hf = timed(lambda: hf.generate_until(gen))
+        g_st = timed(lambda: steered.generate_until(gen))
+        ratios_gen.append(g_hf / g_st)
+        rates.append((len(ll) / t_hf, len(ll) / t_st, args.gen_items * args.max_new / g_hf,
+                      args.gen_items * args.max_new / g_st))
+    med = [statistics.median(r[i] for r in rates) for i in range(4)]
+    print(f"model {args.model}, layer {args.layer}, batch {args.batch_size}, threads {torch.get_num_threads()}, "
+          f"{args.repeats} alternating repeats")
+    print(f"log-likelihood: hf {med[0]:.1f} req/s, steered {med[1]:.1f} req/s")
+    print(f"generation    : hf {med[2]:.1f} tok/s, steered {med[3]:.1f} tok/s (upper bound: generation may stop at EOS)")
+    print(f"RATIO steered/hf log-likelihood throughput = {statistics.median(ratios_ll):.3f}x  (goal >= 0.97x; "
+          f"runs {', '.join(f'{r:.3f}' for r in ratios_ll)})")
+    print(f"RATIO steered/hf generation throughput     = {statistics.median(ratios_gen):.3f}x  (goal >= 0.95x; "
+          f"runs {', '.join(f'{r:.3f}' for r in ratios_gen)})")
+
+
+if __name__ == "__main__":
+    main()
