@@ -251,7 +251,10 @@ def default_behaviour(data_path: Path) -> str:
             return folder
         raise CAAEvalError(f"{data_path}: cannot tell the behaviour from the name {data_path.name} in folder "
                            f"{data_path.parent.name!r} (not one of CAA's behaviours); pass --behaviour-label NAME")
-    return behaviour_key(data_path.stem)
+    name = behaviour_key(data_path.stem)
+    log.info("behaviour recorded as %r (from the file name %s); pass --behaviour-label NAME to name it", name,
+             data_path.name)
+    return name
 
 
 def _check_site(site: str) -> None:
