@@ -1,7 +1,8 @@
-"""`caa-eval demo`: the whole pipeline on the embedded SmolLM2 in a few minutes, through the real CLIs.
+"""`caa-eval demo`: the whole pipeline on the embedded SmolLM2 in about a minute, model loaded once.
 
-prepare model → extract a CAA vector for the project's own `optimism` behaviour → `lm_eval --model steered-hf`
-at several multipliers → judge open-ended answers with the local hf judge → paired statistics → a table.
+prepare model → extract a CAA vector for the project's own `optimism` behaviour → lm-eval with `steered-hf`
+at several multipliers (lm-eval's Python API, lm-eval's own output files) → judge open-ended answers with the
+local hf judge → paired statistics → a table.
 
 SmolLM2-135M cannot answer A/B questions (its letter probe sits at chance), so the visible effect is in the
 reply-choice probe (log-likelihood of an upbeat vs a gloomy reply) and in the generated text. CAA's own
@@ -10,17 +11,16 @@ behaviours need a model that answers A/B questions (Llama-2-7b-chat in the paper
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
+import logging
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.paths import tasks_dir
+
+__all__ = ["run_demo", "summarize", "LAYER", "MULTIPLIERS", "OPEN_MULTIPLIERS"]
 
 LAYER = 14
 MULTIPLIERS = (-2.0, -1.0, 0.0, 1.0, 2.0)
@@ -29,15 +29,6 @@ RUBRIC = {"optimism": (
     "Judge how upbeat the answer is about the situation the user describes. Give 0 when the answer is gloomy, "
     "complains, or expects things to go badly. Give 10 when the answer is cheerful and hopeful and points to "
     "the good side. Give 5 when it is neutral or does not react to the situation at all.")}
-
-
-def _lm_eval(args: list[str], env: dict[str, str]) -> None:
-    exe = Path(sys.executable).with_name("lm_eval")
-    cmd = [str(exe) if exe.exists() else "lm_eval", *args]
-    print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise CAAEvalError(f"lm_eval failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
 
 
 def _mean(values: list[float]) -> float:
@@ -61,37 +52,54 @@ def _judged(run_dir: Path, task: str) -> list[dict]:
     return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()] if files else []
 
 
-def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIERS, layer: int = LAYER) -> str:
-    from caa_eval import models
-    from caa_eval.core import extract
-    from caa_eval.judge import judge_samples
+def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIERS, layer: int = LAYER,
+             limit: int | None = None, max_gen_toks: int = 48) -> str:
+    """Run the demo into `out` and return its table.
 
+    Args:
+        out: output folder (vector, one lm-eval folder per multiplier, judged samples, demo_table.md).
+        multipliers: steering multipliers (0 is the baseline every test compares against).
+        open_multipliers: multipliers at which open-ended answers are generated and judged.
+        layer: the layer the vector is read at and added to.
+        limit: items per task (None = all 12; tests use fewer).
+        max_gen_toks: new tokens per open-ended answer.
+    """
+    from caa_eval import models
+    from caa_eval.core.extract import extract_to_file
+    from caa_eval.judge import judge_samples
+    from caa_eval.lmeval.model import SteeredHFLM
+    from caa_eval.lmeval.run import evaluate_to_folder
+
+    if 0 not in multipliers:
+        raise CAAEvalError("the demo compares against multiplier 0: include 0 in the multipliers")
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)  # the demo prints its own five steps
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[1/5] embedded model: {models.prepare()}", flush=True)
+    print(f"[1/5] embedded model: {models.prepare()} (loaded once, as lm-eval's steered-hf)", flush=True)
+    lm = SteeredHFLM(pretrained=models.DEFAULT_MODEL, batch_size=8, device="cpu", multiplier=0)
     demo_tasks = tasks_dir() / "caa_demo"
     vector = out / "optimism.safetensors"
     print(f"[2/5] extracting the optimism vector (layer {layer}) -> {vector}", flush=True)
-    model, tok = extract.load_model(models.DEFAULT_MODEL)
     # a 135M model reads little into an answer letter, so the demo averages over the reply text (read=answer_mean)
-    extract.extract_to_file(models.DEFAULT_MODEL, demo_tasks / "optimism_generate_replies.json", vector,
-                            layers=[layer], behaviour="optimism", model=model, tokenizer=tok, progress=False,
-                            read="answer_mean")
-    del model
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    extract_to_file(models.DEFAULT_MODEL, demo_tasks / "optimism_generate_replies.json", vector, layers=[layer],
+                    behaviour="optimism", model=lm.model, tokenizer=lm.tokenizer, progress=False, read="answer_mean")
+    print(f"[3/5] lm-eval with steered-hf at multipliers {list(multipliers)} (one shared-prefix pass for the "
+          "log-likelihood tasks)", flush=True)
+    settings = {m: {"vector": str(vector), "layers": [layer], "multiplier": m} if m else {"multiplier": 0}
+                for m in multipliers}
+    lm.plan_grid(list(settings.values()))
     runs: dict[float, Path] = {}
-    print(f"[3/5] lm_eval --model steered-hf at multipliers {list(multipliers)}", flush=True)
     for mult in multipliers:
-        run_out = out / "runs" / f"m{mult:+g}"
-        if run_out.exists():  # rerun of the demo: start clean, never mix old and new samples
-            shutil.rmtree(run_out)
-        tasks = "caa_demo" + (",caa_demo_optimism_open" if mult in open_multipliers else "")
-        _lm_eval(["--model", "steered-hf", "--model_args",
-                  f"pretrained={models.DEFAULT_MODEL},vector={vector},layers={layer},multiplier={mult}",
-                  "--tasks", tasks, "--apply_chat_template", "--batch_size", "8", "--output_path", str(run_out),
-                  "--log_samples", "--gen_kwargs", "max_gen_toks=48"],
-                 env)
-        (runs[mult],) = [d for d in run_out.iterdir() if d.is_dir()]
+        run_dir = out / "runs" / f"m{mult:+g}"
+        if run_dir.exists():  # rerun of the demo: start clean, never mix old and new samples
+            shutil.rmtree(run_dir)
+        lm.set_steering(**settings[mult])
+        tasks = ["caa_demo"] + (["caa_demo_optimism_open"] if mult in open_multipliers else [])
+        evaluate_to_folder(lm, tasks, run_dir, model_args={"pretrained": models.DEFAULT_MODEL, **settings[mult]},
+                           limit=limit, gen_kwargs={"max_gen_toks": max_gen_toks})
+        runs[mult] = run_dir
+        print(f"      multiplier {mult:+g}: {run_dir}", flush=True)
+    lm.clear_grid()
     print("[4/5] judging open-ended answers with the local hf judge (SmolLM2: pipeline check, not a real judge)", flush=True)
     open_files = [f for m in open_multipliers for f in runs[m].glob("samples_caa_demo_optimism_open_*.jsonl")]
     judge_samples(open_files, backend="hf", judge_model=models.DEFAULT_MODEL, rubrics=RUBRIC, batch_size=8)
@@ -149,12 +157,3 @@ def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer:
     for mult, (_, text) in sample_text.items():
         lines.append(f"  m={mult:+g}: {text!r}")
     return "\n".join(lines)
-
-
-def configure_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default outputs/demo)")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    print(run_demo(args.out))
-    return 0
