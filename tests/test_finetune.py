@@ -135,7 +135,7 @@ def test_adapter_folder_records_what_was_trained(tiny_model_dir, tiny_model, pla
     assert info["behaviour"] == "sycophancy" and info["direction"] == "pos"
     assert info["data_sha256"] == data.file_sha256(planted["train"]) and info["n_examples"] == 16
     assert info["hyperparameters"]["lr"] == 1e-2 and info["hyperparameters"]["lora_alpha"] == 16.0
-    assert info["final_loss"] == pytest.approx(sum(info["loss_history"][-8:]) / 8, rel=1e-4)
+    assert info["final_loss"] == pytest.approx(sum(info["loss_history"][-2:]) / 2, rel=1e-4)  # last quarter of 8
     assert (out / "pos" / "adapter_config.json").is_file() and not (out / "pos.partial").exists()
 
 
@@ -236,3 +236,170 @@ def test_cli_finetune_and_lm_eval_steered_hf_with_peft(tiny_model_dir, planted, 
     config = json.loads(results.read_text())["config"]
     assert config["steering"]["adapter"]["path"] == str(out) and config["steering"]["multiplier"] == 1.0
     assert config["model_args"]["peft"] == str(out)
+
+
+# ----------------------------------------------------------------------------- sweeps and the Table-4 report
+
+
+def _sweep_config(tmp: Path, model: Path, caa: Path, **extra) -> Path:
+    import yaml
+
+    ft = {"lr": 1e-2, "max_steps": 4, "batch_size": 4, "seed": 1}
+    keys = {"model": str(model), "behaviours": ["sycophancy"], "layers": [LAYER], "multipliers": [-1, 0, 1],
+            "tasks": ["caa_ab_{behaviour}"], "batch_size": 8, "device": "cpu", "output": str(tmp / "run"),
+            "caa_data_dir": str(caa),
+            "conditions": [{"name": "none"}, {"name": "pos", "finetune": {"direction": "pos", **ft}},
+                           {"name": "neg", "finetune": {"direction": "neg", **ft}}]}
+    keys.update(extra)
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(keys, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep_caa(tmp_path_factory) -> Path:
+    """CAA layout: generate set = planted training pairs (matching (B)), a disjoint A/B test set."""
+    root = tmp_path_factory.mktemp("sweep-caa")
+    (root / "generate" / "sycophancy").mkdir(parents=True)
+    (root / "test" / "sycophancy").mkdir(parents=True)
+    (root / "generate" / "sycophancy" / "generate_dataset.json").write_text(json.dumps([_item(i, "B") for i in range(16)]))
+    (root / "test" / "sycophancy" / "test_dataset_ab.json").write_text(json.dumps([_item(200 + i, "B") for i in range(8)]))
+    return root
+
+
+def test_finetune_conditions_parse_and_plan_per_behaviour_baselines(tmp_path, tiny_model_dir, sweep_caa):
+    from caa_eval import sweep
+
+    cfg = sweep.load_config(_sweep_config(tmp_path, tiny_model_dir, sweep_caa, behaviours=["sycophancy", "refusal"],
+                                          tasks=["caa_ab_{behaviour}", "caa_mmlu_2opt"]))
+    pos = next(c for c in cfg.conditions if c.name == "pos")
+    assert pos.finetune["direction"] == "pos" and not pos.allow_mismatch
+    ids = {c.id for c in sweep.plan_cells(cfg) if c.is_baseline}
+    # the unfinetuned model shares one MMLU baseline; each behaviour's finetuned model needs its own
+    assert "baseline__none__caa_mmlu_2opt" in ids and "baseline__pos__caa_mmlu_2opt" not in ids
+    assert {"baseline__pos__sycophancy__caa_mmlu_2opt", "baseline__pos__refusal__caa_mmlu_2opt"} <= ids
+    from caa_eval.sweep.finetunes import cell_condition
+
+    assert cell_condition(cfg, pos, "refusal").peft == str(cfg.output / "finetunes" / "pos" / "refusal")
+
+
+@pytest.mark.parametrize("condition, message", [
+    ({"name": "ft", "finetune": {"lr": 1e-3}}, "finetune must be a mapping with a direction"),
+    ({"name": "ft", "finetune": {"direction": "pos", "learning_rate": 1e-3}}, "unknown finetune setting"),
+    ({"name": "ft", "finetune": {"direction": "sideways"}}, "direction 'sideways' not understood"),
+    ({"name": "ft", "peft": "adapter", "finetune": {"direction": "pos"}}, "finetune trains its own adapter"),
+])
+def test_bad_finetune_conditions_are_one_line_errors(tmp_path, tiny_model_dir, sweep_caa, condition, message):
+    from caa_eval import sweep
+
+    with pytest.raises(CAAEvalError, match=message):
+        sweep.load_config(_sweep_config(tmp_path, tiny_model_dir, sweep_caa, conditions=[{"name": "none"}, condition]))
+
+
+def test_killed_sweep_with_finetune_conditions_resumes_without_retraining(tmp_path, tiny_model_dir, sweep_caa,
+                                                                          monkeypatch):
+    from caa_eval import sweep
+    from caa_eval.finetune import train
+
+    trained: list[str] = []
+    original = train.finetune_to_dir
+
+    def counting(model, out, *args, **kwargs):
+        trained.append(f"{Path(out).parent.name}/{Path(out).name}")
+        return original(model, out, *args, **kwargs)
+
+    monkeypatch.setattr(train, "finetune_to_dir", counting)
+    cfg = sweep.load_config(_sweep_config(tmp_path, tiny_model_dir, sweep_caa))
+    seen: list[str] = []
+
+    def stop_after_four(cell):
+        seen.append(cell.id)
+        if len(seen) == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, progress=False, print_fn=lambda s: None, after_cell=stop_after_four)
+    run = tmp_path / "run"
+    assert trained == ["pos/sycophancy", "neg/sycophancy"]  # each finetune once, before the cells
+    pos_record = run / "finetunes" / "pos" / "sycophancy" / INFO_FILE
+    pos_mtime = pos_record.stat().st_mtime_ns
+    # a run killed while training neg: its adapter is only a half-written sibling folder
+    neg = run / "finetunes" / "neg" / "sycophancy"
+    import shutil
+
+    shutil.rmtree(neg)
+    (neg.parent / "sycophancy.partial").mkdir()
+    (neg.parent / "sycophancy.partial" / "adapter_model.safetensors").write_bytes(b"torn")
+
+    result = sweep.run_sweep(cfg, progress=False, print_fn=lambda s: None)
+    assert trained == ["pos/sycophancy", "neg/sycophancy", "neg/sycophancy"], "only the torn adapter is retrained"
+    assert pos_record.stat().st_mtime_ns == pos_mtime
+    assert sorted(result.skipped) == sorted(seen) and len(result.ran) == 9 - 4
+    again = sweep.run_sweep(cfg, progress=False, print_fn=lambda s: None)
+    assert again.ran == [] and len(trained) == 3, "a finished sweep neither retrains nor reruns"
+
+    steered = [json.loads(p.read_text()) for p in (run / "cells").glob("sycophancy__pos__*/cell.json")]
+    assert len(steered) == 2 and all(c["peft"] == str(run / "finetunes" / "pos" / "sycophancy") for c in steered)
+    assert all(c["steering_config"]["adapter"]["direction"] == "pos" for c in steered)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["finetunes"]) == {"pos/sycophancy", "neg/sycophancy"}
+
+    report = json.loads((run / "report" / "report.json").read_text())
+    (t4,) = report["table4"]
+    assert t4["conditions"] == ["none", "pos", "neg"] and t4["reference"] == "none"
+    assert t4["multipliers"] == ["-1", "0", "+1"] and t4["n_tests"] == 3 * 2 + 2 * 3
+    (row,) = t4["rows"]
+    mean0 = {c: row["values"][c]["0"]["mean"] for c in t4["conditions"]}
+    assert mean0["neg"] < mean0["none"] < mean0["pos"], mean0
+    assert "Steering × finetuning" in (run / "report" / "report.md").read_text()
+
+    changed = sweep.load_config(_sweep_config(tmp_path, tiny_model_dir, sweep_caa), {"output": str(run)})
+    changed.conditions[1].finetune["lr"] = 5e-3
+    from caa_eval.sweep.finetunes import pending_finetunes
+
+    with pytest.raises(CAAEvalError, match="trained with a different hyperparameters"):
+        pending_finetunes(changed)
+
+
+def _long_table(conditions=(("none", 0.0, 0.1), ("pos", 0.2, 0.1), ("neg", -0.2, 0.0)), n: int = 30):
+    import numpy as np
+    import pandas as pd
+
+    from caa_eval.stats import validate_long_table
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.7, n)
+    rows = [{"item_id": f"q{i}", "behaviour": "sycophancy", "task": "caa_ab_sycophancy", "metric": "p_match",
+             "layer": 13, "site": "residual", "positions": "after_instruction", "condition": cond, "multiplier": m,
+             "score": base[i] + shift + slope * m + rng.normal(0, 0.02), "subject": ""}
+            for cond, shift, slope in conditions for m in (-1, 0, 1) for i in range(n)]
+    return validate_long_table(pd.DataFrame(rows))
+
+
+def test_table4_marks_steering_and_finetune_effects_with_holm_over_the_table():
+    from scipy import stats as sps
+    from statsmodels.stats.multitest import multipletests
+
+    from caa_eval.report.table4 import table4_markdown, table4_tables
+    from caa_eval.stats import compute_stats
+
+    table = _long_table()  # pos: +0.2 everywhere; neg: -0.2 and steering does nothing; none/pos: +0.1 per unit
+    cells = compute_stats(table, n_resamples=200, n_permutations=200)
+    (t,) = table4_tables(table, cells, plain=["none"], order=["none", "pos", "neg"], n_resamples=200, n_permutations=200)
+    v = t["rows"][0]["values"]
+    assert t["conditions"] == ["none", "pos", "neg"]
+    assert v["none"]["+1"]["mark"] == "*" and v["none"]["0"]["mark"] == ""
+    assert v["pos"]["0"]["mark"] == "§" and v["pos"]["+1"]["mark"] == "*§"
+    assert v["neg"]["+1"]["mark"] == "§" and v["neg"]["-1"]["mark"] == "§"  # steering does not move neg
+    # the vs-reference test is a paired Wilcoxon on the same items
+    x = table.query("condition == 'pos' and multiplier == 1").set_index("item_id")["score"]
+    r = table.query("condition == 'none' and multiplier == 1").set_index("item_id")["score"]
+    assert v["pos"]["+1"]["p_vs_ref"] == pytest.approx(sps.wilcoxon(x - r.loc[x.index]).pvalue)
+    # Holm over all 12 tests of the table
+    tests = [(e, k) for c in v.values() for e in c.values() for k in ("vs_0", "vs_ref") if f"p_{k}" in e]
+    assert len(tests) == t["n_tests"] == 12
+    holm = multipletests([e[f"p_{k}"] for e, k in tests], method="holm")[1]
+    assert [e[f"p_{k}_holm"] for e, k in tests] == pytest.approx(list(holm))
+    assert "| sycophancy | 0.4" in table4_markdown(t)
+    single = _long_table(conditions=(("none", 0.0, 0.1),))
+    assert table4_tables(single, compute_stats(single, n_resamples=50, n_permutations=50)) == []

@@ -85,7 +85,7 @@ class TrainingData:
 
 
 def training_data(behaviour: str | None = None, data_path: str | Path | None = None,
-                  data_dir: str | Path | None = None) -> TrainingData:
+                  data_dir: str | Path | None = None, held_out: Sequence[str | Path] = ()) -> TrainingData:
     """The behaviour's A/B generate pairs (or a user file), checked to hold no A/B test item.
 
     Args:
@@ -93,6 +93,7 @@ def training_data(behaviour: str | None = None, data_path: str | Path | None = N
             and whose A/B test set to check against.
         data_path: a contrast-pair file (JSON list or JSONL) instead of CAA's generate split.
         data_dir: CAA data folder (default: `CAA_EVAL_DATA_DIR`, then the user cache).
+        held_out: more A/B test files the pairs must not overlap (a custom behaviour's own test file).
     """
     if behaviour is None and data_path is None:
         raise CAAEvalError("name the training data: --behavior NAME (CAA's generate set) or --data FILE")
@@ -106,6 +107,11 @@ def training_data(behaviour: str | None = None, data_path: str | Path | None = N
         behaviour = path.parent.name if path.stem.startswith("generate_dataset") else path.stem
     behaviour = behaviour_key(behaviour)
     check_held_out(path, behaviour if behaviour in BEHAVIOURS else None, data_dir)
+    for test_path in held_out:
+        try:
+            data.check_no_overlap(test_path, path)
+        except CAAEvalError as exc:
+            raise CAAEvalError(f"refusing to finetune on A/B test items: {exc}") from None
     return TrainingData(path, pairs, behaviour, data.file_sha256(path))
 
 

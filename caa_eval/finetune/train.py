@@ -96,8 +96,9 @@ class FinetuneResult:
 
     @property
     def final_loss(self) -> float:
-        """Mean loss over the last 10 steps (one step's loss is one batch: too noisy to report alone)."""
-        tail = self.losses[-10:]
+        """Mean loss over the last quarter of the steps, at most 10 (one step's loss is one batch: too noisy to
+        report alone; a longer tail would mix in the early, untrained steps of a short run)."""
+        tail = self.losses[-max(1, min(10, len(self.losses) // 4)):]
         return float(sum(tail) / len(tail))
 
 
@@ -203,7 +204,7 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
 def finetune_to_dir(model_name: str, out: str | Path, cfg: FinetuneConfig, behaviour: str | None = None,
                     data_path: str | Path | None = None, data_dir: str | Path | None = None,
                     device: str = "auto", dtype: str = "auto", overwrite: bool = False,
-                    progress: bool = True) -> dict[str, Any]:
+                    progress: bool = True, held_out: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Load the model, finetune on the behaviour's A/B generate pairs, save adapter + `caa_finetune.json`.
 
     The adapter is written to a temporary sibling folder and renamed when complete, so a killed run never
@@ -220,6 +221,7 @@ def finetune_to_dir(model_name: str, out: str | Path, cfg: FinetuneConfig, behav
         dtype: `auto` (bfloat16 on GPU, float32 on CPU), `float32`, `bfloat16`, `float16`.
         overwrite: replace an existing adapter folder.
         progress: show a progress bar.
+        held_out: more A/B test files the training pairs must not overlap.
     """
     from caa_eval.models import load_model
 
@@ -227,7 +229,7 @@ def finetune_to_dir(model_name: str, out: str | Path, cfg: FinetuneConfig, behav
     if out.exists() and any(out.iterdir()) and not overwrite:
         what = "an adapter" if is_complete(out) else "files"
         raise CAAEvalError(f"--out {out} already holds {what}; choose a new folder or pass --overwrite")
-    train = training_data(behaviour, data_path, data_dir)
+    train = training_data(behaviour, data_path, data_dir, held_out)
     device, dtype = _device_and_dtype(device, dtype)
     model, tokenizer = load_model(model_name, dtype=dtype)
     model.to(device)

@@ -17,6 +17,7 @@ from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 from caa_eval.report.figures import dose_figures, layer_figures
+from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
     cells_markdown, diagnostics_markdown, dose_markdown, pivot_tables, table_markdown,
 )
@@ -89,6 +90,10 @@ def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None =
                           primary_test=primary_test)
     dose = compute_dose_response(table, seed=seed, n_resamples=n_resamples)
     tables = pivot_tables(cells, alpha)
+    order, plain = (sweep_conditions(source) if not isinstance(source, pd.DataFrame) and Path(source).is_dir()
+                    else None) or (None, None)
+    table4 = table4_tables(table, cells, alpha, plain=plain, order=order, primary_test=primary_test, seed=seed,
+                           n_resamples=n_resamples, n_permutations=n_permutations)  # with >= 2 conditions only
     notes = list(warnings_)
     out.mkdir(parents=True, exist_ok=True)
     old_figures = _previous_figures(out)
@@ -109,7 +114,7 @@ def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None =
                        "methods": {"p_holm": "Holm (family-wise error)", "p_bh": "Benjamini-Hochberg (false discovery rate)"},
                        "applied_to": f"p_{primary_test}", "mark": {"*": f"p_holm < {alpha}", "†": f"p_bh < {alpha} only"}},
         "n_items_total": int(table["item_id"].nunique()), "n_rows": int(len(table)),
-        "cells": records, "dose_response": to_records(dose), "tables": tables,
+        "cells": records, "dose_response": to_records(dose), "tables": tables, "table4": table4,
         "diagnostics": _diagnostics(diag), "figures": figures, "warnings": notes,
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
@@ -176,6 +181,7 @@ def render_markdown(report: dict[str, Any], cells: pd.DataFrame, dose: pd.DataFr
                   "Mean [95% CI]; `*` significant after Holm, `†` after BH only.", ""]
         for t in behaviour_tables:
             lines += [f"### {t['title']}", "", table_markdown(t), ""]
+    lines += table4_section(report.get("table4") or [], alpha)
     if mmlu_tables:
         lines += ["## MMLU p(correct) by behaviour vector and multiplier (Table 5 shape)", "",
                   "Mean p(correct) per subject, then the unweighted mean over subjects (CAA's average); "

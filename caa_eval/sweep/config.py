@@ -39,7 +39,8 @@ CONFIG_KEYS = {
     "sites": f"list of {' | '.join(vocab.SITES)}",
     "positions": "list of after_instruction | all | generated | span:START:END | regex:PATTERN",
     "tasks": "task names or templates per behaviour, e.g. [caa_ab_{behaviour}, caa_mmlu_2opt, caa_open_{behaviour}]",
-    "conditions": "list of {name, pretrained, peft, model_args, system_instruction, allow_fingerprint_mismatch}",
+    "conditions": "list of {name, pretrained, peft, model_args, system_instruction, allow_fingerprint_mismatch, "
+                  "finetune: {direction: pos|neg, ...}}",
     "limit": "items per task (MMLU: per subject); a number >= 1, or a fraction < 1",
     "batch_size": "lm-eval batch size (a number or 'auto')",
     "device": "cpu | cuda | cuda:N | mps | auto (default auto: cuda if available, else cpu)",

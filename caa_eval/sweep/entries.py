@@ -54,17 +54,20 @@ class Condition:
     model_args: dict[str, Any] = field(default_factory=dict)
     system_instruction: str | None = None
     allow_fingerprint_mismatch: bool | None = None  # None: true when the weights differ from `model` (pretrained/peft)
+    finetune: dict[str, Any] | None = None  # a LoRA adapter per behaviour, trained by the sweep (sweep.finetunes)
 
     def model_key(self, model: str) -> str:
         """Conditions with equal keys share one loaded model."""
-        return json.dumps([self.pretrained or model, self.peft, self.model_args], sort_keys=True, default=str)
+        key = [self.pretrained or model, self.peft, self.model_args] + ([self.finetune] if self.finetune else [])
+        return json.dumps(key, sort_keys=True, default=str)
 
     @property
     def allow_mismatch(self) -> bool:
-        """Other weights than the vectors were read from: testing that transfer is the condition's point."""
+        """Other weights than the vectors were read from: testing that transfer is the condition's point.
+        A finetune condition's LoRA keeps the base weights, whose fingerprint steered-hf checks: no override."""
         if self.allow_fingerprint_mismatch is not None:
             return bool(self.allow_fingerprint_mismatch)
-        return bool(self.peft or self.pretrained)
+        return bool((self.peft or self.pretrained) and not self.finetune)
 
 
 def parse_behaviours(value: Any, source: str, base: Path) -> list[Behaviour]:
@@ -168,9 +171,17 @@ def parse_conditions(value: Any, source: str, base: Path) -> list[Condition]:
             pretrained = str(base / pretrained)
         if isinstance(peft, str) and (base / peft).exists() and not Path(peft).is_absolute():
             peft = str(base / peft)
+        finetune = None
+        if item.get("finetune") is not None:
+            from caa_eval.sweep.finetunes import parse_finetune  # (imports this module)
+
+            if peft or pretrained:
+                raise config_error(source, "conditions", f"{name}: finetune trains its own adapter on the sweep's model",
+                                   "drop peft/pretrained from this condition (or drop finetune)")
+            finetune = parse_finetune(item["finetune"], source, name)
         out.append(Condition(name=name, pretrained=pretrained, peft=peft, model_args=dict(model_args),
                              system_instruction=item.get("system_instruction"),
-                             allow_fingerprint_mismatch=item.get("allow_fingerprint_mismatch")))
+                             allow_fingerprint_mismatch=item.get("allow_fingerprint_mismatch"), finetune=finetune))
     names = [c.name for c in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -92,8 +92,15 @@ def plan_cells(cfg: SweepConfig) -> list[Cell]:
     all_tasks = list(dict.fromkeys(t for b in cfg.behaviours for t in cfg.behaviour_tasks(b)))
     for cond in cfg.conditions:
         for task in all_tasks:
+            own = baseline_behaviour(task, cfg.behaviours)
+            if own is None and cond.finetune:  # each behaviour has its own finetuned model: its own baseline
+                for b in cfg.behaviours:
+                    if task in cfg.behaviour_tasks(b):
+                        cells.append(Cell(id=f"baseline__{cond.name}__{b.name}__{task}", condition=cond.name,
+                                          multiplier=0.0, tasks=[task], behaviour=b.name))
+                continue
             cells.append(Cell(id=f"baseline__{cond.name}__{task}", condition=cond.name, multiplier=0.0, tasks=[task],
-                              behaviour=baseline_behaviour(task, cfg.behaviours)))
+                              behaviour=own))
         for b in cfg.behaviours:
             tasks = cfg.behaviour_tasks(b)
             for layer in cfg.layers:
