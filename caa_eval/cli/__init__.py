@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "similarity": ("similarity", "cosine of vectors across layers or between two vector files (CAA §8.2, §8.3)"),
     "elicit": ("elicit", "smallest multiplier that triggers a behaviour, with CIs (red-teaming, §9.1)"),
     "calibrate": ("calibrate", "multiplier for a target KL on neutral prompts; norm fraction and KL (§9.1)"),
+    "finetune": ("finetune", "LoRA-finetune a model toward or away from a behaviour (Table 4)"),
 }
 
 
