@@ -40,8 +40,9 @@ def test_shipped_neutral_prompts():
     assert all(isinstance(p, str) and p.endswith("?") for p in prompts)
 
 
-def independent(model, tok, vec, layer, multiplier):
-    """Batch 1 per prompt: hook adding m·v at the last position of the block output; KL with scipy; norms."""
+def independent(model, tok, vec, layer, multiplier, every_position=False):
+    """Batch 1 per prompt: hook adding m·v at the last position (or at every position) of the block output;
+    KL with scipy; residual norms."""
     kls, norms = [], []
     for prompt in PROMPTS:
         ids = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True)
@@ -54,7 +55,10 @@ def independent(model, tok, vec, layer, multiplier):
             def add(module, args, output):
                 h = output if torch.is_tensor(output) else output[0]
                 h = h.clone()
-                h[:, -1] += multiplier * vec
+                if every_position:
+                    h += multiplier * vec
+                else:
+                    h[:, -1] += multiplier * vec
                 return h if torch.is_tensor(output) else (h, *output[1:])
 
             handle = model.model.layers[layer].register_forward_hook(add)
@@ -74,6 +78,14 @@ def test_kl_and_norm_equal_independent_computation(tiny_model, vec, probe):
         assert len(per_prompt) == len(PROMPTS)
         assert kl == pytest.approx(ref_kl, rel=1e-3, abs=1e-7)
         assert probe.resid_norm(LAYER) == pytest.approx(ref_norm, rel=1e-5)
+
+
+def test_kl_with_every_position_steered(tiny_model, vec, probe):
+    model, tok = tiny_model
+    ref_kl, _ = independent(model, tok, vec, LAYER, 0.7, every_position=True)
+    assert probe.kl(vec, LAYER, 0.7, positions="all")[0] == pytest.approx(ref_kl, rel=1e-3)
+    assert probe.kl(vec, LAYER, 0.7, positions="span:0:")[0] == pytest.approx(probe.kl(vec, LAYER, 0.7)[0], rel=1e-9)
+    assert ref_kl != pytest.approx(probe.kl(vec, LAYER, 0.7)[0], rel=1e-2)
 
 
 def test_kl_zero_at_zero_and_grows_with_abs_multiplier(tiny_model, vec, probe):

@@ -15,6 +15,7 @@ positions and models, both on a small shipped set of ordinary questions (`neutra
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Sequence
@@ -100,8 +101,11 @@ class ScaleProbe:
         self.input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)  # right padding
         self.attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
         self.last = torch.tensor([len(r) - 1 for r in rows], device=device)
+        self.rows = rows
         self.blocks = decoder_layers(model, layers_path)
         self._locator: InstructionLocator | None = None
+        self._prefix: list[tuple[Any, int, int]] | None = None  # (KV cache of all but the last token, last id, length)
+        self._prefix_base: torch.Tensor | None = None
         norms: dict[int, list[torch.Tensor]] = {}
         handles = [block.register_forward_hook(self._norm_hook(i, norms)) for i, block in enumerate(self.blocks)]
         try:
@@ -125,6 +129,41 @@ class ScaleProbe:
         rows = torch.arange(logits.shape[0], device=logits.device)
         return logits[rows, self.last.to(logits.device)].float().log_softmax(-1)
 
+    def _last_token_only(self, rule: Positions) -> bool:
+        """Whether `rule` steers exactly the last prompt token here (CAA's rule on a prompt without answer):
+        then the unsteered prefix is computed once and each multiplier costs one token per prompt."""
+        if not (rule.mode == "after_instruction" or (rule.mode == "span" and rule.start == 0)):
+            return False
+        assert self._locator is not None
+        return all(len(r) > 1 and self._locator.instruction_end(r) == len(r) - 1 for r in self.rows)
+
+    @torch.no_grad()
+    def _cached_logprobs(self, steering: Steering | None) -> torch.Tensor:
+        """Next-token log-probs from the prefix caches, the last token steered by `steering` (if any)."""
+        device = next(self.model.parameters()).device
+        # transformers 5.x names the argument and output `cache` (`past_key_values` is deprecated there), 4.x not
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        if self._prefix is None:
+            self._prefix = []
+            for r in self.rows:
+                out = self.model(input_ids=torch.tensor([r[:-1]], device=device), use_cache=True)
+                self._prefix.append((out[name], r[-1], len(r) - 1))
+        out = []
+        for cache, last, n in self._prefix:
+            step = {"input_ids": torch.tensor([[last]], device=device), name: cache}
+            try:
+                if steering is None:
+                    logits = self.model(**step).logits
+                else:
+                    with steering:
+                        logits = self.model(**step).logits
+            finally:
+                cache.crop(-1)  # drop the last token again (a negative crop means this in transformers 4.x and 5.x)
+            if cache.get_seq_length() != n:
+                raise RuntimeError(f"KV cache holds {cache.get_seq_length()} tokens after crop, expected {n}")
+            out.append(logits[0, -1].float())
+        return torch.stack(out).log_softmax(-1)
+
     def kl(self, vector: torch.Tensor, layer: int, multiplier: float, site: str = "residual",
            positions: str | Positions = "after_instruction") -> tuple[float, list[float]]:
         """Mean and per-prompt KL(steered ‖ unsteered) of the next-token distribution, in nats.
@@ -139,11 +178,19 @@ class ScaleProbe:
         rule = Positions.parse(positions)
         if rule.needs_chat_structure and self._locator is None:
             self._locator = InstructionLocator(self.tokenizer)
-        steering = Steering(self.model, {layer: vector.reshape(-1)}, float(multiplier), site, rule,
-                            tokenizer=self.tokenizer, locator=self._locator, layers_path=self.layers_path)
-        with steering:
-            steered = self._next_token_logprobs()
-        per_prompt = (steered.exp() * (steered - self.base_logprobs.to(steered.device))).sum(-1).clamp_min(0.0)
+        vec = {layer: vector.reshape(-1)}
+        if self._last_token_only(rule):  # the steered token is the only one the cache does not hold
+            if self._prefix_base is None:
+                self._prefix_base = self._cached_logprobs(None)
+            base = self._prefix_base
+            steered = self._cached_logprobs(Steering(self.model, vec, float(multiplier), site, "all",
+                                                     layers_path=self.layers_path))
+        else:
+            base = self.base_logprobs
+            with Steering(self.model, vec, float(multiplier), site, rule, tokenizer=self.tokenizer,
+                          locator=self._locator, layers_path=self.layers_path):
+                steered = self._next_token_logprobs()
+        per_prompt = (steered.exp() * (steered - base.to(steered.device))).sum(-1).clamp_min(0.0)
         values = [float(x) for x in per_prompt.tolist()]
         return sum(values) / len(values), values
 

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         result = similarity.layer_matrix(sv)
         similarity.layer_matrix_csv(result, args.csv)
         if args.png:
-            similarity.plot_layer_matrix(result, args.png, args.title or f"{sv.behaviour}: inter-layer cosine ({sv.model})")
+            similarity.plot_layer_matrix(result, args.png, args.title or f"{sv.behaviour}: cosine between layers\n({sv.model})")
         n = len(result.layers)
         near = [float(result.matrix[i, i + 1]) for i in range(n - 1)]
         print(f"{args.file}: {n} layers; adjacent-layer cosine {min(near):.3f} .. {max(near):.3f}, "
