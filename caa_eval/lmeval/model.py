@@ -29,7 +29,7 @@ __all__ = ["SteeredHFLM", "STEERING_ARGS"]
 
 log = logging.getLogger(__name__)
 
-STEERING_ARGS = ("vector", "layers", "multiplier", "site", "positions", "allow_fingerprint_mismatch", "layers_path")
+STEERING_ARGS = ("vector", "layers", "multiplier", "site", "positions", "allow_fingerprint_mismatch", "layers_path", "vector_layer")
 # Extra kwargs HFLM forwards to `from_pretrained`; anything else unknown is almost surely a typo.
 FROM_PRETRAINED_ARGS = ("attn_implementation", "low_cpu_mem_usage", "device_map", "quantization_config",
                         "load_in_8bit", "load_in_4bit", "torch_dtype", "cache_dir", "local_files_only", "token",
@@ -61,16 +61,18 @@ class SteeredHFLM(HFLM):
         positions: `after_instruction` (CAA), `all`, `generated`, `span:S:E` or `regex:P`.
         allow_fingerprint_mismatch: apply a vector read from other weights (base→chat transfer).
         layers_path: dotted path to the decoder blocks for models not found structurally.
+        vector_layer: apply the file's vector of this layer at every layer in `layers` (layer transfer, §8.2).
         **kwargs: every other `HFLM` argument (batch_size, device, dtype, peft, parallelize, …).
     """
 
     def __init__(self, pretrained: Any = DEFAULT_MODEL, vector: str | None = None, layers: Any = None,
                  multiplier: float | int | str = 1.0, site: str | None = None,
                  positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False,
-                 layers_path: str | None = None, **kwargs: Any):
+                 layers_path: str | None = None, vector_layer: Any = None, **kwargs: Any):
         _reject_unknown(kwargs)
         # every steering argument is checked before the (possibly long) model load
         checked = _check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch)
+        checked["vector_layer"] = _one_layer(vector_layer)
         self.layers_path = layers_path
         if isinstance(pretrained, str):
             pretrained = resolve(pretrained)
@@ -118,7 +120,8 @@ class SteeredHFLM(HFLM):
 
     def set_steering(self, vector: str | vector_files.SteeringVector | None = None, layers: Any = None,
                      multiplier: float | int | str = 1.0, site: str | None = None,
-                     positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False) -> None:
+                     positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False,
+                     vector_layer: Any = None) -> None:
         """(Re)configure steering in place: sweeps change layer/multiplier/site without reloading the model.
 
         Everything is checked before anything changes: a refused setting leaves the previous one in place.
@@ -131,8 +134,11 @@ class SteeredHFLM(HFLM):
             site: residual / mlp / attn; None = the site the vector was read at.
             positions: position rule (see `Positions`).
             allow_fingerprint_mismatch: apply a vector read from other weights.
+            vector_layer: apply the file's vector of this layer at every layer in `layers` (CAA's layer transfer).
         """
-        self._apply(_check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch))
+        checked = _check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch)
+        checked["vector_layer"] = _one_layer(vector_layer)
+        self._apply(checked)
 
     def _apply(self, args: dict[str, Any]) -> None:
         """Resolve checked arguments against the loaded model; assign only when everything fits."""
@@ -153,11 +159,17 @@ class SteeredHFLM(HFLM):
                                    "or layers=[12,13]")
             layer_list = sv.layers
         site = args["site"] or sv.site
+        vector_layer = args.get("vector_layer")
+        read_layers = [vector_layer] if vector_layer is not None else layer_list
         vector_files.validate_for_model(sv, hidden_size(self.model), self.model_fingerprint if sv.model_fingerprint else "",
-                                        layer_list, n_layers, args["allow_fingerprint_mismatch"], source)
+                                        read_layers, n_layers, args["allow_fingerprint_mismatch"], source)
+        if vector_layer is not None:  # one layer's vector added at every steered layer (layer transfer, §8.2)
+            vectors = {layer: sv.select([vector_layer], source)[vector_layer] for layer in layer_list}
+        else:
+            vectors = sv.select(layer_list, source)
         steering = None
         if multiplier != 0:  # multiplier 0 is exactly the unsteered model: no hooks at all
-            steering = Steering(self.model, sv.select(layer_list, source), multiplier, site, positions_rule,
+            steering = Steering(self.model, vectors, multiplier, site, positions_rule,
                                 tokenizer=self.tokenizer, layers_path=self.layers_path)
         if site != sv.site:
             log.warning("vector was read at site %r but is applied at site %r", sv.site, site)
@@ -169,6 +181,7 @@ class SteeredHFLM(HFLM):
             "vector": source, "vector_sha256": sv.sha256(), "behaviour": sv.behaviour, "layers": layer_list,
             "multiplier": multiplier, "site": site, "positions": str(positions_rule),
             "vector_model": sv.model, "normalization": sv.normalization, **self._adapter(),
+            **({"vector_layer": vector_layer} if vector_layer is not None else {}),
         }
         fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self._steering, self.steering_config, self.steering_fingerprint = steering, config, fingerprint
@@ -304,6 +317,16 @@ def _check_steering_args(vector: Any, layers: Any, multiplier: Any, site: Any, p
 def _record(config: dict[str, Any], fingerprint: str) -> None:
     """The resolved setting of the newest steered-hf model: lm-eval's output folder is named from it."""
     SteeredHFLM.resolved_steering = dict(config, fingerprint=fingerprint)
+
+
+def _one_layer(spec: Any) -> int | None:
+    """`vector_layer`: one layer index or None."""
+    if spec is None or spec == "":
+        return None
+    layers = parse_layers(spec, name="vector_layer")
+    if len(layers) != 1:
+        raise CAAEvalError(f"vector_layer={spec!r} names {len(layers)} layers; write one, e.g. vector_layer=13")
+    return layers[0]
 
 
 def _reject_unknown(kwargs: dict[str, Any]) -> None:

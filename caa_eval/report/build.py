@@ -70,6 +70,14 @@ def _previous_figures(out: Path) -> set[str]:
         return set()
 
 
+def _vector_layer(source: Any) -> int | None:
+    """A sweep's `vector_layer` (layer transfer) from its manifest, None elsewhere."""
+    if isinstance(source, pd.DataFrame) or not (Path(source) / "manifest.json").is_file():
+        return None
+    manifest = json.loads((Path(source) / "manifest.json").read_text(encoding="utf-8"))
+    return (manifest.get("config") or {}).get("vector_layer")
+
+
 def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None = None, *, alpha: float = 0.05,
                  seed: int = 0, n_resamples: int = 2000, n_permutations: int = 9999,
                  primary_test: str = "wilcoxon") -> Path:
@@ -97,7 +105,7 @@ def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None =
     notes = list(warnings_)
     out.mkdir(parents=True, exist_ok=True)
     old_figures = _previous_figures(out)
-    figures = dose_figures(cells, out, notes) + layer_figures(cells, out)
+    figures = dose_figures(cells, out, notes) + layer_figures(cells, out, _vector_layer(source))
     for stale in old_figures - {f["file"] for f in figures}:
         (out / stale).unlink(missing_ok=True)
 
@@ -191,7 +199,8 @@ def render_markdown(report: dict[str, Any], cells: pd.DataFrame, dose: pd.DataFr
     if report["figures"]:
         lines += ["## Figures", ""]
         for f in report["figures"]:
-            kind = "Dose-response (behaviour and MMLU together)" if f["kind"] == "dose_response" else "Layer sweep"
+            kind = {"dose_response": "Dose-response (behaviour and MMLU together)", "layer_sweep": "Layer sweep"}.get(
+                f["kind"], f"Layer transfer (the layer-{f.get('vector_layer')} vector at every layer)")
             lines += [f"**{kind}: {f['title']}**", "", f"![{kind}]({f['file']})", ""]
     if not dose.empty:
         lines += ["## Dose-response", "", dose_markdown(dose), ""]

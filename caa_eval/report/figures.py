@@ -114,12 +114,13 @@ def _dose_panel(ax: Any, cells: pd.DataFrame, mine: pd.DataFrame, behaviour: str
     ax.legend(*handles, fontsize=7, loc="best")
 
 
-def layer_figures(cells: pd.DataFrame, out_dir: Path) -> list[dict[str, Any]]:
+def layer_figures(cells: pd.DataFrame, out_dir: Path, vector_layer: int | None = None) -> list[dict[str, Any]]:
     """Score against layer, one line per multiplier, when a configuration was swept over ≥2 single layers.
 
     Args:
         cells: compute_stats output.
         out_dir: where the PNGs go.
+        vector_layer: the sweep added this layer's vector at every layer: the curve is CAA's layer transfer (§8.2).
     """
     steered = cells[~cells["is_baseline"] & cells["layer"].str.fullmatch(r"\d+")].copy()
     steered["family"] = [family_of(t, m) or t for t, m in zip(steered["task"], steered["metric"])]
@@ -150,9 +151,12 @@ def layer_figures(cells: pd.DataFrame, out_dir: Path) -> list[dict[str, Any]]:
             ax.set_ylabel(_label(task, key[1], behaviour))
             ax.legend(title="multiplier", fontsize=7)
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, key) if v)
-        fig.suptitle(f"Layer sweep with 95% bootstrap CI\n{label}", fontsize=10)
+        what = ("Layer sweep" if vector_layer is None
+                else f"Layer transfer: the layer-{vector_layer} vector added at each layer")
+        fig.suptitle(f"{what}, 95% bootstrap CI\n{label}", fontsize=10)
         number += 1
         name = f"layers_{number:02d}.png"
         _save(fig, out_dir / name)
-        figures.append({"file": name, "kind": "layer_sweep", "config": dict(zip(keys, key)), "title": label})
+        figures.append({"file": name, "kind": "layer_sweep" if vector_layer is None else "layer_transfer",
+                        "config": dict(zip(keys, key)), "title": label, "vector_layer": vector_layer})
     return figures

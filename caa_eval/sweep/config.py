@@ -35,6 +35,7 @@ CONFIG_KEYS = {
     "normalize": "CAA's per-layer mean-norm rescaling across the sweep's behaviours "
                  "(default: true with >= 2 CAA behaviours, else false)",
     "layers": "list of layers, e.g. [13] or [10, 13, 16]; a nested list [10, 12] steers both at once; or '10-14'",
+    "vector_layer": "apply this layer's vector at every swept layer (CAA's layer transfer, §8.2); default: each layer's own",
     "multipliers": "list of numbers, e.g. [-1, 0, 1] (0, the baseline, is always added)",
     "sites": f"list of {' | '.join(vocab.SITES)}",
     "positions": "list of after_instruction | all | generated | span:START:END | regex:PATTERN",
@@ -79,6 +80,7 @@ class SweepConfig:
     behaviours: list[Behaviour]
     layers: list[list[int]]
     multipliers: list[float]
+    vector_layer: int | None = None  # the layer whose vector every cell adds (layer transfer); None = its own
     sites: list[str] = field(default_factory=lambda: ["residual"])
     positions: list[str] = field(default_factory=lambda: ["after_instruction"])
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
@@ -246,6 +248,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>", base: Path | N
     return SweepConfig(
         model=model.strip(), behaviours=behaviours, layers=parse_layer_groups(cfg_in.get("layers"), source),
         multipliers=parse_multipliers(cfg_in.get("multipliers"), source),
+        vector_layer=_parse_vector_layer(cfg_in.get("vector_layer"), source),
         sites=parse_sites(cfg_in.get("sites", ["residual"]), source),
         positions=parse_positions(cfg_in.get("positions", ["after_instruction"]), source), tasks=tasks,
         conditions=parse_conditions(cfg_in.get("conditions"), source, base), vectors_dir=vectors_dir,
@@ -257,6 +260,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>", base: Path | N
         include_default_tasks=parse_bool(cfg_in.get("include_default_tasks", False), source, "include_default_tasks"),
         report=parse_bool(cfg_in.get("report", True), source, "report"), source=source, **folders,
     )
+
+
+def _parse_vector_layer(value: Any, source: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise config_error(source, "vector_layer", f"{value!r} is not one layer index", "write e.g. vector_layer: 13")
+    return value
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:

@@ -35,6 +35,7 @@ class Cell:
     site: str | None = None
     positions: str | None = None
     vector: str | None = None  # vector file used (None for baselines)
+    vector_layer: int | None = None  # the layer whose vector is added at `layer` (layer transfer), None = same layer
 
     @property
     def is_baseline(self) -> bool:
@@ -50,7 +51,8 @@ class Cell:
         return {"behaviour": self.behaviour, "condition": self.condition,
                 "layer": self.layer[0] if self.layer and len(self.layer) == 1 else self.layer,
                 "site": self.site, "positions": self.positions, "multiplier": self.multiplier,
-                "tasks": list(self.tasks), "vector": self.vector}
+                "tasks": list(self.tasks), "vector": self.vector,
+                **({"vector_layer": self.vector_layer} if self.vector_layer is not None else {})}
 
 
 def _slug(text: str) -> str:
@@ -109,11 +111,13 @@ def plan_cells(cfg: SweepConfig) -> list[Cell]:
                         for m in cfg.multipliers:
                             if m == 0:
                                 continue
-                            cid = "__".join([b.name, cond.name, "L" + "+".join(map(str, layer)), site, _slug(positions),
-                                             "m" + vocab.format_multiplier(m)])
+                            from_layer = [] if cfg.vector_layer is None else [f"from{cfg.vector_layer}"]
+                            cid = "__".join([b.name, cond.name, "L" + "+".join(map(str, layer)), *from_layer, site,
+                                             _slug(positions), "m" + vocab.format_multiplier(m)])
                             cells.append(Cell(id=cid, condition=cond.name, multiplier=m, tasks=tasks, behaviour=b.name,
                                               layer=layer, site=site, positions=positions,
-                                              vector=str(vector_path(cfg, b.name, site))))
+                                              vector=str(vector_path(cfg, b.name, site)),
+                                              vector_layer=cfg.vector_layer))
     ids = [c.id for c in cells]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -133,6 +137,8 @@ def cell_spec(cfg: SweepConfig, cell: Cell, vector_sha: str | None) -> dict[str,
     spec = {"model": cfg.model, "condition": dataclasses.asdict(cond), "tasks": cell.tasks, "limit": cfg.limit,
             "multiplier": cell.multiplier, "layer": cell.layer, "site": cell.site, "positions": cell.positions,
             "vector_sha256": vector_sha, "apply_chat_template": True}
+    if cell.vector_layer is not None:
+        spec["vector_layer"] = cell.vector_layer
     if cfg.gen_kwargs:
         spec["gen_kwargs"] = cfg.gen_kwargs
     if cell.open_tasks:
