@@ -94,13 +94,18 @@ class SteeringGrid:
             softmax_dtype: dtype of the log-softmax (HFLM's `softmax_dtype`).
         """
         locator = InstructionLocator(tokenizer) if any(s.positions.needs_chat_structure for s in self.settings) else None
-        todo = [r for r in dict.fromkeys((tuple(i), tuple(c)) for i, c in rows)]
-        todo.sort(key=lambda r: -len(r[0]))
+        # requests that share their input (A and B after the same context) share one row, as in HFLM
+        conts: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        for inp, cont in rows:
+            mine = conts.setdefault(tuple(inp), [])
+            if tuple(cont) not in mine:
+                mine.append(tuple(cont))
+        todo = sorted(conts, key=lambda inp: -len(inp))
         device = next(model.parameters()).device
         for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
+            batch = [(inp, conts[inp]) for inp in todo[start : start + batch_size]]
             for rule, settings in self._by_rule().items():
-                starts = [self._first_steered(rule, list(inp), len(cont), locator) for inp, cont in batch]
+                starts = [self._first_steered(rule, list(inp), locator) for inp, _ in batch]
                 self._run(model, batch, starts, settings, pad_id, device, softmax_dtype)
 
     def _by_rule(self) -> dict[str, list[GridSetting]]:
@@ -110,8 +115,7 @@ class SteeringGrid:
         return out
 
     @staticmethod
-    def _first_steered(rule: str, inp: list[int], cont_len: int, locator: InstructionLocator | None) -> int:
-        first_scored = len(inp) - cont_len  # the position whose logits predict the first continuation token
+    def _first_steered(rule: str, inp: list[int], locator: InstructionLocator | None) -> int:
         if rule == "all":
             return 0
         assert locator is not None
@@ -120,7 +124,7 @@ class SteeringGrid:
     def _run(self, model, batch, starts, settings, pad_id, device, softmax_dtype) -> None:
         cache_kw = cache_kwarg(model)
         # the tail starts where steering starts, or earlier at the first scored position
-        cuts = [min(s, len(inp) - len(cont)) for (inp, cont), s in zip(batch, starts)]
+        cuts = [min(s, len(inp) - max(map(len, conts))) for (inp, conts), s in zip(batch, starts)]
         prefix_ids = [list(inp[:c]) for (inp, _), c in zip(batch, cuts)]
         cache = None
         if any(prefix_ids):
@@ -174,11 +178,12 @@ class SteeringGrid:
             logits = model(input_ids=tail_ids, attention_mask=full_mask, position_ids=positions,
                            use_cache=cache is not None, **kwargs).logits
         logp = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
-        for b, ((inp, cont), tail) in enumerate(zip(batch, tails)):
-            first_scored = len(inp) - len(cont) - len(prefix_ids[b])  # in tail coordinates
-            want = torch.tensor(cont, device=device)
-            for j, setting in enumerate(chunk):
-                rows = logp[b * k + j, first_scored : first_scored + len(cont)]
-                greedy = bool((rows.argmax(-1) == want).all())
-                value = float(rows.gather(1, want[:, None]).sum())
-                self.results[(setting.key, inp, cont)] = (value, greedy)
+        for b, (inp, conts) in enumerate(batch):
+            for cont in conts:
+                first_scored = len(inp) - len(cont) - len(prefix_ids[b])  # in tail coordinates
+                want = torch.tensor(cont, device=device)
+                for j, setting in enumerate(chunk):
+                    rows = logp[b * k + j, first_scored : first_scored + len(cont)]
+                    greedy = bool((rows.argmax(-1) == want).all())
+                    value = float(rows.gather(1, want[:, None]).sum())
+                    self.results[(setting.key, inp, cont)] = (value, greedy)
