@@ -61,7 +61,7 @@ def main() -> None:
     sv = SteeringVector({args.layer: torch.randn(lm.model.config.hidden_size)}, behaviour="bench", model=args.model)
     configs = [{"vector": sv, "layers": args.layer, "multiplier": m} for m in (-2.0, -1.0, 1.0, 2.0, 3.0)]
     requests = mmlu_requests(lm.tokenizer, args.items)
-    lm.loglikelihood(requests[:8])  # warm-up
+    run(lm, configs[:1], requests, grid=False)  # warm-up: a whole pass (first-call costs stay out of the figures)
     t_one = run(lm, configs[:1], requests, grid=False)
     t_separate = run(lm, configs, requests, grid=False)
     t_grid5 = run(lm, configs, requests, grid=True)
