@@ -335,3 +335,215 @@ def test_gpu_smoke_script_fails_loudly(tmp_path):
                                                 SMOKE_BEHAVIOUR="no-such-behaviour", SMOKE_OUT=str(tmp_path / "s")))
     assert proc.returncode != 0
     assert proc.stdout.splitlines()[-1].startswith("SMOKE FAILED") and "no-such-behaviour" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------ sweep shards (--shard i/n)
+
+
+def test_shard_flag_and_launcher_environment():
+    from caa_eval.errors import CAAEvalError
+    from caa_eval.sweep.shard import Shard, parse_shard, shard_from_env
+
+    assert parse_shard("1/2") == Shard(1, 2) and parse_shard(" 0 / 1 ") == Shard(0, 1) and parse_shard(None) is None
+    for bad in ("2/2", "-1/2", "1/0", "1of2", "x"):
+        with pytest.raises(CAAEvalError, match="--shard"):
+            parse_shard(bad)
+    assert parse_shard("auto", {"RANK": "1", "WORLD_SIZE": "2"}) == Shard(1, 2)
+    assert parse_shard("auto", {}) is None and shard_from_env({"RANK": "0", "WORLD_SIZE": "1"}) is None
+
+
+@pytest.mark.parametrize("sizes", [[5, 5], [9, 1, 1, 1], [3, 3, 3, 3, 3], [1], [7, 2]])
+def test_shards_are_disjoint_cover_every_cell_and_keep_units_together(sizes):
+    from caa_eval.sweep.shard import Shard, assign
+
+    items = [(unit, k) for unit, size in enumerate(sizes) for k in range(size)]
+    for n in range(1, 6):
+        shares = [assign(items, lambda item: item[0], Shard(i, n)) for i in range(n)]
+        assert sorted(x for share in shares for x in share) == sorted(items)  # disjoint and complete
+        assert all(share == sorted(share, key=items.index) for share in shares)  # plan order kept
+        if n <= len(sizes):  # enough units: none is split, and loads differ by at most one unit
+            owners = {unit: {i for i, share in enumerate(shares) if any(x[0] == unit for x in share)} for unit in range(len(sizes))}
+            assert all(len(o) == 1 for o in owners.values())
+            loads = [len(s) for s in shares]
+            assert max(loads) - min(loads) <= max(sizes)
+        else:  # more shards than units: units are split so that no shard idles while a unit has 2+ cells
+            assert sum(1 for s in shares if s) == min(n, len(items))
+        assert shares == [assign(items, lambda item: item[0], Shard(i, n)) for i in range(n)]  # deterministic
+
+
+def test_merged_manifest_keeps_every_shards_runs_and_models():
+    from caa_eval.sweep.shard import merge_manifest
+
+    other = {"started": "t0", "pid": 1, "host": "a", "status": "running", "shard": "0/2", "ended": None}
+    dead = {"started": "t1", "pid": 2, "host": "b", "status": "running", "shard": "1/2", "ended": None}
+    on_disk = {"config": {"k": 1}, "started": "t0", "runs": [other, dead], "models": {"base": {"x": 1}},
+               "vectors": {"v": 1}}
+    mine_run = {"started": "t2", "pid": 3, "host": "b", "status": "complete", "shard": "1/2", "ended": "t9"}
+    mine = {"config": {"k": 1}, "started": "t2", "models": {"pos/agree": {"y": 2}}, "finetunes": {"pos/agree": {}}}
+    merged = merge_manifest(on_disk, mine, [mine_run, dict(dead, status="killed")])
+    assert [(r["shard"], r["status"]) for r in merged["runs"]] == [("0/2", "running"), ("1/2", "killed"), ("1/2", "complete")]
+    assert merged["models"] == {"base": {"x": 1}, "pos/agree": {"y": 2}} and merged["vectors"] == {"v": 1}
+    assert merged["started"] == "t0" and merged["ended"] is None  # shard 0 still runs
+    done = merge_manifest(merged, mine, [mine_run])
+    assert done["runs"][0]["status"] == "running"  # another shard's entry is never rewritten by this one
+    finished = merge_manifest({**merged, "runs": [dict(other, status="complete", ended="t5"), *merged["runs"][1:]]},
+                              mine, [mine_run])
+    assert finished["ended"] == "t9"
+
+
+def _sweep_files(folder: Path, tiny_model_dir: Path) -> Path:
+    """Two custom behaviours (pairs + A/B test file each) and a sweep config on the tiny model."""
+    import yaml
+
+    folder.mkdir(parents=True)
+    behaviours = []
+    for name in ("agree", "praise"):
+        pairs = [{"question": f"{name} pair {k}: is claim {k} right?\n\nChoices:\n (A) Yes\n (B) No",
+                  "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}  # a vector toward A
+                 for k in range(8)]
+        test = [{"question": f"{name} test {k}: is statement {k} true?\n\nChoices:\n (A) Yes\n (B) No",
+                 "answer_matching_behavior": f"({'BAA'[k % 3]})", "answer_not_matching_behavior": f"({'ABB'[k % 3]})"}
+                for k in range(12)]
+        (folder / f"{name}_pairs.json").write_text(json.dumps(pairs), encoding="utf-8")
+        (folder / f"{name}_test.json").write_text(json.dumps(test), encoding="utf-8")
+        behaviours.append({"name": name, "pairs": f"{name}_pairs.json", "ab_test": f"{name}_test.json"})
+    config = {"model": str(tiny_model_dir), "behaviours": behaviours, "layers": [2, 3], "multipliers": [-4, -1, 1, 4],
+              "tasks": ["caa_ab_{behaviour}"], "batch_size": 4, "device": "cpu"}
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return folder / "sweep.yaml"
+
+
+def _comparable(report: dict) -> dict:
+    """report.json without what names the folder or the time (file names carry lm-eval's time stamps)."""
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in ("created", "input", "sources", "baseline_sources")}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+    return strip(report)
+
+
+_BOOTSTRAP_CI = ("ci_low", "ci_high", "diff_ci_low", "diff_ci_high", "slope_ci_low", "slope_ci_high")
+
+
+def _assert_same(a, b, where: str = "") -> None:
+    """Same structure, same strings and flags (cells, marks, significance), floats to float32 noise.
+
+    A shard's one-pass grid holds fewer settings than the single process's, so per-item numbers differ in
+    the last float32 bits (1e-8 here). Statistics follow within 1e-4; bootstrap CIs within 2e-3, because a
+    BCa interval is not continuous in its data (its bias correction counts resamples below the estimate).
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert sorted(a) == sorted(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{k}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        loose = where.rsplit(".", 1)[-1] in _BOOTSTRAP_CI
+        assert a == pytest.approx(b, rel=1e-4, abs=2e-3 if loose else 1e-6, nan_ok=True), where
+    else:
+        assert a == b, where
+
+
+def _cell_samples(run: Path) -> dict[str, list[float]]:
+    out = {}
+    for cell in sorted((run / "cells").iterdir()):
+        rows = [json.loads(line) for f in sorted(cell.glob("samples_*.jsonl")) for line in f.read_text().splitlines()]
+        out[cell.name] = [r["p_match"] for r in sorted(rows, key=lambda r: r["doc_id"])]
+    return out
+
+
+def _assert_same_samples(a: dict[str, list[float]], b: dict[str, list[float]]) -> None:
+    assert sorted(a) == sorted(b)
+    for cell in a:
+        assert a[cell] == pytest.approx(b[cell], abs=1e-6), cell
+
+
+def test_two_shards_with_one_killed_and_resumed_equal_a_single_process_sweep(tiny_model_dir, tmp_path):
+    """`--shard 0/2` and `--shard 1/2` as two processes on one folder; shard 1 is SIGKILLed after its first
+    cell and rerun alone. Cells, samples, the merged manifest and the report equal a one-process sweep."""
+    import signal
+    import time
+
+    from caa_eval import sweep
+
+    config = _sweep_files(tmp_path / "cfg", tiny_model_dir)
+    single = sweep.run_sweep(sweep.load_config(config, {"output": str(tmp_path / "single")}), progress=False,
+                             print_fn=lambda s: None)
+    run = tmp_path / "sharded"
+    cmd = [sys.executable, "-m", "caa_eval.cli", "sweep", str(config), "--out", str(run), "--shard"]
+    env = _env()
+    shard0 = subprocess.Popen([*cmd, "0/2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shard1 = subprocess.Popen([*cmd, "1/2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and shard1.poll() is None and not list(run.glob("cells/praise__*/DONE")):
+        time.sleep(0.05)
+    shard1.send_signal(signal.SIGKILL)
+    shard1.communicate(timeout=60)
+    out0, err0 = shard0.communicate(timeout=900)
+    assert shard0.returncode == 0, err0[-3000:]
+    done_after_kill = {p.parent.name for p in run.glob("cells/*/DONE")}
+    praise = {c for c in _cell_samples(tmp_path / "single") if "praise" in c}
+    assert {c for c in done_after_kill if "praise" in c} < praise, "shard 1 finished before it was killed"
+    assert not (run / "report").exists() and "still to run" in out0  # shard 0 does not report a half-done sweep
+
+    rerun = subprocess.run([*cmd, "1/2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _assert_same_samples(_cell_samples(run), _cell_samples(tmp_path / "single"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(c["done"] for c in manifest["cells"]) and len(manifest["cells"]) == len(single.cells)
+    runs = [(r.get("shard"), r["status"]) for r in manifest["runs"]]
+    assert sorted(runs) == [("0/2", "complete"), ("1/2", "complete"), ("1/2", "killed")]
+    ran = [c for r in manifest["runs"] for c in r["cells_run"]]
+    assert len(ran) == len(set(ran)), "a cell ran twice"  # the killed shard's finished cells were kept
+    assert set(ran) | done_after_kill == {c.id for c in single.cells}
+    folder_keys = ("output", "vectors_dir")
+    assert {k: v for k, v in manifest["config"].items() if k not in folder_keys} == \
+        {k: v for k, v in json.loads((tmp_path / "single/manifest.json").read_text())["config"].items() if k not in folder_keys}
+    sharded_report = json.loads((run / "report/report.json").read_text())
+    _assert_same(_comparable(sharded_report), _comparable(json.loads((tmp_path / "single/report/report.json").read_text())))
+    # `caa-eval report RUN_DIR` on the merged folder gives the same report again
+    again = subprocess.run([sys.executable, "-m", "caa_eval.cli", "report", str(run), "--out", str(tmp_path / "rep")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    _assert_same(_comparable(json.loads((tmp_path / "rep/report.json").read_text())), _comparable(sharded_report))
+
+
+def test_shard_locks_refuse_a_mixed_split_and_a_whole_sweep(tiny_model_dir, tmp_path):
+    from caa_eval import sweep
+    from caa_eval.errors import CAAEvalError
+    from caa_eval.sweep.shard import Shard
+
+    config = _sweep_files(tmp_path / "cfg", tiny_model_dir)
+    cfg = sweep.load_config(config, {"output": str(tmp_path / "run")})
+    (tmp_path / "run").mkdir()
+    live = f"{os.getppid()}@{socket.gethostname()}\n"  # a live process holds shard 0 of 2
+    (tmp_path / "run" / ".lock.shard-0-of-2").write_text(live)
+    with pytest.raises(CAAEvalError, match=r"shard 0/2 .*is running"):
+        sweep.run_sweep(cfg, progress=False, print_fn=lambda s: None)
+    with pytest.raises(CAAEvalError, match=r"split into 2 shards"):
+        sweep.run_sweep(cfg, progress=False, print_fn=lambda s: None, shard=Shard(1, 3))
+    with pytest.raises(CAAEvalError, match=r"another sweep \(pid \d+\) is writing this folder"):
+        sweep.run_sweep(cfg, progress=False, print_fn=lambda s: None, shard=Shard(0, 2))
+    assert not (tmp_path / "run" / "cells").exists()
+
+
+def test_accelerate_launch_shards_the_sweep_by_rank(tiny_model_dir, tmp_path):
+    """Under `accelerate launch` every process takes shard RANK/WORLD_SIZE without a flag, and runs as an
+    independent process (lm-eval must not join the shards into one data-parallel group: they score
+    different cells)."""
+    config = _sweep_files(tmp_path / "cfg", tiny_model_dir)
+    run = tmp_path / "run"
+    proc = subprocess.run(_launch(2, ["-m", "caa_eval.cli", "sweep", str(config), "--out", str(run)], tmp_path),
+                          cwd=tmp_path, env=_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert sorted((r["shard"], r["status"]) for r in manifest["runs"]) == [("0/2", "complete"), ("1/2", "complete")]
+    assert all(c["done"] for c in manifest["cells"]) and len(manifest["cells"]) == 18
+    ran = [set(r["cells_run"]) for r in manifest["runs"]]
+    assert ran[0] and ran[1] and not ran[0] & ran[1]
+    assert (run / "report" / "report.json").is_file()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["configure", "overrides", "run"]
+
+_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+                  "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 
 
 def _split(values: Sequence[str] | None) -> list[str] | None:
@@ -38,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", default=None, help="lm-eval batch size (overrides `batch_size`)")
     parser.add_argument("--no-report", action="store_true", help="do not build RUN_DIR/report at the end")
     parser.add_argument("--dry-run", action="store_true", help="print the cells (done / to run) and the vectors to extract")
+    parser.add_argument("--shard", default=None,
+                        help="i/n: run shard i (0..n-1) of the cells into a run folder shared with the other shards; "
+                             "auto (the default under accelerate launch / torchrun): RANK of WORLD_SIZE")
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -66,10 +74,21 @@ def run(args: argparse.Namespace) -> int:
         args: the parsed `caa-eval sweep` arguments.
     """
     from caa_eval.sweep import load_config, run_sweep
+    from caa_eval.sweep.shard import parse_shard, shard_from_env
 
+    shard = parse_shard(args.shard) if getattr(args, "shard", None) is not None else shard_from_env()
     cfg = load_config(args.config, overrides(args))
+    if shard is not None and shard == shard_from_env():  # started by accelerate launch / torchrun
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        for var in _LAUNCHER_VARS:  # shards are independent: lm-eval must not join them into one process group
+            os.environ.pop(var, None)
+        if cfg.device in (None, "cuda"):
+            import torch
+
+            if torch.cuda.is_available():  # one GPU per launched process
+                cfg = dataclasses.replace(cfg, device=f"cuda:{local_rank}")
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         for name in ("lm_eval", "lm-eval", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    run_sweep(cfg, dry_run=args.dry_run, progress=True)
+    run_sweep(cfg, dry_run=args.dry_run, progress=True, shard=shard)
     return 0

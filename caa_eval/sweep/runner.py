@@ -24,7 +24,9 @@ from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import check_output, write_atomic
 from caa_eval.sweep.config import Condition, SweepConfig, normalize_warning
+from caa_eval.sweep.finetunes import cell_condition, pending_finetunes, train_finetunes
 from caa_eval.sweep.plan import Cell, cell_spec, plan_cells
+from caa_eval.sweep.shard import Shard, shard_cells, shared_step
 from caa_eval.sweep.store import (Manifest, RunLock, VectorStore, cleanup, commit_cell, is_done, new_stage, now, sha,
                                   to_json)
 from caa_eval.sweep.tasks import check_tasks, task_manager, write_custom_tasks
@@ -135,15 +137,32 @@ def _steering_args(cell: Cell, cond: Condition) -> dict[str, Any]:
     if cell.is_baseline:
         return {"vector": None, "multiplier": 0}
     return {"vector": cell.vector, "layers": cell.layer, "multiplier": cell.multiplier, "site": cell.site,
-            "positions": cell.positions, "allow_fingerprint_mismatch": cond.allow_mismatch}
+            "positions": cell.positions, "allow_fingerprint_mismatch": cond.allow_mismatch,
+            "vector_layer": cell.vector_layer}
+
+
+GRID_MAX_SETTINGS = 64
+"""Settings per grid: each costs one short tail per request, also on rows only some cells ask for."""
 
 
 def _grid_batches(group: list[Cell], conds: dict[str, Condition]) -> list[list[Cell]]:
-    """Cells that see the same requests (same condition, same tasks): their log-likelihoods come from one pass."""
-    batches: dict[tuple, list[Cell]] = {}
-    for cell in group:
-        batches.setdefault((cell.condition, tuple(cell.tasks)), []).append(cell)
-    return list(batches.values())
+    """Cells of one condition share one prefix pass (all tasks: a request's prefix is computed once for all
+    settings, and a cell's extra tails on other cells' rows cost a few tokens each); past GRID_MAX_SETTINGS the
+    batches follow the task lists, so tails are not spent on rows a setting never asks for."""
+    by_condition: dict[str, list[Cell]] = {}
+    for cell in sorted(group, key=lambda c: (c.condition, tuple(c.tasks))):
+        by_condition.setdefault(cell.condition, []).append(cell)
+    batches = []
+    for cells in by_condition.values():
+        if len(cells) <= GRID_MAX_SETTINGS:
+            batches.append(cells)
+            continue
+        by_tasks: dict[tuple, list[Cell]] = {}
+        for cell in cells:
+            by_tasks.setdefault(tuple(cell.tasks), []).append(cell)
+        for same in by_tasks.values():
+            batches += [same[i : i + GRID_MAX_SETTINGS] for i in range(0, len(same), GRID_MAX_SETTINGS)]
+    return batches
 
 
 def _plan_grid(lm: Any, cells: list[Cell], conds: dict[str, Condition]) -> None:
@@ -239,12 +258,15 @@ def _dry_run(cfg: SweepConfig, cells: list[Cell], done: set[str], print_fn: Call
              f"vectors {'normalised (CAA mean norm)' if cfg.normalize else 'raw'}")
     for b, site, layers in store.missing():
         print_fn(f"  extract {b.name} (site {site}) layers {layers} -> {store.raw_path(b, site)}")
+    for cond, b in pending_finetunes(cfg):
+        print_fn(f"  finetune {cond.name}/{b.name} ({cond.finetune['direction']}) -> {cell_condition(cfg, cond, b.name).peft}")
     for c in cells:
         print_fn(f"  [{'done' if c.id in done else 'todo'}] {c.id}: {', '.join(c.tasks)}")
 
 
 def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
-              print_fn: Callable[[str], None] = print, after_cell: Callable[[Cell], None] | None = None) -> SweepResult:
+              print_fn: Callable[[str], None] = print, after_cell: Callable[[Cell], None] | None = None,
+              shard: Shard | None = None) -> SweepResult:
     """Run (or only plan) a sweep; finished cells are skipped (module docstring).
 
     Args:
@@ -253,17 +275,21 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
         progress: show progress bars.
         print_fn: where the summary lines go.
         after_cell: called after each finished cell (tests use it to interrupt).
+        shard: run only this shard's cells, in a folder shared with the other shards (caa_eval.sweep.shard).
     """
     t_start = time.perf_counter()
     run_dir = cfg.output
     cells = plan_cells(cfg)
     done = {c.id for c in cells if is_done(run_dir, c.id)}
     conds = {c.name: c for c in cfg.conditions}
+    mine = shard_cells(cfg, cells, shard)  # all cells without a shard
     warning = normalize_warning(cfg)
     if warning:
         log.warning("%s", warning)
     if dry_run:
-        _dry_run(cfg, cells, done, print_fn)
+        if shard is not None:
+            print_fn(f"shard {shard}: {len(mine)} of the sweep's {len(cells)} cells")
+        _dry_run(cfg, mine, done, print_fn)
         return SweepResult(run_dir, cells, [], sorted(done), None, time.perf_counter() - t_start)
 
     check_output(run_dir, "output", folder=True)  # before any model load (caa_eval.files)
@@ -271,67 +297,91 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
         check_output(cfg.vectors_dir, "vectors", folder=True)
     device = resolve_device(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):
-        wiped = cleanup(run_dir)
+    with RunLock(run_dir, shard):
+        wiped = cleanup(run_dir, None if shard is None else {c.id for c in mine})
         if wiped:
             log.warning("removed %d unfinished cell folder(s) from an interrupted run: %s", len(wiped), ", ".join(wiped[:5]))
         write_custom_tasks(cfg, run_dir / "tasks")
         manager = task_manager(cfg, run_dir / "tasks")
         check_tasks(cfg, manager)
-        manifest = Manifest(run_dir, cfg, cells, sorted(done))
+        manifest = Manifest(run_dir, cfg, cells, sorted(done), shard=shard)
         manifest.save()
         lms: dict[str, Any] = {}
         bar = None
         base_key = Condition().model_key(cfg.model)
         try:
-            store = VectorStore(cfg)
-            todo = store.missing()
-            if todo:
-                base_cond = next((c for c in cfg.conditions if c.model_key(cfg.model) == base_key), None)
-                if base_cond is not None:
-                    lm = lms.setdefault(base_key, _load_lm(cfg, base_cond, device))
-                    store.extract(todo, lm.model, lm.tokenizer, progress)
-                else:
-                    from caa_eval.models import load_model
+            with shared_step(run_dir, shard, "vector extraction", print_fn):
+                store = VectorStore(cfg)
+                todo = store.missing()
+                if todo:
+                    base_cond = next((c for c in cfg.conditions if c.model_key(cfg.model) == base_key), None)
+                    if base_cond is not None:
+                        lm = lms.setdefault(base_key, _load_lm(cfg, base_cond, device))
+                        store.extract(todo, lm.model, lm.tokenizer, progress)
+                    else:
+                        from caa_eval.models import load_model
 
-                    model, tok = load_model(cfg.model)
-                    store.extract(todo, model.to(device), tok, progress)
-                    del model, tok
-                    gc.collect()
-            store.finalize()
+                        model, tok = load_model(cfg.model)
+                        store.extract(todo, model.to(device), tok, progress)
+                        del model, tok
+                        gc.collect()
+                store.finalize()
             manifest.data["vectors"] = store.info
             specs = {c.id: cell_spec(cfg, c, store.content_sha(c)) for c in cells}
             _check_done_cells(cfg, cells, done, specs)
-            pending = [c for c in cells if c.id not in done]
+            pending = [c for c in mine if c.id not in done]
             manifest.save()
+            finetunes = pending_finetunes(cfg)  # adapters of finetune conditions, trained once (sweep.finetunes)
+            if shard is not None:  # a shard trains only its cells' adapters, each under its own lock
+                needed = {(c.condition, c.behaviour) for c in pending}
+                finetunes = [(c, b) for c, b in finetunes if (c.name, b.name) in needed]
+            if finetunes and any(conds[c.condition].finetune for c in pending):
+                lms.clear()  # one model in memory at a time
+                gc.collect()
+                for batch in [finetunes] if shard is None else [[f] for f in finetunes]:
+                    with shared_step(run_dir, shard, f"finetune {batch[0][0].name} {batch[0][1].name}", print_fn):
+                        batch = [f for f in batch if shard is None or f in pending_finetunes(cfg)]
+                        manifest.data.setdefault("finetunes", {}).update(train_finetunes(cfg, batch, device, progress,
+                                                                                        print_fn))
+                manifest.save()
+            run_cond = {c.id: cell_condition(cfg, conds[c.condition], c.behaviour) for c in pending}
 
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(cells), initial=len(done), desc="sweep", unit="cell", disable=not progress,
+            bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc="sweep", unit="cell", disable=not progress,
                        dynamic_ncols=True, file=sys.stderr)
             with _env_info_once():
-                order = sorted(cfg.conditions, key=lambda c: c.model_key(cfg.model) not in lms)  # loaded model first
-                for key in dict.fromkeys(c.model_key(cfg.model) for c in order):
-                    group = [c for c in pending if conds[c.condition].model_key(cfg.model) == key]
+                keys = [run_cond[c.id].model_key(cfg.model) for c in pending]
+                for key in sorted(dict.fromkeys(keys), key=lambda k: k not in lms):  # loaded model first
+                    group = [c for c, k in zip(pending, keys) if k == key]
                     if not group:
                         continue
                     for other in [k for k in lms if k != key]:  # one model in memory at a time
                         del lms[other]
                         gc.collect()
                     if key not in lms:
-                        lms[key] = _load_lm(cfg, conds[group[0].condition], device)
+                        lms[key] = _load_lm(cfg, run_cond[group[0].id], device)
                     lm = lms[key]
-                    for name in {c.condition for c in group}:
-                        manifest.data["models"][name] = {"pretrained": conds[name].pretrained or cfg.model,
-                                                         "peft": conds[name].peft, "fingerprint": lm.model_fingerprint}
+                    for cell in group:
+                        cond = run_cond[cell.id]
+                        name = f"{cond.name}/{cell.behaviour}" if cond.finetune else cond.name
+                        manifest.data["models"][name] = {"pretrained": cond.pretrained or cfg.model,
+                                                         "peft": cond.peft, "fingerprint": lm.model_fingerprint}
                     if key == base_key:
                         manifest.data["model_fingerprint"] = lm.model_fingerprint
                     manifest.save()
-                    for batch in _grid_batches(group, conds):
+                    # the grid is planned over every cell of this model, finished ones too, so a resumed sweep
+                    # computes each cell in the same batch composition as an uninterrupted one (same numbers)
+                    todo_ids = {c.id for c in group}
+                    same_model = [c for c in cells if c.id in todo_ids or (
+                        c.condition in conds and cell_condition(cfg, conds[c.condition], c.behaviour).model_key(cfg.model) == key)]
+                    for batch in _grid_batches(same_model, conds):
+                        if not any(c.id in todo_ids for c in batch):
+                            continue
                         _plan_grid(lm, batch, conds)
-                        for cell in batch:
+                        for cell in (c for c in batch if c.id in todo_ids):
                             bar.set_postfix_str(cell.id, refresh=True)
-                            res = run_cell(lm, cfg, cell, conds[cell.condition], manager, run_dir, specs[cell.id])
+                            res = run_cell(lm, cfg, cell, run_cond[cell.id], manager, run_dir, specs[cell.id])
                             manifest.run["cells_run"].append(cell.id)
                             bar.write(f"done {cell.id}: {_primary_summary(res, cell.tasks)}")
                             bar.update(1)
@@ -356,10 +406,15 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
     report_md = None
     if cfg.report and not any(not c.is_baseline for c in cells):
         print_fn("no steered cells (all multipliers are 0): nothing to test, no report")
+    elif cfg.report and shard is not None and not all(is_done(run_dir, c.id) for c in cells):
+        left = sum(not is_done(run_dir, c.id) for c in cells)
+        print_fn(f"shard {shard} finished; {left} cell(s) of other shards still to run: the shard that finishes "
+                 f"last builds the report (or run caa-eval report {run_dir})")
     elif cfg.report:
         from caa_eval.report import build_report
 
-        report_md = build_report(run_dir, run_dir / "report")
+        with shared_step(run_dir, shard, "report", print_fn):
+            report_md = build_report(run_dir, run_dir / "report")
         print_fn(f"report: {report_md}")
         print_fn(_headline(report_md))
     seconds = time.perf_counter() - t_start

@@ -17,10 +17,12 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import socket
 import sys
 import time
+from collections.abc import Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -53,29 +55,60 @@ def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n"
 
 
-class RunLock:
-    """RUN_DIR/.lock holding pid@host: two sweeps writing one folder would wipe each other's cells."""
+def _lock_holder(path: Path, other_hosts_alive: bool = False) -> str | None:
+    """`pid@host` of a lock file whose process may still run; None for a dead process's (or no) lock.
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+    Args:
+        path: the lock file.
+        other_hosts_alive: a lock from another host cannot be checked: count it as alive (True) or stale.
+    """
+    if not path.exists():
+        return None
+    holder = path.read_text(encoding="utf-8").strip()
+    pid, _, host = holder.partition("@")
+    if host != socket.gethostname() or not pid.isdigit():
+        return holder if other_hosts_alive and host else None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return holder
+    return holder if int(pid) != os.getpid() else None
+
+
+class RunLock:
+    """RUN_DIR/.lock holding pid@host: two sweeps writing one folder would wipe each other's cells.
+
+    A shard (`--shard i/n`, caa_eval.sweep.shard) holds `.lock.shard-i-of-n` instead: shards of one split
+    share the folder; a whole sweep, or a shard of another split, is refused while one of them runs.
+    """
+
+    def __init__(self, run_dir: Path, shard: Any = None):
+        self.shard = shard
+        self.path = run_dir / (".lock" if shard is None else f".lock.shard-{shard.label}")
         self.owned = False
 
     def __enter__(self) -> RunLock:
-        if self.path.exists():
-            other = self.path.read_text(encoding="utf-8").strip()
-            pid, _, host = other.partition("@")
-            alive = False
-            if host == socket.gethostname() and pid.isdigit():
-                try:
-                    os.kill(int(pid), 0)
-                    alive = int(pid) != os.getpid()
-                except ProcessLookupError:
-                    alive = False
-                except PermissionError:
-                    alive = True
-            if alive:
-                raise CAAEvalError(f"{self.path.parent}: another sweep (pid {pid}) is writing this folder; wait for it "
-                                   f"or stop it (a stale lock from a dead process is taken over automatically)")
+        holder = _lock_holder(self.path)
+        if holder:
+            pid = holder.partition("@")[0]
+            raise CAAEvalError(f"{self.path.parent}: another sweep (pid {pid}) is writing this folder; wait for it "
+                               f"or stop it (a stale lock from a dead process is taken over automatically)")
+        for other in sorted(self.path.parent.glob(".lock*")):
+            holder = _lock_holder(other, other_hosts_alive=True) if other != self.path else None
+            split = re.fullmatch(r"\.lock\.shard-(\d+)-of-(\d+)", other.name)
+            if not holder or (split and self.shard is not None and int(split[2]) == self.shard.count):
+                continue
+            gone = f"(if that process is gone, delete {other})"
+            if split is None:
+                raise CAAEvalError(f"{self.path.parent}: a sweep without --shard ({holder}) is writing this folder; "
+                                   f"wait for it {gone}")
+            if self.shard is None:
+                raise CAAEvalError(f"{self.path.parent}: shard {split[1]}/{split[2]} ({holder}) is running in this "
+                                   f"folder; run the missing shards with --shard i/{split[2]}, or wait {gone}")
+            raise CAAEvalError(f"{self.path.parent}: this folder is being swept split into {split[2]} shards "
+                               f"({holder}); use --shard i/{split[2]} {gone}")
         write_atomic(self.path, f"{os.getpid()}@{socket.gethostname()}\n")
         self.owned = True
         return self
@@ -91,17 +124,26 @@ def is_done(run_dir: Path, cell_id: str) -> bool:
     return (run_dir / "cells" / cell_id / "DONE").exists()
 
 
-def cleanup(run_dir: Path) -> list[str]:
-    """Remove half-built cells: everything in .partial/, and cells/ folders without DONE. Returns their names."""
+def cleanup(run_dir: Path, only: Collection[str] | None = None) -> list[str]:
+    """Remove half-built cells: everything in .partial/, and cells/ folders without DONE. Returns their names.
+
+    Args:
+        run_dir: the run folder.
+        only: a shard's cell ids: leave the other shards' (possibly in-progress) cells alone.
+    """
     wiped = []
     partial = run_dir / ".partial"
     if partial.is_dir():
         for p in partial.iterdir():
+            if only is not None and p.name not in only:
+                continue
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             wiped.append(p.name)
     cells = run_dir / "cells"
     if cells.is_dir():
         for p in cells.iterdir():
+            if only is not None and p.name not in only:
+                continue
             if p.is_dir() and not (p / "DONE").exists():
                 shutil.rmtree(p, ignore_errors=True)
                 wiped.append(p.name)
@@ -145,8 +187,9 @@ class Manifest:
     """RUN_DIR/manifest.json: the resolved config, versions, normalisation, models, vector files, one entry
     per run (status running/complete/interrupted/failed/killed) and the cell list with what is done."""
 
-    def __init__(self, run_dir: Path, cfg: SweepConfig, cells: list[Cell], skipped: list[str]):
+    def __init__(self, run_dir: Path, cfg: SweepConfig, cells: list[Cell], skipped: list[str], shard: Any = None):
         self.run_dir, self.cells = run_dir, cells
+        self.shard = None if shard is None else str(shard)  # shards merge into one file (caa_eval.sweep.shard)
         self.path = run_dir / "manifest.json"
         self.data: dict[str, Any] = {}
         if self.path.is_file():
@@ -162,9 +205,14 @@ class Manifest:
                           "caa_behaviours": caa_behaviours(cfg.behaviours), "note": normalize_warning(cfg)},
         })
         self.data.setdefault("models", {})
+        if self.shard is not None:
+            self.run["shard"] = self.shard
+        self.owned_runs = [self.run]
         for old_run in self.data.get("runs", []):
-            if old_run.get("status") == "running":  # we hold the lock: that process died without cleaning up
+            # we hold the lock (of our shard): that process died without cleaning up
+            if old_run.get("status") == "running" and (self.shard is None or old_run.get("shard") == self.shard):
                 old_run["status"] = "killed"
+                self.owned_runs.append(old_run)
         self.data["runs"] = list(self.data.get("runs", [])) + [self.run]
 
     def save(self) -> None:
@@ -172,7 +220,16 @@ class Manifest:
         self.data["cells"] = [{"id": c.id, "condition": c.condition, "behaviour": c.behaviour, "layer": c.layer,
                                "site": c.site, "positions": c.positions, "multiplier": c.multiplier, "tasks": c.tasks,
                                "done": is_done(self.run_dir, c.id)} for c in self.cells]
-        write_atomic(self.path, to_json(self.data))
+        if self.shard is None:
+            write_atomic(self.path, to_json(self.data))
+            return
+        from caa_eval.sweep.shard import folder_lock, merge_manifest
+
+        with folder_lock(self.run_dir / ".manifest.lock", "the manifest"):
+            on_disk: dict[str, Any] = {}
+            with contextlib.suppress(OSError, ValueError):
+                on_disk = json.loads(self.path.read_text(encoding="utf-8"))
+            write_atomic(self.path, to_json(merge_manifest(on_disk, self.data, self.owned_runs)))
 
     def finish(self, status: str, error: BaseException | None = None) -> None:
         """Record how this run ended and save (never raises: the run's own error matters more)."""
@@ -190,7 +247,9 @@ class VectorStore:
 
     def __init__(self, cfg: SweepConfig):
         self.cfg = cfg
-        self.layers = sorted({x for group in cfg.layers for x in group})
+        # layer transfer reads one layer's vector only
+        self.layers = ([cfg.vector_layer] if cfg.vector_layer is not None
+                       else sorted({x for group in cfg.layers for x in group}))
         self.info: dict[str, dict[str, Any]] = {}
 
     def pairs_path(self, b: Behaviour) -> Path:
@@ -288,6 +347,7 @@ class VectorStore:
         sv = vectors.load(cell.vector)
         h = hashlib.sha256(f"{sv.site}".encode())
         for x in cell.layer or []:
+            read = x if cell.vector_layer is None else cell.vector_layer
             h.update(f"{x}:".encode())
-            h.update(sv.vectors[x].detach().to(torch.float32).contiguous().numpy().tobytes())
+            h.update(sv.vectors[read].detach().to(torch.float32).contiguous().numpy().tobytes())
         return h.hexdigest()
