@@ -185,6 +185,12 @@ def require_shared(relative: str) -> Path:
     return path
 
 
+@pytest.fixture()
+def shared_file():
+    """`require_shared` as a fixture (tests must not import `conftest`: tests/reliability has one too)."""
+    return require_shared
+
+
 def _skip_reason(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
     return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)

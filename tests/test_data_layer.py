@@ -327,8 +327,8 @@ def test_mmlu_subset_rebuilt_from_csvs_matches_caa_file(mmlu_dir, caa_data_dir):
     assert all(data.mmlu_subset_size(s) == 10 for s in data.mmlu_subjects())
 
 
-def test_mmlu_subset_index_matches_shared_index():
-    from conftest import require_shared
+def test_mmlu_subset_index_matches_shared_index(shared_file):
+    require_shared = shared_file
 
     with require_shared("mmlu/caa_subset_index.csv").open(newline="", encoding="utf-8") as f:
         shared = [(r["subject"], r["mmlu_row"], r["correct_choice_index"], r["incorrect_choice_index"], r["correct_letter"]) for r in csv.DictReader(f)]
