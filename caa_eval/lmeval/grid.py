@@ -12,6 +12,7 @@ steered, so their keys and values are the same in every setting (causal attentio
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from collections.abc import Sequence
@@ -141,24 +142,24 @@ class SteeringGrid:
                   logits_to_keep=1)
         else:
             mask = torch.zeros((len(batch), 0), dtype=torch.long, device=device)
-        tails = [list(inp[c:]) for (inp, _), c in zip(batch, cuts)]
+        # the tails' ids, mask and positions are the same for every setting: built once per batch
+        tail_ids, tail_mask = pad_right([list(inp[c:]) for (inp, _), c in zip(batch, cuts)], pad_id, device)
+        full_mask = torch.cat([mask, tail_mask], 1)
+        lengths = torch.tensor([len(p) for p in prefix_ids], device=device)
+        positions = lengths[:, None] + torch.arange(tail_ids.shape[1], device=device)[None]
+        tail = (tail_ids, full_mask, positions)
         groups: dict[tuple, list[GridSetting]] = {}
         for s in settings:
             groups.setdefault(s.group(), []).append(s)
         per_chunk = max(1, self.max_rows // len(batch))
         for group in groups.values():
             for k0 in range(0, len(group), per_chunk):
-                chunk = group[k0 : k0 + per_chunk]
-                self._tail(model, batch, tails, prefix_ids, starts, mask, cache, chunk, pad_id, device, cache_kw,
-                           softmax_dtype)
+                self._tail(model, batch, tail, prefix_ids, starts, cache, group[k0 : k0 + per_chunk], device,
+                           cache_kw, softmax_dtype)
 
-    def _tail(self, model, batch, tails, prefix_ids, starts, mask, cache, chunk, pad_id, device, cache_kw, softmax_dtype):
+    def _tail(self, model, batch, tail, prefix_ids, starts, cache, chunk, device, cache_kw, softmax_dtype):
         k = len(chunk)
-        tail_ids, tail_mask = pad_right(tails, pad_id, device)
-        tail_ids = tail_ids.repeat_interleave(k, 0)
-        full_mask = torch.cat([mask, tail_mask], 1).repeat_interleave(k, 0)
-        lengths = torch.tensor([len(p) for p in prefix_ids], device=device)
-        positions = (lengths[:, None] + torch.arange(tail_ids.shape[1], device=device)[None]).repeat_interleave(k, 0)
+        tail_ids, full_mask, positions = (t.repeat_interleave(k, 0) for t in tail)
         kwargs: dict[str, Any] = {}
         if cache is not None:
             rep = copy.deepcopy(cache)
@@ -166,15 +167,11 @@ class SteeringGrid:
             kwargs[cache_kw] = rep
         coefficients = torch.tensor([s.multiplier for s in chunk] * len(batch), dtype=torch.float32)
         first = chunk[0]
-        steering = None
-        if first.vectors:  # absolute first steered position per row ("generated" = from a given position on)
+        steering = contextlib.nullcontext()
+        if first.vectors:  # steer from each row's absolute first steered position ("generated" from a given position)
             steering = Steering(model, first.vectors, coefficients, first.site, "generated")
             steering.set_batch(prompt_lengths=[s for s in starts for _ in range(k)])
-        if steering is not None:
-            with steering:
-                logits = model(input_ids=tail_ids, attention_mask=full_mask, position_ids=positions, use_cache=cache is not None,
-                               **kwargs).logits
-        else:
+        with steering:
             logits = model(input_ids=tail_ids, attention_mask=full_mask, position_ids=positions,
                            use_cache=cache is not None, **kwargs).logits
         logp = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
