@@ -1,5 +1,8 @@
 """P3 — a multiplier grid in one pass: k = 5 steered multipliers vs k = 1, and vs 5 separate runs.
 
+Log-likelihood (shared prefix, short steered tails) and greedy generation (one `generate` call per batch of
+prompts for all settings, one coefficient per row) are measured separately.
+
 Same process, same requests (two-option MMLU items from ../shared/mmlu, CAA's 570-item subset or a slice of
 it), one loaded `steered-hf` model. "Separate" runs each setting as its own full pass (what a sweep did before
 the grid); "grid" announces all settings with `plan_grid` and computes them with one shared-prefix pass.
@@ -37,13 +40,30 @@ def mmlu_requests(tok, n: int) -> list[Instance]:
     return out
 
 
+def open_requests(tok, n: int, max_gen_toks: int) -> list[Instance]:
+    """Greedy generation on the demo's own open-ended questions (project data)."""
+    import json
+
+    from caa_eval.paths import tasks_dir
+
+    items = json.loads((tasks_dir() / "caa_demo" / "optimism_test_open_ended.json").read_text(encoding="utf-8"))
+    kwargs = {"until": ["\n\n"], "max_gen_toks": max_gen_toks, "do_sample": False}
+    return [Instance("generate_until", {}, (tok.apply_chat_template([{"role": "user", "content": item["question"]}],
+                                                                    tokenize=False, add_generation_prompt=True),
+                                            dict(kwargs)), i, metadata=("open", i, 1))
+            for i, item in enumerate(items[:n])]
+
+
 def run(lm: SteeredHFLM, configs: list[dict], requests: list[Instance], grid: bool) -> float:
     t = time.perf_counter()
     if grid:
         lm.plan_grid(configs)
     for config in configs:
         lm.set_steering(**config)
-        lm.loglikelihood(requests)
+        if requests[0].request_type == "generate_until":
+            lm.generate_until(requests)
+        else:
+            lm.loglikelihood(requests)
     lm.clear_grid()
     return time.perf_counter() - t
 
@@ -54,6 +74,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--layer", type=int, default=13)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--gen-items", type=int, default=12, help="open-ended prompts for the generation part")
+    parser.add_argument("--gen-tokens", type=int, default=32, help="greedy tokens per prompt")
     args = parser.parse_args()
 
     lm = SteeredHFLM(pretrained=resolve(args.model), batch_size=args.batch_size, device="cpu", multiplier=0)
@@ -75,6 +97,18 @@ def main() -> None:
     print(f"k=5 one grid pass   : {t_grid5:.1f} s")
     print(f"RATIO grid k=5 / plain k=1      = {t_grid5 / t_one:.2f}x  (goal <= 1.6x)")
     print(f"RATIO grid k=5 / 5 separate runs = {t_grid5 / t_separate:.2f}x  (goal <= 0.32x)")
+
+    gen = open_requests(lm.tokenizer, args.gen_items, args.gen_tokens)
+    run(lm, configs[:1], gen, grid=False)  # warm-up
+    g_one = run(lm, configs[:1], gen, grid=False)
+    g_separate = run(lm, configs, gen, grid=False)
+    g_grid5 = run(lm, configs, gen, grid=True)
+    print(f"greedy generation: {len(gen)} prompts x {args.gen_tokens} tokens")
+    print(f"k=1 plain           : {g_one:.1f} s")
+    print(f"k=5 separate runs   : {g_separate:.1f} s")
+    print(f"k=5 one grid        : {g_grid5:.1f} s")
+    print(f"RATIO generation grid k=5 / plain k=1      = {g_grid5 / g_one:.2f}x")
+    print(f"RATIO generation grid k=5 / 5 separate runs = {g_grid5 / g_separate:.2f}x")
 
 
 if __name__ == "__main__":

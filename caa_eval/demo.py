@@ -68,7 +68,8 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
     from caa_eval.core.extract import extract_to_file
     from caa_eval.judge import judge_samples
     from caa_eval.lmeval.model import SteeredHFLM
-    from caa_eval.lmeval.run import evaluate_to_folder
+    from caa_eval.lmeval.run import env_info_once, evaluate_to_folder
+    from caa_eval.lmeval.register import ensure_registered
 
     if 0 not in multipliers:
         raise CAAEvalError("the demo compares against multiplier 0: include 0 in the multipliers")
@@ -84,21 +85,27 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
     extract_to_file(models.DEFAULT_MODEL, demo_tasks / "optimism_generate_replies.json", vector, layers=[layer],
                     behaviour="optimism", model=lm.model, tokenizer=lm.tokenizer, progress=False, read="answer_mean")
     print(f"[3/5] lm-eval with steered-hf at multipliers {list(multipliers)} (one shared-prefix pass for the "
-          "log-likelihood tasks)", flush=True)
+          "log-likelihood tasks, one shared generate call per batch of open-ended prompts)", flush=True)
     settings = {m: {"vector": str(vector), "layers": [layer], "multiplier": m} if m else {"multiplier": 0}
                 for m in multipliers}
-    lm.plan_grid(list(settings.values()))
+    tasks = {m: ["caa_demo"] + (["caa_demo_optimism_open"] if m in open_multipliers else []) for m in multipliers}
+    lm.plan_grid(list(settings.values()), tasks=list(tasks.values()))  # open answers: one generate call per batch
+    ensure_registered()
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager()  # indexing lm-eval's task folders takes seconds: once, not once per multiplier
     runs: dict[float, Path] = {}
-    for mult in multipliers:
-        run_dir = out / "runs" / f"m{mult:+g}"
-        if run_dir.exists():  # rerun of the demo: start clean, never mix old and new samples
-            shutil.rmtree(run_dir)
-        lm.set_steering(**settings[mult])
-        tasks = ["caa_demo"] + (["caa_demo_optimism_open"] if mult in open_multipliers else [])
-        evaluate_to_folder(lm, tasks, run_dir, model_args={"pretrained": models.DEFAULT_MODEL, **settings[mult]},
-                           limit=limit, gen_kwargs={"max_gen_toks": max_gen_toks})
-        runs[mult] = run_dir
-        print(f"      multiplier {mult:+g}: {run_dir}", flush=True)
+    with env_info_once():
+        for mult in multipliers:
+            run_dir = out / "runs" / f"m{mult:+g}"
+            if run_dir.exists():  # rerun of the demo: start clean, never mix old and new samples
+                shutil.rmtree(run_dir)
+            lm.set_steering(**settings[mult])
+            evaluate_to_folder(lm, tasks[mult], run_dir, task_manager=manager, limit=limit,
+                               model_args={"pretrained": models.DEFAULT_MODEL, **settings[mult]},
+                               gen_kwargs={"max_gen_toks": max_gen_toks})
+            runs[mult] = run_dir
+            print(f"      multiplier {mult:+g}: {run_dir}", flush=True)
     lm.clear_grid()
     print("[4/5] judging open-ended answers with the local hf judge (SmolLM2: pipeline check, not a real judge)", flush=True)
     open_files = [f for m in open_multipliers for f in runs[m].glob("samples_caa_demo_optimism_open_*.jsonl")]

@@ -79,6 +79,43 @@ def test_grid_equals_separate_runs(tiny_model_dir, tiny_model, vector_files):
     assert sum(d > 1e-2 for d in steered) >= len(steered) - 3, "steering had no effect; the test would be vacuous"
 
 
+def generation_requests(tok, task="open"):
+    gen_kwargs = {"until": ["\n\n"], "max_gen_toks": 12, "do_sample": False}
+    return [Instance("generate_until", {}, (tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                                    add_generation_prompt=True), dict(gen_kwargs)),
+                     i, metadata=(task, i, 1)) for i, q in enumerate(QUESTIONS)]
+
+
+def test_grid_generation_equals_separate_runs(tiny_model_dir, tiny_model, vector_files, monkeypatch):
+    """Greedy text from one shared generate call per batch equals each setting's own steered-hf run, and
+    settings planned for another task are not decoded."""
+    from lm_eval.models.huggingface import HFLM
+
+    _, tok = tiny_model
+    lm = SteeredHFLM(pretrained=str(tiny_model_dir), batch_size=3, device="cpu", multiplier=0)
+    cfgs = [{"multiplier": 0} | c for c in configs(vector_files)]
+    separate = {}
+    for i, config in enumerate(cfgs):
+        lm.set_steering(**config)
+        separate[i] = lm.generate_until(generation_requests(tok))
+    calls = []
+    original = HFLM._model_generate
+    monkeypatch.setattr(HFLM, "_model_generate", lambda self, context, **kw: (calls.append(context.shape[0]),
+                                                                             original(self, context, **kw))[1])
+    other = {"vector": vector_files[1], "layers": 2, "multiplier": -6.0}  # planned for another task only
+    lm.plan_grid(cfgs + [other], tasks=[["open"]] * len(cfgs) + [["elsewhere"]])
+    for i, config in enumerate(cfgs):
+        lm.set_steering(**config)
+        assert lm.generate_until(generation_requests(tok)) == separate[i], config
+    n_batches = -(-len(QUESTIONS) // 3)
+    groups = len({(str(c.get("positions", "after_instruction")), c.get("site", "residual"), c.get("vector"),
+                   str(c.get("layers"))) for c in cfgs if c.get("vector") and c["multiplier"] != 0})
+    assert sum(calls) == n_batches * 3 * len(cfgs) - (len(QUESTIONS) % 3 and (3 - len(QUESTIONS) % 3) * len(cfgs))
+    assert len(calls) == n_batches * groups, "one generate call per batch and vector group"
+    assert sum(text != separate[0] for text in separate.values()) >= len(cfgs) - 3, "steering changed no text"
+    lm.clear_grid()
+
+
 def test_grid_refuses_rules_that_cannot_share(tiny_model_dir, vector_files):
     lm = SteeredHFLM(pretrained=str(tiny_model_dir), batch_size=4, device="cpu", multiplier=0)
     with pytest.raises(ValueError, match="cannot share"):
@@ -104,7 +141,7 @@ def test_sweep_with_the_grid_writes_what_separate_runs_write(tmp_path, tiny_mode
     monkeypatch.setenv("CAA_EVAL_DATA_DIR", str(write_caa_layout(tmp_path / "data")))
     from caa_eval import sweep
     from caa_eval.lmeval.model import SteeredHFLM
-    from caa_eval.sweep import runner
+    from caa_eval.sweep import grid as sweep_grid
 
     keys = base_keys(tiny_model_dir, tmp_path / "grid", layers=[2], multipliers=[-8, 0, 8], normalize=False,
                      tasks=["caa_ab_{behaviour}"])
@@ -114,7 +151,7 @@ def test_sweep_with_the_grid_writes_what_separate_runs_write(tmp_path, tiny_mode
                                                                             original(self, configs, **kw))[1])
     sweep.run_sweep(sweep.load_config(write_config(tmp_path / "a.yaml", **keys)), progress=False, print_fn=lambda _: None)
     assert planned and max(planned) >= 2, "the sweep did not use the grid"
-    monkeypatch.setattr(runner, "_plan_grid", lambda lm, cells, conds: lm.clear_grid())
+    monkeypatch.setattr(sweep_grid, "plan", lambda lm, cells, conds: lm.clear_grid())
     keys["output"] = str(tmp_path / "separate")
     sweep.run_sweep(sweep.load_config(write_config(tmp_path / "b.yaml", **keys)), progress=False, print_fn=lambda _: None)
     grid, separate = _samples(tmp_path / "grid"), _samples(tmp_path / "separate")

@@ -137,6 +137,11 @@ def test_example_configs_parse_and_plan():
     assert steered.vector.endswith("vectors_normalized/corrigible-neutral-HHH.safetensors")
     tiny = sweep.load_config(EXAMPLES / "sweep_tiny.yaml")
     assert tiny.behaviours[0].custom and tiny.behaviours[0].ab_test.is_file() and tiny.limit == 4
+    transfer = sweep.load_config(EXAMPLES / "sweep_transfer_smollm2.yaml")
+    cells = sweep.plan_cells(transfer)
+    assert transfer.vector_layer == 13 and len(transfer.layers) == 15
+    assert sum(c.is_baseline for c in cells) == 7 and len(cells) == 7 + 7 * 15 * 2
+    assert {c.vector_layer for c in cells if not c.is_baseline} == {13}
 
 
 def test_cli_flags_override_config_keys(tmp_path):

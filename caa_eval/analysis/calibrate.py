@@ -175,10 +175,22 @@ class ScaleProbe:
             site: `residual`, `mlp` or `attn`.
             positions: which tokens get the vector (see `caa_eval.core.positions.Positions`).
         """
+        return self.kl_of({layer: vector.reshape(-1)}, multiplier, site, positions)
+
+    def kl_of(self, vectors: dict[int, torch.Tensor], multiplier: float, site: str = "residual",
+              positions: str | Positions = "after_instruction") -> tuple[float, list[float]]:
+        """As `kl`, for a vector per layer (joint-layer and layer-transfer settings steer several blocks).
+
+        Args:
+            vectors: layer -> steering vector.
+            multiplier: coefficient of the vectors.
+            site: `residual`, `mlp` or `attn`.
+            positions: which tokens get the vectors.
+        """
         rule = Positions.parse(positions)
         if rule.needs_chat_structure and self._locator is None:
             self._locator = InstructionLocator(self.tokenizer)
-        vec = {layer: vector.reshape(-1)}
+        vec = {layer: v.reshape(-1) for layer, v in vectors.items()}
         if self._last_token_only(rule):  # the steered token is the only one the cache does not hold
             if self._prefix_base is None:
                 self._prefix_base = self._cached_logprobs(None)
@@ -193,6 +205,25 @@ class ScaleProbe:
         per_prompt = (steered.exp() * (steered - base.to(steered.device))).sum(-1).clamp_min(0.0)
         values = [float(x) for x in per_prompt.tolist()]
         return sum(values) / len(values), values
+
+    def setting(self, vectors: dict[int, torch.Tensor], multiplier: float, site: str = "residual",
+                positions: str | Positions = "after_instruction") -> dict[str, Any]:
+        """The scale of one steering setting, as steered-hf records it in its results (`steering.scale`):
+        `norm_fraction` (mean over the steered layers of |multiplier| × ‖vector‖ / mean residual norm there),
+        `kl` in nats, and both per layer.
+
+        Args:
+            vectors: layer -> steering vector.
+            multiplier: coefficient of the vectors.
+            site: `residual`, `mlp` or `attn`.
+            positions: which tokens get the vectors.
+        """
+        fractions = {layer: abs(float(multiplier)) * float(v.float().norm()) / self.resid_norm(layer)
+                     for layer, v in sorted(vectors.items())}
+        kl = self.kl_of(vectors, multiplier, site, positions)[0] if multiplier != 0 and vectors else 0.0
+        return {"norm_fraction": sum(fractions.values()) / len(fractions) if fractions else 0.0, "kl": kl,
+                "norm_fraction_per_layer": {str(k): v for k, v in fractions.items()},
+                "neutral_prompts": len(self.prompts)}
 
     def resid_norm(self, layer: int) -> float:
         """Mean ‖block output‖ at `layer` over the prompts' tokens (first token excluded)."""

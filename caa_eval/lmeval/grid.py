@@ -6,6 +6,11 @@ layers and sites. For each batch of log-likelihood requests the prefix is run on
 end) is run, all of the group's multipliers and layers in one batch with per-row coefficients. A two-option
 MMLU item under 14 settings costs one ~100-token prefix and 14 tails of 2–3 tokens instead of 14 full passes.
 
+Greedy generation is shared too: the first time a batch of prompts is generated for one setting, every setting
+of the grid that runs the same task decodes it in the same `generate` call (the batch repeated once per
+setting, one coefficient per row; an unsteered setting is a row with coefficient 0, which adds exactly 0), and
+the others later read their rows. Each row sees exactly the padded prompt a separate run would see.
+
 Results equal separate `steered-hf` runs (tested to 1e-5): tokens before the first steered position are never
 steered, so their keys and values are the same in every setting (causal attention).
 """
@@ -40,6 +45,7 @@ class GridSetting:
     multiplier: float
     site: str
     positions: Positions
+    tasks: frozenset[str] | None = None  # the tasks this setting will run (None: any); limits shared generation
 
     def group(self) -> tuple:
         """Settings that differ only in multiplier share one tail batch (per-row coefficients)."""
@@ -60,6 +66,7 @@ class SteeringGrid:
     settings: list[GridSetting]
     max_rows: int = 256
     results: dict[tuple[str, tuple[int, ...], tuple[int, ...]], tuple[float, bool]] = field(default_factory=dict)
+    generated: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         bad = [s.key for s in self.settings if s.positions.mode not in _SHAREABLE]
@@ -184,3 +191,86 @@ class SteeringGrid:
                     greedy = bool((rows.argmax(-1) == want).all())
                     value = float(rows.gather(1, want[:, None]).sum())
                     self.results[(setting.key, inp, cont)] = (value, greedy)
+
+    # ------------------------------------------------------------------ greedy generation
+
+    @staticmethod
+    def shares_generation(generation_kwargs: dict[str, Any]) -> bool:
+        """Only greedy decoding is shared: sampled text depends on the random stream, not only on the setting."""
+        return not generation_kwargs.get("do_sample") and not generation_kwargs.get("temperature")
+
+    @staticmethod
+    def _signature(context: torch.Tensor, max_length: int, stop: Sequence[str], kwargs: dict[str, Any]) -> str:
+        h = hashlib.sha256()
+        mask = kwargs.get("attention_mask")
+        for t in (context, mask):
+            if t is not None:
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.detach().cpu().numpy().tobytes())
+        rest = {k: v for k, v in kwargs.items() if k != "attention_mask"}
+        h.update(repr((max_length, list(stop), sorted(rest.items(), key=lambda kv: kv[0]))).encode())
+        return h.hexdigest()
+
+    @torch.no_grad()
+    def generate(self, run: Any, model: torch.nn.Module, tokenizer: Any, key: str, context: torch.Tensor,
+                 max_length: int, stop: list[str], kwargs: dict[str, Any], tasks: frozenset[str],
+                 layers_path: str | None = None) -> torch.Tensor:
+        """The generated ids of setting `key` for this batch of prompts (as `model.generate` returns them).
+
+        Args:
+            run: HFLM's own `_model_generate` (called with the repeated batch under the steering hooks).
+            model: the HF causal LM.
+            tokenizer: for the instruction end.
+            key: the asking setting.
+            context: the left-padded prompt ids of the batch.
+            max_length: as HFLM passes it.
+            stop: stop sequences.
+            kwargs: the remaining generation kwargs (attention_mask, …).
+            tasks: the tasks of the requests being generated: settings planned for other tasks are not decoded.
+            layers_path: dotted path to the decoder blocks.
+        """
+        signature = self._signature(context, max_length, stop, kwargs)
+        if (key, signature) not in self.generated:
+            wanted = [s for s in self.settings if (s.key, signature) not in self.generated
+                      and (s.key == key or s.tasks is None or s.tasks & tasks)]
+            batch = context.shape[0]
+            per_chunk = max(1, self.max_rows // batch)
+            for group in self._generation_groups(wanted):
+                for k0 in range(0, len(group), per_chunk):
+                    chunk = group[k0 : k0 + per_chunk]
+                    out = self._generate_chunk(run, model, tokenizer, chunk, context, max_length, stop, kwargs,
+                                               layers_path)
+                    for j, setting in enumerate(chunk):
+                        self.generated[(setting.key, signature)] = out[j * batch : (j + 1) * batch]
+        return self.generated[(key, signature)]
+
+    @staticmethod
+    def _generation_groups(settings: list[GridSetting]) -> list[list[GridSetting]]:
+        """Settings that one Steering can serve (same vectors, site and rule); unsteered ones join the first."""
+        groups: dict[tuple, list[GridSetting]] = {}
+        plain = [s for s in settings if not s.vectors]
+        for s in settings:
+            if s.vectors:
+                groups.setdefault((str(s.positions), *s.group()), []).append(s)
+        out = list(groups.values())
+        if not out:
+            return [plain] if plain else []
+        out[0] = plain + out[0]
+        return out
+
+    @staticmethod
+    def _generate_chunk(run, model, tokenizer, chunk, context, max_length, stop, kwargs, layers_path) -> torch.Tensor:
+        k = len(chunk)
+        rows = dict(kwargs)
+        if rows.get("attention_mask") is not None:
+            rows["attention_mask"] = rows["attention_mask"].repeat(k, 1)
+        steered = next((s for s in chunk if s.vectors), None)
+        steering: Any = contextlib.nullcontext()
+        if steered is not None:
+            coefficients = torch.tensor([s.multiplier for s in chunk], dtype=torch.float32).repeat_interleave(
+                context.shape[0])
+            steering = Steering(model, steered.vectors, coefficients, steered.site, steered.positions,
+                                tokenizer=tokenizer, layers_path=layers_path)
+            steering.set_batch()
+        with steering:
+            return run(context=context.repeat(k, 1), max_length=max_length, stop=stop, **rows)

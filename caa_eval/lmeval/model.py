@@ -189,26 +189,32 @@ class SteeredHFLM(HFLM):
 
     # ------------------------------------------------------------------ one pass for a grid of settings
 
-    def plan_grid(self, configs: list[dict[str, Any]], max_rows: int = 256) -> None:
-        """Announce every steering config a sweep will run on the same task, so log-likelihoods are computed for
-        all of them in one pass (shared unsteered prefix, one short tail per config; see `caa_eval.lmeval.grid`).
-        Cells are still run one by one with `set_steering`; their results come from the grid.
+    def plan_grid(self, configs: list[dict[str, Any]], max_rows: int = 256,
+                  tasks: list[list[str] | None] | None = None) -> None:
+        """Announce every steering config a sweep will run, so log-likelihoods are computed for all of them in one
+        pass (shared unsteered prefix, one short tail per config) and greedy generations in one `generate` call
+        per batch of prompts (see `caa_eval.lmeval.grid`). Cells are still run one by one with `set_steering`;
+        their results come from the grid.
 
         Args:
             configs: `set_steering` keyword dicts (a dict without `vector` is the unsteered baseline).
-            max_rows: prefix rows × configs per tail batch (bounds the memory of the repeated KV cache).
+            max_rows: prefix rows × configs per tail batch, prompts × configs per generate call (memory bound).
+            tasks: per config, the task names it will run (None: any); a generation is decoded in advance only
+                for the configs that will ask for it.
         """
         from caa_eval.lmeval.grid import GridSetting, SteeringGrid
 
         settings = []
-        for config in configs:
+        for i, config in enumerate(configs):
             self.set_steering(**config)
             steering = self._steering
+            wanted = tasks[i] if tasks is not None else None
             settings.append(GridSetting(
                 key=self.steering_fingerprint or "unsteered",
                 vectors=dict(steering.vectors) if steering is not None else {},
                 multiplier=float(self.steering_config["multiplier"]),
-                site=self.steering_config["site"], positions=Positions.parse(self.steering_config["positions"])))
+                site=self.steering_config["site"], positions=Positions.parse(self.steering_config["positions"]),
+                tasks=frozenset(wanted) if wanted is not None else None))
         self.grid = SteeringGrid(settings, max_rows=max_rows)
 
     def clear_grid(self) -> None:
@@ -269,17 +275,52 @@ class SteeredHFLM(HFLM):
         with self._steering:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        # the grid decodes a batch of prompts in advance only for the settings that run the same task
+        self._request_tasks = frozenset(t for t in (getattr(r, "task_name", None) for r in requests) if t)
+        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
+        grid = getattr(self, "grid", None)
+        key = self.steering_fingerprint or "unsteered"
+        if grid is not None and grid.covers(key) and grid.shares_generation(generation_kwargs):
+            return grid.generate(super()._model_generate, self.model, self.tokenizer, key, context, max_length, stop,
+                                 generation_kwargs, getattr(self, "_request_tasks", frozenset()), self.layers_path)
         if self._steering is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         self._steering.set_batch()
         with self._steering:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
+    def steering_scale(self) -> dict[str, Any]:
+        """How big the current steering is relative to this model (§9.1): the multiplier as a fraction of the mean
+        residual-stream norm at the steered layers and the next-token KL on the shipped neutral prompts
+        (`caa_eval.analysis.calibrate.ScaleProbe`). Recorded in every results file, so every report can state it.
+        Cached per steering setting; the probe's unsteered pass runs once per model."""
+        cache = self.__dict__.setdefault("_scale_cache", {})
+        key = self.steering_fingerprint or "unsteered"
+        if key not in cache:
+            if self._steering is None:
+                cache[key] = {"norm_fraction": 0.0, "kl": 0.0}
+            else:
+                from caa_eval.analysis.calibrate import ScaleProbe
+
+                if self.__dict__.get("_scale_probe") is None:
+                    self._scale_probe = ScaleProbe(self.model, self.tokenizer, layers_path=self.layers_path)
+                config = self.steering_config
+                cache[key] = self._scale_probe.setting(dict(self._steering.vectors), float(config["multiplier"]),
+                                                       config["site"], config["positions"])
+        return cache[key]
+
     def get_model_info(self) -> dict:
         info = super().get_model_info()
         info["steering"] = dict(self.steering_config, fingerprint=self.steering_fingerprint,
                                 model_fingerprint=self.model_fingerprint)
+        try:
+            info["steering"]["scale"] = self.steering_scale()
+        except Exception as exc:  # the evaluation's results are worth more than their scale note: keep them
+            log.warning("steered-hf: could not measure the steering's scale on the neutral prompts: %s", exc)
+            info["steering"]["scale"] = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
         return info
 
 

@@ -6,12 +6,14 @@ what `lm_eval --output_path … --log_samples` writes (`results_<date>.json`, `s
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["evaluate_to_folder"]
+__all__ = ["evaluate_to_folder", "env_info_once"]
 
 
 def evaluate_to_folder(lm: Any, tasks: list[str], folder: Path, *, task_manager: Any = None,
@@ -57,3 +59,24 @@ def evaluate_to_folder(lm: Any, tasks: list[str], folder: Path, *, task_manager:
     if absent:
         raise CAAEvalError(f"{folder}: lm-eval did not write {', '.join(absent)} (disk full or not writable?)")
     return results, expected
+
+
+@contextlib.contextmanager
+def env_info_once() -> Iterator[None]:
+    """lm-eval adds torch's collect_env report to every results file; it spawns subprocesses (~1-5 s per
+    call) and cannot change within one process, so compute it once and reuse it for every run inside."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.add_env_info
+    cached: dict[str, Any] = {}
+
+    def add_env_info(storage: dict[str, Any]) -> None:
+        if not cached:
+            original(cached)
+        storage.update(cached)
+
+    evaluator.add_env_info = add_env_info
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original

@@ -17,13 +17,14 @@ from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 from caa_eval.report.figures import dose_figures, layer_figures
+from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
 from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
     cells_markdown, diagnostics_markdown, dose_markdown, pivot_tables, table_markdown,
 )
 from caa_eval.stats import (
-    CELL_KEY, compute_dose_response, compute_stats, load_long_table, long_table_from_runs, macro_mean, to_records,
-    validate_long_table,
+    CELL_KEY, compute_dose_response, compute_stats, load_long_table, long_table_from_runs, macro_mean, steering_scales,
+    SCALE_COLUMNS, to_records, validate_long_table,
 )
 from caa_eval.vocab import primary_metric
 
@@ -78,6 +79,16 @@ def _vector_layer(source: Any) -> int | None:
     return (manifest.get("config") or {}).get("vector_layer")
 
 
+def _scales(source: Any) -> tuple[pd.DataFrame, str]:
+    """The steering scale steered-hf recorded per setting, and what to say when there is none."""
+    if isinstance(source, pd.DataFrame) or not Path(source).is_dir():
+        return pd.DataFrame(columns=SCALE_COLUMNS), ("Not available for a long table (it carries no steering settings); a report "
+                                         "built from the run or sweep folder states it.")
+    return steering_scales(source), ("No results file here records it: steered-hf writes `config.steering.scale` "
+                                     "into every results file (runs made by plain `hf` or by an older caa-eval do not "
+                                     "have it; rerun them with `--model steered-hf`).")
+
+
 def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None = None, *, alpha: float = 0.05,
                  seed: int = 0, n_resamples: int = 2000, n_permutations: int = 9999,
                  primary_test: str = "wilcoxon") -> Path:
@@ -105,7 +116,10 @@ def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None =
     notes = list(warnings_)
     out.mkdir(parents=True, exist_ok=True)
     old_figures = _previous_figures(out)
-    figures = dose_figures(cells, out, notes) + layer_figures(cells, out, _vector_layer(source))
+    scales, why_no_scale = _scales(source)
+    per_kl = effect_per_kl(cells, scales)
+    figures = (dose_figures(cells, out, notes) + layer_figures(cells, out, _vector_layer(source))
+               + scale_figures(per_kl, out, notes))
     for stale in old_figures - {f["file"] for f in figures}:
         (out / stale).unlink(missing_ok=True)
 
@@ -124,9 +138,11 @@ def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None =
         "n_items_total": int(table["item_id"].nunique()), "n_rows": int(len(table)),
         "cells": records, "dose_response": to_records(dose), "tables": tables, "table4": table4,
         "diagnostics": _diagnostics(diag), "figures": figures, "warnings": notes,
+        "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
-    return write_atomic(out / "report.md", render_markdown(report, cells, dose, alpha))
+    return write_atomic(out / "report.md", render_markdown(report, cells, dose, alpha, scale_markdown(
+        scales, per_kl, alpha, why_no_scale)))
 
 
 def _method_lines(report: dict[str, Any], alpha: float) -> list[str]:
@@ -163,7 +179,8 @@ def _method_lines(report: dict[str, Any], alpha: float) -> list[str]:
     ]
 
 
-def render_markdown(report: dict[str, Any], cells: pd.DataFrame, dose: pd.DataFrame, alpha: float) -> str:
+def render_markdown(report: dict[str, Any], cells: pd.DataFrame, dose: pd.DataFrame, alpha: float,
+                    scale_lines: list[str] | None = None) -> str:
     """report.md from the report.json content and the statistics tables.
 
     Args:
@@ -171,6 +188,7 @@ def render_markdown(report: dict[str, Any], cells: pd.DataFrame, dose: pd.DataFr
         cells: compute_stats output.
         dose: compute_dose_response output.
         alpha: level of the marks.
+        scale_lines: the scale section (`caa_eval.report.scale.scale_markdown`).
     """
     s = report["settings"]
     n_sig = int(cells["significant"].sum())
@@ -199,9 +217,11 @@ def render_markdown(report: dict[str, Any], cells: pd.DataFrame, dose: pd.DataFr
     if report["figures"]:
         lines += ["## Figures", ""]
         for f in report["figures"]:
-            kind = {"dose_response": "Dose-response (behaviour and MMLU together)", "layer_sweep": "Layer sweep"}.get(
+            kind = {"dose_response": "Dose-response (behaviour and MMLU together)", "layer_sweep": "Layer sweep",
+                    "effect_vs_kl": "Effect per unit of KL"}.get(
                 f["kind"], f"Layer transfer (the layer-{f.get('vector_layer')} vector at every layer)")
             lines += [f"**{kind}: {f['title']}**", "", f"![{kind}]({f['file']})", ""]
+    lines += scale_lines or []
     if not dose.empty:
         lines += ["## Dose-response", "", dose_markdown(dose), ""]
     if report["diagnostics"]:

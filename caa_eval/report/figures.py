@@ -15,14 +15,14 @@ from caa_eval.report.tables import FAMILY_LABELS, MMLU_FAMILY, PANEL_CONFIG, bas
 from caa_eval.stats.table import BASELINE_CONFIG
 from caa_eval.vocab import JUDGE_METRIC, behaviour_of_task, format_multiplier, primary_metric
 
-__all__ = ["SERIES_COLOURS", "MAX_DOSE_FIGURES", "dose_figures", "layer_figures"]
+__all__ = ["SERIES_COLOURS", "MAX_DOSE_FIGURES", "new_figure", "save_png", "dose_figures", "layer_figures"]
 
 SERIES_COLOURS = {"caa_ab": "tab:blue", "caa_ab_balanced": "tab:purple", "caa_open": "tab:green",
                   MMLU_FAMILY: "tab:red", "caa_mmlu_2opt_full": "tab:orange"}
 MAX_DOSE_FIGURES = 12
 
 
-def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.2) -> tuple[Any, Any]:
+def new_figure(n_panels: int, width: float = 4.2, height: float = 3.2) -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -36,7 +36,7 @@ def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.2) -> tuple
     return fig, axes[:n_panels]
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return write_atomic(path, buf.getvalue())
@@ -76,13 +76,13 @@ def dose_figures(cells: pd.DataFrame, out_dir: Path, notes: list[str]) -> list[d
     for number, config in enumerate(configs.index[:MAX_DOSE_FIGURES], 1):
         part = steered[(steered[PANEL_CONFIG] == pd.Series(config, index=PANEL_CONFIG)).all(axis=1)]
         behaviours = sorted(set(part["behaviour"]))
-        fig, axes = _new_figure(len(behaviours))
+        fig, axes = new_figure(len(behaviours))
         for ax, behaviour in zip(axes, behaviours):
             _dose_panel(ax, cells, part[part["behaviour"] == behaviour], behaviour)
         label = ", ".join(f"{k}={v}" for k, v in zip(PANEL_CONFIG, config) if v) or "default configuration"
         fig.suptitle(f"Dose-response with 95% bootstrap CI\n{label}", fontsize=10)
         name = f"dose_{number:02d}.png"
-        _save(fig, out_dir / name)
+        save_png(fig, out_dir / name)
         figures.append({"file": name, "kind": "dose_response", "config": dict(zip(PANEL_CONFIG, config)), "title": label})
     return figures
 
@@ -131,7 +131,7 @@ def layer_figures(cells: pd.DataFrame, out_dir: Path, vector_layer: int | None =
         if part["layer"].nunique() < 2:
             continue
         panels = sorted(set(zip(part["behaviour"], part["task"])))
-        fig, axes = _new_figure(len(panels))
+        fig, axes = new_figure(len(panels))
         for ax, (behaviour, task) in zip(axes, panels):
             mine = part[(part["behaviour"] == behaviour) & (part["task"] == task)]
             for multiplier, series in mine.groupby("multiplier", sort=True):
@@ -156,7 +156,7 @@ def layer_figures(cells: pd.DataFrame, out_dir: Path, vector_layer: int | None =
         fig.suptitle(f"{what}, 95% bootstrap CI\n{label}", fontsize=10)
         number += 1
         name = f"layers_{number:02d}.png"
-        _save(fig, out_dir / name)
+        save_png(fig, out_dir / name)
         figures.append({"file": name, "kind": "layer_sweep" if vector_layer is None else "layer_transfer",
                         "config": dict(zip(keys, key)), "title": label, "vector_layer": vector_layer})
     return figures

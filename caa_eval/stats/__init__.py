@@ -16,7 +16,7 @@ from caa_eval.stats.cells import (
     BASELINE_TOLERANCE, CELL_COLUMNS, Baselines, compute_dose_response, compute_stats, paired_stats, per_item_slopes,
 )
 from caa_eval.stats.format import format_cells, format_dose, stats_json, to_records
-from caa_eval.stats.runs import long_table_from_runs, parse_model_args
+from caa_eval.stats.runs import SCALE_COLUMNS, SCALE_KEY, long_table_from_runs, parse_model_args, steering_scales
 from caa_eval.stats.table import (
     BASELINE_CONFIG, BASELINE_KEY, CELL_KEY, CONFIG_KEY, DEFAULT_METRIC, GROUP_KEY, OPTIONAL, REQUIRED,
     SHARED_BEHAVIOUR, cell_label, format_layer, format_text, load_any, load_long_table, validate_long_table,
@@ -30,7 +30,7 @@ __all__ = [
     # the long table
     "REQUIRED", "OPTIONAL", "GROUP_KEY", "CELL_KEY", "BASELINE_KEY", "CONFIG_KEY", "BASELINE_CONFIG",
     "SHARED_BEHAVIOUR", "DEFAULT_METRIC", "format_layer", "format_text", "cell_label", "validate_long_table",
-    "load_long_table", "load_any", "long_table_from_runs", "parse_model_args",
+    "load_long_table", "load_any", "long_table_from_runs", "parse_model_args", "SCALE_KEY", "SCALE_COLUMNS", "steering_scales",
     # tests and intervals
     "NOISE", "TESTS", "WILCOXON_EXACT_MAX_N", "PairedTests", "seeded_rng", "strata", "macro_mean", "mean_ci",
     "wilcoxon_method", "paired_tests", "mde_dz", "adjust_pvalues",

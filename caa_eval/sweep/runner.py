@@ -15,7 +15,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,11 @@ from typing import Any
 from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import check_output, write_atomic
+from caa_eval.lmeval.run import env_info_once
 from caa_eval.sweep.config import Condition, SweepConfig, normalize_warning
+from caa_eval.sweep import grid
 from caa_eval.sweep.finetunes import cell_condition, pending_finetunes, train_finetunes
+from caa_eval.sweep.grid import grid_batches, steering_args
 from caa_eval.sweep.plan import Cell, cell_spec, plan_cells
 from caa_eval.sweep.shard import Shard, shard_cells, shared_step
 from caa_eval.sweep.store import (Manifest, RunLock, VectorStore, cleanup, commit_cell, is_done, new_stage, now, sha,
@@ -97,27 +100,6 @@ def _load_lm(cfg: SweepConfig, cond: Condition, device: str) -> Any:
     return SteeredHFLM(**kwargs)
 
 
-@contextlib.contextmanager
-def _env_info_once() -> Iterator[None]:
-    """lm-eval adds torch's collect_env report to every results file; it spawns subprocesses (~1-2 s per
-    call) and cannot change within one process, so compute it once per sweep and reuse it."""
-    import lm_eval.evaluator as evaluator
-
-    original = evaluator.add_env_info
-    cached: dict[str, Any] = {}
-
-    def add_env_info(storage: dict[str, Any]) -> None:
-        if not cached:
-            original(cached)
-        storage.update(cached)
-
-    evaluator.add_env_info = add_env_info
-    try:
-        yield
-    finally:
-        evaluator.add_env_info = original
-
-
 def _judge(cfg: SweepConfig, files: list[Path]) -> dict[str, Any]:
     from caa_eval.judge import judge_samples
 
@@ -130,47 +112,6 @@ def _judge(cfg: SweepConfig, files: list[Path]) -> dict[str, Any]:
         kwargs["cache_path"] = js.cache  # else: the judge's default cache
     summary = judge_samples(files, **kwargs)
     return {t.task: {"mean": t.mean, "scored": t.scored, "n": t.n, "missing": t.missing} for t in summary.tasks}
-
-
-def _steering_args(cell: Cell, cond: Condition) -> dict[str, Any]:
-    """The `set_steering` arguments of a cell (one place, used by the cell run and by the grid plan)."""
-    if cell.is_baseline:
-        return {"vector": None, "multiplier": 0}
-    return {"vector": cell.vector, "layers": cell.layer, "multiplier": cell.multiplier, "site": cell.site,
-            "positions": cell.positions, "allow_fingerprint_mismatch": cond.allow_mismatch,
-            "vector_layer": cell.vector_layer}
-
-
-GRID_MAX_SETTINGS = 64
-"""Settings per grid: each costs one short tail per request, also on rows only some cells ask for."""
-
-
-def _grid_batches(group: list[Cell], conds: dict[str, Condition]) -> list[list[Cell]]:
-    """Cells of one condition share one prefix pass (all tasks: a request's prefix is computed once for all
-    settings, and a cell's extra tails on other cells' rows cost a few tokens each); past GRID_MAX_SETTINGS the
-    batches follow the task lists, so tails are not spent on rows a setting never asks for."""
-    by_condition: dict[str, list[Cell]] = {}
-    for cell in sorted(group, key=lambda c: (c.condition, tuple(c.tasks))):
-        by_condition.setdefault(cell.condition, []).append(cell)
-    batches = []
-    for cells in by_condition.values():
-        if len(cells) <= GRID_MAX_SETTINGS:
-            batches.append(cells)
-            continue
-        by_tasks: dict[tuple, list[Cell]] = {}
-        for cell in cells:
-            by_tasks.setdefault(tuple(cell.tasks), []).append(cell)
-        for same in by_tasks.values():
-            batches += [same[i : i + GRID_MAX_SETTINGS] for i in range(0, len(same), GRID_MAX_SETTINGS)]
-    return batches
-
-
-def _plan_grid(lm: Any, cells: list[Cell], conds: dict[str, Condition]) -> None:
-    """One shared-prefix pass for every cell of the batch that CAA's prefix sharing applies to."""
-    shareable = [c for c in cells if c.is_baseline or (c.positions or "after_instruction") in ("after_instruction", "all")]
-    lm.clear_grid()
-    if len(shareable) > 1:
-        lm.plan_grid([_steering_args(c, conds[c.condition]) for c in shareable])
 
 
 def run_cell(lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: Any, run_dir: Path,
@@ -193,7 +134,7 @@ def run_cell(lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: An
 
     started, t0 = now(), time.perf_counter()
     stage = new_stage(run_dir, cell.id)
-    lm.set_steering(**_steering_args(cell, cond))
+    lm.set_steering(**steering_args(cell, cond))
     model_args: dict[str, Any] = {"pretrained": cond.pretrained or cfg.model}
     if cond.peft:
         model_args["peft"] = cond.peft
@@ -350,7 +291,7 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
 
             bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc="sweep", unit="cell", disable=not progress,
                        dynamic_ncols=True, file=sys.stderr)
-            with _env_info_once():
+            with env_info_once():
                 keys = [run_cond[c.id].model_key(cfg.model) for c in pending]
                 for key in sorted(dict.fromkeys(keys), key=lambda k: k not in lms):  # loaded model first
                     group = [c for c, k in zip(pending, keys) if k == key]
@@ -375,10 +316,10 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
                     todo_ids = {c.id for c in group}
                     same_model = [c for c in cells if c.id in todo_ids or (
                         c.condition in conds and cell_condition(cfg, conds[c.condition], c.behaviour).model_key(cfg.model) == key)]
-                    for batch in _grid_batches(same_model, conds):
+                    for batch in grid_batches(same_model, conds):
                         if not any(c.id in todo_ids for c in batch):
                             continue
-                        _plan_grid(lm, batch, conds)
+                        grid.plan(lm, batch, conds)
                         for cell in (c for c in batch if c.id in todo_ids):
                             bar.set_postfix_str(cell.id, refresh=True)
                             res = run_cell(lm, cfg, cell, run_cond[cell.id], manager, run_dir, specs[cell.id])
