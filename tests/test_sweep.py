@@ -479,7 +479,10 @@ def test_cli_sigint_keeps_finished_cells_and_rerun_completes(tmp_path, tiny_mode
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    # 130, or ended by SIGINT (-2; a shell shows 130 for both): under load the interpreter was seen to end by
+    # SIGINT after the CLI had handled the interrupt and returned 130 (CPython re-raises an interrupt it saw at exit)
+    assert proc.returncode in (130, -signal.SIGINT), err[-2000:]
+    assert "interrupted; finished work is kept" in err, err[-2000:]
     assert "interrupted; finished work is kept" in err
     first = done_mtimes(out)
     assert 1 <= len(first) < 9

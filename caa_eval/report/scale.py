@@ -103,19 +103,20 @@ def scale_markdown(scales: pd.DataFrame, per_kl: pd.DataFrame, alpha: float, why
     lines += ["Each steered cell's difference from multiplier 0 next to the KL its setting causes on neutral prompts; "
               "*diff / KL* is the effect per nat of disruption. Settings (sites, positions, layers) that reach the "
               "same effect at a smaller KL steer more selectively. `*` / `†` as in the tables above.", ""]
-    head = ["behaviour", "task", "condition", "layer", "site", "positions", "mult", "‖m·v‖/‖h‖", "KL (nats)",
+    metric = ["metric"] if per_kl["metric"].nunique() > 1 else []  # tasks without a primary metric show them all
+    head = ["behaviour", "task", *metric, "condition", "layer", "site", "positions", "mult", "‖m·v‖/‖h‖", "KL (nats)",
             "diff vs 0 [95% CI]", "diff / KL"]
     body = []
     ordered = per_kl.assign(_abs=per_kl["multiplier"].abs()).sort_values(
-        ["behaviour", "task", "condition", "_abs", "multiplier", "site", "positions", "layer"], kind="stable")
+        ["behaviour", "task", "metric", "condition", "_abs", "multiplier", "site", "positions", "layer"], kind="stable")
     for _, c in ordered.iterrows():
         d = digits(c["metric"])
         diff = (f"{c['diff_vs_0']:+.{d}f}{mark(c, alpha)} [{c['diff_ci_low']:+.{d}f}, {c['diff_ci_high']:+.{d}f}]"
                 if math.isfinite(c["diff_vs_0"]) else "–")
-        body.append([c["behaviour"], c["task"], c["condition"] or "–", c["layer"] or "–", c["site"] or "–",
-                     c["positions"] or "–", format_multiplier(c["multiplier"]), _num(c["norm_fraction"], ".3f"),
-                     _num(c["kl"], ".3g"), diff, _num(c["diff_per_kl"], "+.3g")])
-    return lines + [md_table(head, body, 7), ""]
+        body.append([c["behaviour"], c["task"], *(c[m] for m in metric), c["condition"] or "–", c["layer"] or "–",
+                     c["site"] or "–", c["positions"] or "–", format_multiplier(c["multiplier"]),
+                     _num(c["norm_fraction"], ".3f"), _num(c["kl"], ".3g"), diff, _num(c["diff_per_kl"], "+.3g")])
+    return lines + [md_table(head, body, 7 + len(metric)), ""]
 
 
 def scale_figures(per_kl: pd.DataFrame, out_dir: Path, notes: list[str]) -> list[dict[str, Any]]:
@@ -149,6 +150,10 @@ def scale_figures(per_kl: pd.DataFrame, out_dir: Path, notes: list[str]) -> list
                         yerr=np.hstack([[[0.0], [0.0]], err]), marker="o", markersize=3, capsize=2, label=label)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.axvline(0, color="grey", linewidth=0.5)
+        smallest = mine["kl"].astype(float)
+        smallest = smallest[smallest > 0]
+        if len(smallest) and smallest.max() / smallest.min() > 20:  # KLs over decades: symmetric log scale
+            ax.set_xscale("symlog", linthresh=float(smallest.min()))
         family = family_of(task, metric)
         own_task = task == behaviour or behaviour_of_task(task) == behaviour
         ax.set_title(behaviour if own_task else f"{behaviour}: {task}", fontsize=9)
