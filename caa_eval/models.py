@@ -130,3 +130,24 @@ def load_model(name_or_path: str, dtype: str = "float32"):
     except OSError as exc:
         raise CAAEvalError(f"cannot load model {name_or_path!r}: {str(exc).splitlines()[0]}") from None
     return model.eval(), tokenizer
+
+
+def resolve_device(device: str | None) -> str:
+    """The torch device to load on; a GPU that is not there is refused instead of quietly running on the CPU.
+
+    Args:
+        device: `cuda`, `cuda:N`, `mps`, `cpu`, or None / `auto` (cuda if available, else cpu).
+    """
+    import torch
+
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            have = "no CUDA GPU is available" if count == 0 else f"only cuda:0..cuda:{count - 1} exist"
+            raise CAAEvalError(f"device {device!r}: {have}; use the device cpu (or auto)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise CAAEvalError("device 'mps': Apple's MPS backend is not available here; use the device cpu (or auto)")
+    return device

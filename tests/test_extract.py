@@ -80,6 +80,29 @@ def test_extract_cli_writes_a_self_describing_file(tiny_model_dir, pairs_file, t
     assert main(["extract", "--model", str(tiny_model_dir), "--data", str(pairs_file), "--out", str(tmp_path / "x.pt")]) == 2
 
 
+def test_extract_cli_device_and_dtype(tiny_model_dir, pairs_file, tmp_path, monkeypatch, capsys):
+    """--dtype bfloat16 reads the same directions as float32 (bf16 rounding only); an absent GPU is one line
+    before any model load, and nothing is written."""
+    from caa_eval import models
+    from caa_eval.cli import main
+
+    args = ["extract", "--model", str(tiny_model_dir), "--data", str(pairs_file), "--layers", "1,3", "--batch-size", "4"]
+    assert main([*args, "--out", str(tmp_path / "f32.safetensors"), "--device", "cpu"]) == 0
+    assert main([*args, "--out", str(tmp_path / "bf16.safetensors"), "--dtype", "bfloat16"]) == 0
+    f32, bf16 = vectors.load(tmp_path / "f32.safetensors"), vectors.load(tmp_path / "bf16.safetensors")
+    assert f32.model_fingerprint == bf16.model_fingerprint  # one checkpoint, whatever the dtype
+    for layer in (1, 3):
+        cos = torch.nn.functional.cosine_similarity(f32.vectors[layer], bf16.vectors[layer], dim=0)
+        assert cos > 0.99 and not torch.equal(f32.vectors[layer], bf16.vectors[layer])
+    loads = []
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: loads.append(a))
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "gpu.safetensors"), "--device", "cuda:7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "device 'cuda:7'" in err[0] and "cpu (or auto)" in err[0]
+    assert loads == [] and not (tmp_path / "gpu.safetensors").exists()
+
+
 @pytest.mark.parametrize("content, message", [
     ("[{\"question\": \"q\"}", "invalid JSON"),
     ('[{"question": "q", "answer_matching_behavior": "(A)"}]', "item 0 has no field 'answer_not_matching_behavior'"),

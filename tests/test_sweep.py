@@ -140,7 +140,7 @@ def test_example_configs_parse_and_plan():
     transfer = sweep.load_config(EXAMPLES / "sweep_transfer_smollm2.yaml")
     cells = sweep.plan_cells(transfer)
     assert transfer.vector_layer == 13 and len(transfer.layers) == 15
-    assert sum(c.is_baseline for c in cells) == 7 and len(cells) == 7 + 7 * 15 * 2
+    assert sum(c.is_baseline for c in cells) == 7 and len(cells) == 7 + 7 * 15 * 4
     assert {c.vector_layer for c in cells if not c.is_baseline} == {13}
 
 
@@ -276,7 +276,7 @@ def test_unknown_or_absent_device_is_refused_in_one_line(tmp_path, tiny_model_di
     cfg = sweep.load_config(write_config(tmp_path / "s.yaml", **base_keys(tiny_model_dir, tmp_path / "run",
                                                                            device="cuda:99")))
     with pytest.raises(CAAEvalError, match=r"device 'cuda:99': (no CUDA GPU is available|only cuda:0\.\.cuda:\d+ exist); "
-                                           r"write device: cpu \(or auto\)"):
+                                           r"use the device cpu \(or auto\)"):
         sweep.run_sweep(cfg, progress=False, print_fn=lambda s: None)
     assert counter.calls == [] and not (tmp_path / "run").exists()
 

@@ -26,6 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--system-prompt", default=None, help="optional system message in every prompt")
     parser.add_argument("--behaviour-label", default=None, help="behaviour name recorded in the file")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (cuda if available)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="weights' dtype (the differences are summed in float64 either way)")
     parser.add_argument("--read", default="letter", choices=["letter", "answer_mean"],
                         help="letter (CAA: the answer-letter token) or answer_mean (mean over free-text answers)")
 
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.suffix != ".safetensors":
         raise CAAEvalError(f"--out {args.out}: use a .safetensors file name")
     sv = extract_to_file(args.model, data_path, args.out, args.layers, args.site, args.batch_size, label,
-                         args.system_prompt, read=args.read)
+                         args.system_prompt, read=args.read, device=args.device, dtype=args.dtype)
     norms = ", ".join(f"L{layer}={float(sv.vectors[layer].norm()):.3f}" for layer in sv.layers[:: max(1, len(sv.layers) // 6)])
     print(f"wrote {args.out}: {sv.behaviour}, {sv.n_pairs} pairs, {len(sv.layers)} layers, site={sv.site}; norms {norms}")
     return 0

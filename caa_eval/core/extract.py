@@ -264,7 +264,8 @@ def _check_site(site: str) -> None:
 
 def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, layers=None, site: str = "residual",
                     batch_size: int = 16, behaviour: str | None = None, system_prompt: str | None = None,
-                    model=None, tokenizer=None, progress: bool = True, read: str = "letter") -> SteeringVector:
+                    model=None, tokenizer=None, progress: bool = True, read: str = "letter",
+                    device: str | None = None, dtype: str = "float32") -> SteeringVector:
     """Extract from a contrast-pair file and save a self-describing `.safetensors` vector file.
 
     Args:
@@ -276,6 +277,8 @@ def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, lay
         behaviour: name recorded in the file (default: CAA's folder name, else the file's stem).
         system_prompt: optional system message in every prompt.
         read: `letter` (CAA) or `answer_mean` (free-text answers).
+        device: where a model loaded here runs (`cuda`, `cuda:N`, `mps`, `cpu`; None/`auto`: cuda if available).
+        dtype: the weights' dtype of a model loaded here (`float32`, `bfloat16`, `float16`).
     """
     from caa_eval.files import check_output
 
@@ -291,9 +294,11 @@ def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, lay
     pairs = data.load_contrast_pairs(data_path, free_text_answers=read == "answer_mean")
     name = behaviour_key(behaviour) if behaviour else default_behaviour(data_path)
     if model is None:
-        from caa_eval.models import load_model
+        from caa_eval.models import load_model, resolve_device
 
-        model, tokenizer = load_model(model_name)
+        where = resolve_device(device)  # a missing GPU is one line before the load, not a slow CPU run
+        model, tokenizer = load_model(model_name, dtype=dtype)
+        model = model.to(where)
     vectors = extract_vectors(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)
     sv = SteeringVector(
         vectors=vectors, behaviour=name, model=model_name,

@@ -24,6 +24,7 @@ from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import check_output, write_atomic
 from caa_eval.lmeval.run import env_info_once
+from caa_eval.models import resolve_device
 from caa_eval.sweep.config import Condition, SweepConfig, normalize_warning
 from caa_eval.sweep import grid
 from caa_eval.sweep.finetunes import cell_condition, pending_finetunes, train_finetunes
@@ -34,7 +35,7 @@ from caa_eval.sweep.store import (Manifest, RunLock, VectorStore, cleanup, commi
                                   to_json)
 from caa_eval.sweep.tasks import check_tasks, task_manager, write_custom_tasks
 
-__all__ = ["SweepResult", "resolve_device", "run_cell", "run_sweep"]
+__all__ = ["SweepResult", "run_cell", "run_sweep"]
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +50,6 @@ class SweepResult:
     skipped: list[str]
     report: Path | None
     seconds: float
-
-
-def resolve_device(device: str | None) -> str:
-    """The torch device to load on; a GPU that is not there is refused instead of quietly running on the CPU.
-
-    Args:
-        device: the config's `device` (None = auto: cuda if available, else cpu).
-    """
-    import torch
-
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.partition(":")[2] or 0)
-        if index >= count:
-            have = "no CUDA GPU is available" if count == 0 else f"only cuda:0..cuda:{count - 1} exist"
-            raise CAAEvalError(f"device {device!r}: {have}; write device: cpu (or auto)")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise CAAEvalError("device 'mps': Apple's MPS backend is not available here; write device: cpu (or auto)")
-    return device
 
 
 def _primary_summary(results: dict[str, Any], tasks: Sequence[str]) -> str:
