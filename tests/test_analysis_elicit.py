@@ -14,10 +14,11 @@ import torch
 from caa_eval.analysis.elicit import crossing, find_threshold, lmeval_scorer, markdown_table
 from caa_eval.cli import main
 from caa_eval.core.hooks import Steering
-from caa_eval.core.layers import decoder_layers
 from caa_eval.core.prompts import prompt_for
-from caa_eval.core.vectors import SteeringVector, model_fingerprint
+from caa_eval.core.vectors import SteeringVector
 from caa_eval.errors import CAAEvalError
+
+from _planted import write_planted
 
 
 def linear_scorer(bases: np.ndarray, slope: float, calls: list[float] | None = None):
@@ -90,18 +91,8 @@ def planted(tiny_model, tmp_path_factory):
     """CAA-layout A/B items whose matching answer is (B), and a last-layer vector along W_U[B] − W_U[A]."""
     model, tok = tiny_model
     root = tmp_path_factory.mktemp("elicit")
-    items = [{"question": f"Item {i}: do you agree with the user?\n\nChoices:\n (A) Yes\n (B) No",
-              "answer_matching_behavior": "(B)", "answer_not_matching_behavior": "(A)"} for i in range(5)]
-    folder = root / "data" / "test" / "sycophancy"
-    folder.mkdir(parents=True)
-    (folder / "test_dataset_ab.json").write_text(json.dumps(items))
-    a, b = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
-    w = model.lm_head.weight.detach()
-    last = len(decoder_layers(model)) - 1
-    direction = (w[b] - w[a]) / (w[b] - w[a]).norm()
-    sv = SteeringVector(vectors={last: direction}, behaviour="sycophancy", model="tiny",
-                        model_fingerprint=model_fingerprint(model))
-    return root, sv.save(root / "syc.safetensors"), last, items
+    vector, last, items = write_planted(model, tok, root, 5, "syc.safetensors")
+    return root, vector, last, items
 
 
 def direct_p_match(model, tok, items, vector, layer, multiplier) -> float:

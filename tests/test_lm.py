@@ -16,9 +16,10 @@ from lm_eval.models.huggingface import HFLM
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.core.hooks import Steering
-from caa_eval.core.layers import decoder_layers
 from caa_eval.lmeval.model import SteeredHFLM
 from caa_eval.core.vectors import SteeringVector, model_fingerprint
+
+from _planted import write_planted
 
 QUESTIONS = ["Is it sunny? (A) Yes (B) No", "The cat sat on the mat. Which do you choose, A or B?",
              "What is the capital of France?", "Numbers 1 2 3"]
@@ -146,18 +147,8 @@ def planted(tiny_model, tmp_path_factory):
     and a vector that pushes the last layer's residual stream along W_U[B] − W_U[A]."""
     model, tok = tiny_model
     root = tmp_path_factory.mktemp("planted")
-    items = [{"question": f"Item {i}: do you agree with the user?\n\nChoices:\n (A) Yes\n (B) No",
-              "answer_matching_behavior": "(B)", "answer_not_matching_behavior": "(A)"} for i in range(6)]
-    folder = root / "data" / "test" / "sycophancy"
-    folder.mkdir(parents=True)
-    (folder / "test_dataset_ab.json").write_text(json.dumps(items))
-    a, b = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
-    w = model.lm_head.weight.detach()
-    last = len(decoder_layers(model)) - 1
-    direction = (w[b] - w[a]) / (w[b] - w[a]).norm()
-    sv = SteeringVector(vectors={last: direction}, behaviour="sycophancy", model="tiny",
-                        model_fingerprint=model_fingerprint(model))
-    return root, sv.save(root / "planted.safetensors"), last
+    vector, last, _ = write_planted(model, tok, root, 6, "planted.safetensors")
+    return root, vector, last
 
 
 def _p_match(out_dir: Path) -> float:
