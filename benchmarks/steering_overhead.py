@@ -1,8 +1,8 @@
 """P1 — what the hooks cost: `steered-hf` (multiplier ≠ 0) vs plain `hf` on the same requests, same process.
 
 Log-likelihood items/s on a CAA A/B-style request set and greedy generation tokens/s with the KV cache on
-open-ended prompts. Runs alternate (hf, steered, hf, steered, …) so drift in machine speed hits both; the
-median ratio is printed. Goals: log-likelihood ≥ 0.97×, generation ≥ 0.95×.
+open-ended prompts (exactly --max-new tokens each). Runs are paired, and which of the two goes first alternates,
+so drift in machine speed hits both; the median ratio is printed. Goals: log-likelihood ≥ 0.97×, generation ≥ 0.95×.
 
     python benchmarks/steering_overhead.py --items 200 --gen-items 16 --repeats 3
 """
@@ -51,7 +51,8 @@ def ab_requests(tok, n: int) -> list[Instance]:
 def gen_requests(tok, n: int, max_new: int) -> list[Instance]:
     return [Instance("generate_until", {}, (tok.apply_chat_template(
         [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], tokenize=False, add_generation_prompt=True),
-        {"until": [], "max_gen_toks": max_new, "do_sample": False}), i) for i in range(n)]
+        {"until": [], "max_gen_toks": max_new, "do_sample": False, "min_new_tokens": max_new}), i)  # every row: max_new tokens
+        for i in range(n)]
 
 
 def timed(fn) -> float:
@@ -82,12 +83,18 @@ def main() -> None:
     hf.loglikelihood(ll[:8])
     steered.loglikelihood(ll[:8])  # warm-up
     ratios_ll, ratios_gen, rates = [], [], []
-    for _ in range(args.repeats):
-        t_hf = timed(lambda: hf.loglikelihood(ll))
-        t_st = timed(lambda: steered.loglikelihood(ll))
+    for repeat in range(args.repeats):
+        first = repeat % 2  # who goes first alternates, so a drift in machine speed does not favour one side
+        times = {}
+        for who in (("hf", "steered") if first == 0 else ("steered", "hf")):
+            lm = hf if who == "hf" else steered
+            times[who] = timed(lambda: lm.loglikelihood(ll))
+        t_hf, t_st = times["hf"], times["steered"]
         ratios_ll.append(t_hf / t_st)
-        g_hf = timed(lambda: hf.generate_until(gen))
-        g_st = timed(lambda: steered.generate_until(gen))
+        for who in (("hf", "steered") if first == 0 else ("steered", "hf")):
+            lm = hf if who == "hf" else steered
+            times[who] = timed(lambda: lm.generate_until(gen))
+        g_hf, g_st = times["hf"], times["steered"]
         ratios_gen.append(g_hf / g_st)
         rates.append((len(ll) / t_hf, len(ll) / t_st, args.gen_items * args.max_new / g_hf,
                       args.gen_items * args.max_new / g_st))
@@ -95,7 +102,7 @@ def main() -> None:
     print(f"model {args.model}, layer {args.layer}, batch {args.batch_size}, threads {torch.get_num_threads()}, "
           f"{args.repeats} alternating repeats")
     print(f"log-likelihood: hf {med[0]:.1f} req/s, steered {med[1]:.1f} req/s")
-    print(f"generation    : hf {med[2]:.1f} tok/s, steered {med[3]:.1f} tok/s (upper bound: generation may stop at EOS)")
+    print(f"generation    : hf {med[2]:.1f} tok/s, steered {med[3]:.1f} tok/s (exactly --max-new tokens per prompt)")
     print(f"RATIO steered/hf log-likelihood throughput = {statistics.median(ratios_ll):.3f}x  (goal >= 0.97x; "
           f"runs {', '.join(f'{r:.3f}' for r in ratios_ll)})")
     print(f"RATIO steered/hf generation throughput     = {statistics.median(ratios_gen):.3f}x  (goal >= 0.95x; "
