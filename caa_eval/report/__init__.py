@@ -1,6 +1,7 @@
 """Markdown/JSON/PNG report for a sweep folder, a folder of lm-eval runs, or a long table.
 
-`tables` (paper-shaped pivots and markdown), `figures` (matplotlib PNGs), `build` (report.json, report.md).
+`tables` (paper-shaped pivots and markdown), `figures` (matplotlib PNGs), `table4` (finetuning × steering),
+`scale` (each multiplier as residual-norm fraction and KL; effects per unit of KL), `build` (report.json, report.md).
 The numbers all come from caa_eval.stats; docs/statistics.md ("Reading the report") explains them.
 """
 
