@@ -68,8 +68,7 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
     from caa_eval.core.extract import extract_to_file
     from caa_eval.judge import judge_samples
     from caa_eval.lmeval.model import SteeredHFLM
-    from caa_eval.lmeval.run import env_info_once, evaluate_to_folder
-    from caa_eval.lmeval.register import ensure_registered
+    from caa_eval.lmeval.run import default_task_manager, env_info_once, evaluate_to_folder
 
     if 0 not in multipliers:
         raise CAAEvalError("the demo compares against multiplier 0: include 0 in the multipliers")
@@ -90,10 +89,7 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
                 for m in multipliers}
     tasks = {m: ["caa_demo"] + (["caa_demo_optimism_open"] if m in open_multipliers else []) for m in multipliers}
     lm.plan_grid(list(settings.values()), tasks=list(tasks.values()))  # open answers: one generate call per batch
-    ensure_registered()
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager()  # indexing lm-eval's task folders takes seconds: once, not once per multiplier
+    manager = default_task_manager()  # once, not once per multiplier
     runs: dict[float, Path] = {}
     with env_info_once():
         for mult in multipliers:

@@ -83,6 +83,8 @@ class SteeredHFLM(HFLM):
         self._known_rows: dict[tuple[int, ...], int] | None = None
         self._steering: Steering | None = None
         self._fingerprint_cache: str | None = None
+        self._scale_probe: Any = None  # caa_eval.analysis.calibrate.ScaleProbe, built on the first steered results
+        self._scale_cache: dict[str, dict[str, Any]] = {}  # steering fingerprint -> steering_scale()
         self._apply(checked)
 
     # ------------------------------------------------------------------ configuration
@@ -297,20 +299,19 @@ class SteeredHFLM(HFLM):
         residual-stream norm at the steered layers and the next-token KL on the shipped neutral prompts
         (`caa_eval.analysis.calibrate.ScaleProbe`). Recorded in every results file, so every report can state it.
         Cached per steering setting; the probe's unsteered pass runs once per model."""
-        cache = self.__dict__.setdefault("_scale_cache", {})
         key = self.steering_fingerprint or "unsteered"
-        if key not in cache:
+        if key not in self._scale_cache:
             if self._steering is None:
-                cache[key] = {"norm_fraction": 0.0, "kl": 0.0}
+                self._scale_cache[key] = {"norm_fraction": 0.0, "kl": 0.0}
             else:
                 from caa_eval.analysis.calibrate import ScaleProbe
 
-                if self.__dict__.get("_scale_probe") is None:
+                if self._scale_probe is None:
                     self._scale_probe = ScaleProbe(self.model, self.tokenizer, layers_path=self.layers_path)
                 config = self.steering_config
-                cache[key] = self._scale_probe.setting(dict(self._steering.vectors), float(config["multiplier"]),
-                                                       config["site"], config["positions"])
-        return cache[key]
+                self._scale_cache[key] = self._scale_probe.setting(
+                    dict(self._steering.vectors), float(config["multiplier"]), config["site"], config["positions"])
+        return self._scale_cache[key]
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()

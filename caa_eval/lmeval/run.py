@@ -13,7 +13,18 @@ from typing import Any
 
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["evaluate_to_folder", "env_info_once"]
+__all__ = ["evaluate_to_folder", "default_task_manager", "env_info_once"]
+
+
+def default_task_manager() -> Any:
+    """lm-eval's TaskManager with caa-eval's tasks registered. Indexing every task folder takes seconds: build it
+    once and pass it to each `evaluate_to_folder` call of a process."""
+    from lm_eval.tasks import TaskManager
+
+    from caa_eval.lmeval.register import ensure_registered
+
+    ensure_registered()
+    return TaskManager()
 
 
 def evaluate_to_folder(lm: Any, tasks: list[str], folder: Path, *, task_manager: Any = None,
@@ -38,9 +49,7 @@ def evaluate_to_folder(lm: Any, tasks: list[str], folder: Path, *, task_manager:
 
     ensure_registered()
     if task_manager is None:
-        from lm_eval.tasks import TaskManager
-
-        task_manager = TaskManager()
+        task_manager = default_task_manager()
     folder.mkdir(parents=True, exist_ok=True)
     tracker = EvaluationTracker(output_path=str(folder / "results.json"))  # -> folder/results_<date>.json
     results = lm_eval.simple_evaluate(model=lm, model_args=model_args or {}, tasks=list(tasks), task_manager=task_manager,

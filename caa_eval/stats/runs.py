@@ -325,9 +325,9 @@ SCALE_KEY = ["condition", "behaviour", "layer", "site", "positions", "multiplier
 SCALE_COLUMNS = [*SCALE_KEY, "norm_fraction", "kl", "sources", "error"]
 
 
-def _scale_row(labels: dict[str, Any], results_path: Path, root: Path) -> dict[str, Any] | None:
+def _scale_row(labels: dict[str, Any], results: dict[str, Any], results_path: Path, root: Path) -> dict[str, Any] | None:
     """One setting's recorded scale (steered-hf writes `config.steering.scale`), None when it is not there."""
-    scale = ((_read_json(results_path).get("config") or {}).get("steering") or {}).get("scale")
+    scale = ((results.get("config") or {}).get("steering") or {}).get("scale")
     if not isinstance(scale, dict) or labels["multiplier"] == 0:
         return None
     row = {"condition": labels["condition"], "behaviour": labels["vector_behaviour"], "layer": labels["layer"],
@@ -354,13 +354,13 @@ def steering_scales(run_dir: str | Path) -> pd.DataFrame:
             cell = _read_json(cell_dir / "cell.json")
             labels = _steering_from_cell(cell, str(cell_dir / "cell.json"))
             for path in sorted(p for p in cell_dir.rglob("*.json") if RESULTS_RE.match(p.name)):
-                rows.append(_scale_row(labels, path, root))
+                rows.append(_scale_row(labels, _read_json(path), path, root))
     else:
         for path in sorted(p for p in root.rglob("*.json") if RESULTS_RE.match(p.name)):
             res = _read_json(path)
             labels = _steering_from_model_args(parse_model_args((res.get("config") or {}).get("model_args")), res,
                                                str(path))
-            rows.append(_scale_row(labels, path, root))
+            rows.append(_scale_row(labels, res, path, root))
     found = [r for r in rows if r is not None]
     if not found:
         return pd.DataFrame(columns=SCALE_COLUMNS)

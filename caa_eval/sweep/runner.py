@@ -28,7 +28,6 @@ from caa_eval.models import resolve_device
 from caa_eval.sweep.config import Condition, SweepConfig, normalize_warning
 from caa_eval.sweep import grid
 from caa_eval.sweep.finetunes import cell_condition, pending_finetunes, train_finetunes
-from caa_eval.sweep.grid import grid_batches, steering_args
 from caa_eval.sweep.plan import Cell, cell_spec, plan_cells
 from caa_eval.sweep.shard import Shard, shard_cells, shared_step
 from caa_eval.sweep.store import (Manifest, RunLock, VectorStore, cleanup, commit_cell, is_done, new_stage, now, sha,
@@ -114,7 +113,7 @@ def run_cell(lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: An
 
     started, t0 = now(), time.perf_counter()
     stage = new_stage(run_dir, cell.id)
-    lm.set_steering(**steering_args(cell, cond))
+    lm.set_steering(**grid.steering_args(cell, cond))
     model_args: dict[str, Any] = {"pretrained": cond.pretrained or cfg.model}
     if cond.peft:
         model_args["peft"] = cond.peft
@@ -296,7 +295,7 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
                     todo_ids = {c.id for c in group}
                     same_model = [c for c in cells if c.id in todo_ids or (
                         c.condition in conds and cell_condition(cfg, conds[c.condition], c.behaviour).model_key(cfg.model) == key)]
-                    for batch in grid_batches(same_model, conds):
+                    for batch in grid.grid_batches(same_model, conds):
                         if not any(c.id in todo_ids for c in batch):
                             continue
                         grid.plan(lm, batch, conds)
