@@ -2,7 +2,7 @@
 bare forward pass over the same tokens (the ceiling), with peak memory above the weights.
 
 All three run in one process on the same pairs (all layers, SmolLM2 by default), so the ratios are measured
-against baselines of the same run. The batch-1 loop is tests/caa_reference.py (two full forwards per pair,
+against baselines of the same run. The batch-1 loop is tests/helpers/caa_reference.py (two full forwards per pair,
 block outputs at index -2, as CAA's code does). The ceiling runs the decoder without hooks, without the LM head,
 over exactly the token rows the extractor builds (each pair's shared prefix once, both letters as one step).
 
@@ -57,7 +57,9 @@ def bare_forward(model, tok, pairs, batch_size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--data", type=Path, default=Path("../shared/caa_data/generate/sycophancy/generate_dataset.json"))
+    parser.add_argument(
+        "--data", type=Path, default=Path("../shared/caa_data/generate/sycophancy/generate_dataset.json")
+    )
     parser.add_argument("--pairs", type=int, default=200, help="pairs for the batched run and the ceiling (0 = all)")
     parser.add_argument("--baseline-pairs", type=int, default=40, help="pairs for the batch-1 loop (it is slow)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -68,8 +70,10 @@ def main() -> None:
     pairs = data.load_contrast_pairs(args.data)
     batched_pairs = pairs[: args.pairs] if args.pairs else pairs
     base_pairs = pairs[: args.baseline_pairs]
-    print(f"model {args.model}, {len(decoder_layers(model))} layers, torch threads {torch.get_num_threads()}, "
-          f"RSS after loading {weights_rss:.0f} MB")
+    print(
+        f"model {args.model}, {len(decoder_layers(model))} layers, torch threads {torch.get_num_threads()}, "
+        f"RSS after loading {weights_rss:.0f} MB"
+    )
 
     extract.extract_vectors(model, tok, pairs[:4], batch_size=4, progress=False)  # warm-up
     t = time.perf_counter()
@@ -90,7 +94,9 @@ def main() -> None:
     n = len(batched_pairs)
     rate_base, rate_all, rate_bare = len(base_pairs) / t_base, n / t_all, n / t_bare
     print(f"batch-1 CAA loop  : {len(base_pairs)} pairs in {t_base:.1f} s = {rate_base:.2f} pairs/s")
-    print(f"batched, same set : {len(base_pairs)} pairs in {t_same:.1f} s (max relative difference to the loop: {worst:.1e})")
+    print(
+        f"batched, same set : {len(base_pairs)} pairs in {t_same:.1f} s (max relative difference to the loop: {worst:.1e})"
+    )
     print(f"bare forward      : {n} pairs in {t_bare:.1f} s = {rate_bare:.2f} pairs/s (ceiling)")
     print(f"batched extraction: {n} pairs in {t_all:.1f} s = {rate_all:.2f} pairs/s")
     print(f"RATIO extraction / batch-1 loop = {rate_all / rate_base:.2f}x   (goal >= 10x)")

@@ -33,8 +33,11 @@ def mmlu_requests(tok, n: int) -> list[Instance]:
     rows = data.mmlu_subset_rows()[:n]
     out = []
     for row in rows:
-        ctx = tok.apply_chat_template([{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": "("}],
-                                      tokenize=False, continue_final_message=True)
+        ctx = tok.apply_chat_template(
+            [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": "("}],
+            tokenize=False,
+            continue_final_message=True,
+        )
         for letter in "AB":
             out.append(Instance("loglikelihood", {}, (ctx, letter), len(out)))
     return out
@@ -48,10 +51,21 @@ def open_requests(tok, n: int, max_gen_toks: int) -> list[Instance]:
 
     items = json.loads((tasks_dir() / "caa_demo" / "optimism_test_open_ended.json").read_text(encoding="utf-8"))
     kwargs = {"until": ["\n\n"], "max_gen_toks": max_gen_toks, "do_sample": False}
-    return [Instance("generate_until", {}, (tok.apply_chat_template([{"role": "user", "content": item["question"]}],
-                                                                    tokenize=False, add_generation_prompt=True),
-                                            dict(kwargs)), i, metadata=("open", i, 1))
-            for i, item in enumerate(items[:n])]
+    return [
+        Instance(
+            "generate_until",
+            {},
+            (
+                tok.apply_chat_template(
+                    [{"role": "user", "content": item["question"]}], tokenize=False, add_generation_prompt=True
+                ),
+                dict(kwargs),
+            ),
+            i,
+            metadata=("open", i, 1),
+        )
+        for i, item in enumerate(items[:n])
+    ]
 
 
 def run(lm: SteeredHFLM, configs: list[dict], requests: list[Instance], grid: bool, max_rows: int = 256) -> float:
@@ -90,8 +104,10 @@ def main() -> None:
     t_grid5_rows = run(lm, configs, requests, grid=True, max_rows=1)  # shared prefix, one tail batch per setting
     t_grid1 = run(lm, configs[:1], requests, grid=True)
     n = len(requests)
-    print(f"model {args.model}, {n} log-likelihood requests ({n // 2} MMLU items), layer {args.layer}, "
-          f"batch {args.batch_size}, threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model}, {n} log-likelihood requests ({n // 2} MMLU items), layer {args.layer}, "
+        f"batch {args.batch_size}, threads {torch.get_num_threads()}"
+    )
     print(f"k=1 plain pass      : {t_one:.1f} s")
     print(f"k=1 grid            : {t_grid1:.1f} s")
     print(f"k=5 separate passes : {t_separate:.1f} s")

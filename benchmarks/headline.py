@@ -55,10 +55,19 @@ def main() -> None:
         evaluate_to_folder(lm, tasks, Path(tmp) / "plain", batch_size=args.batch_size)
         t_one = time.perf_counter() - t
         del lm
-        config = sweep.config_from_dict({
-            "model": DEFAULT_MODEL, "behaviours": list(BEHAVIOURS), "layers": [args.layer], "multipliers": [-1, 0, 1],
-            "tasks": ["caa_ab_{behaviour}", "caa_mmlu_2opt"], "vectors": {"dir": str(args.vectors.resolve())},
-            "batch_size": args.batch_size, "device": "cpu", "output": str(Path(tmp) / "sweep")})
+        config = sweep.config_from_dict(
+            {
+                "model": DEFAULT_MODEL,
+                "behaviours": list(BEHAVIOURS),
+                "layers": [args.layer],
+                "multipliers": [-1, 0, 1],
+                "tasks": ["caa_ab_{behaviour}", "caa_mmlu_2opt"],
+                "vectors": {"dir": str(args.vectors.resolve())},
+                "batch_size": args.batch_size,
+                "device": "cpu",
+                "output": str(Path(tmp) / "sweep"),
+            }
+        )
         t = time.perf_counter()
         result = sweep.run_sweep(config, progress=False, print_fn=lambda _: None)
         t_sweep = time.perf_counter() - t

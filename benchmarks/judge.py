@@ -24,8 +24,15 @@ from fake_openai_server import serve  # noqa: E402
 from caa_eval.judge import judge_samples  # noqa: E402
 
 KEY = "sk-benchmark-dummy"
-BEHAVIOURS = ("coordinate-other-ais", "corrigible-neutral-HHH", "hallucination", "myopic-reward",
-              "survival-instinct", "sycophancy", "refusal")
+BEHAVIOURS = (
+    "coordinate-other-ais",
+    "corrigible-neutral-HHH",
+    "hallucination",
+    "myopic-reward",
+    "survival-instinct",
+    "sycophancy",
+    "refusal",
+)
 SHARED = Path(os.environ.get("CAA_EVAL_SHARED", REPO.parent / "shared"))
 
 
@@ -49,8 +56,18 @@ def make_run(folder: Path, total: int) -> list[Path]:
         with path.open("w") as f:
             for i, q in enumerate(questions(b, n)):
                 answer = f"Generated answer {i} for {b}: a hundred-token reply would go here. SCORE={i % 11}"
-                f.write(json.dumps({"doc_id": i, "doc": {"question": q, "behaviour": b}, "resps": [[answer]],
-                                    "filtered_resps": [answer], "filter": "none"}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "doc_id": i,
+                            "doc": {"question": q, "behaviour": b},
+                            "resps": [[answer]],
+                            "filtered_resps": [answer],
+                            "filter": "none",
+                        }
+                    )
+                    + "\n"
+                )
         files.append(path)
     return files
 
@@ -76,25 +93,31 @@ def main() -> int:
         full = judge_samples(root / "full", concurrency=args.concurrency, cache_path=root / "cache.sqlite", **common)
         t_parallel = time.perf_counter() - t0
         stats = srv.stats()
-        print(f"concurrency {args.concurrency}: {args.items} items in {t_parallel:.2f} s "
-              f"({stats['requests']} requests, peak {stats['peak_inflight']} in flight, "
-              f"{sum(t.scored for t in full.tasks)} scored) -> goal <= 8 s: {'met' if t_parallel <= 8 else 'MISSED'}")
+        print(
+            f"concurrency {args.concurrency}: {args.items} items in {t_parallel:.2f} s "
+            f"({stats['requests']} requests, peak {stats['peak_inflight']} in flight, "
+            f"{sum(t.scored for t in full.tasks)} scored) -> goal <= 8 s: {'met' if t_parallel <= 8 else 'MISSED'}"
+        )
 
         srv.reset()
         t0 = time.perf_counter()
         judge_samples(root / "subset", concurrency=1, cache_path=root / "serial.sqlite", **common)
         t_subset = time.perf_counter() - t0
         t_serial = t_subset * args.items / args.serial_subset
-        print(f"concurrency 1: {args.serial_subset} items in {t_subset:.2f} s (peak {srv.stats()['peak_inflight']} in "
-              f"flight); extrapolated to {args.items} items: {t_serial:.1f} s (subset run, scaled linearly)")
+        print(
+            f"concurrency 1: {args.serial_subset} items in {t_subset:.2f} s (peak {srv.stats()['peak_inflight']} in "
+            f"flight); extrapolated to {args.items} items: {t_serial:.1f} s (subset run, scaled linearly)"
+        )
         print(f"speed-up concurrency {args.concurrency} vs 1: {t_serial / t_parallel:.1f}x")
 
         srv.reset()
         t0 = time.perf_counter()
         again = judge_samples(root / "full", concurrency=args.concurrency, cache_path=root / "cache.sqlite", **common)
         t_rerun = time.perf_counter() - t0
-        print(f"rerun with the cache: {t_rerun:.2f} s, server saw {srv.stats()['requests']} requests, "
-              f"{again.usage.cached} items from the cache, {again.usage.calls} calls")
+        print(
+            f"rerun with the cache: {t_rerun:.2f} s, server saw {srv.stats()['requests']} requests, "
+            f"{again.usage.cached} items from the cache, {again.usage.calls} calls"
+        )
         print()
         print(again.format())
     return 0

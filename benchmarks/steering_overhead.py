@@ -41,18 +41,33 @@ def ab_requests(tok, n: int) -> list[Instance]:
     out = []
     for i in range(n):
         q = f"{QUESTIONS[i % len(QUESTIONS)]} (item {i})\n\nChoices:\n (A) Yes\n (B) No"
-        ctx = tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": "("}],
-                                      tokenize=False, continue_final_message=True)
+        ctx = tok.apply_chat_template(
+            [{"role": "user", "content": q}, {"role": "assistant", "content": "("}],
+            tokenize=False,
+            continue_final_message=True,
+        )
         for letter in "AB":
             out.append(Instance("loglikelihood", {}, (ctx, letter), len(out)))
     return out
 
 
 def gen_requests(tok, n: int, max_new: int) -> list[Instance]:
-    return [Instance("generate_until", {}, (tok.apply_chat_template(
-        [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], tokenize=False, add_generation_prompt=True),
-        {"until": [], "max_gen_toks": max_new, "do_sample": False, "min_new_tokens": max_new}), i)  # every row: max_new tokens
-        for i in range(n)]
+    return [
+        Instance(
+            "generate_until",
+            {},
+            (
+                tok.apply_chat_template(
+                    [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                ),
+                {"until": [], "max_gen_toks": max_new, "do_sample": False, "min_new_tokens": max_new},
+            ),
+            i,
+        )  # every row: max_new tokens
+        for i in range(n)
+    ]
 
 
 def timed(fn) -> float:
@@ -76,8 +91,9 @@ def main() -> None:
     hf = HFLM(pretrained=path, batch_size=args.batch_size, device="cpu")
     torch.manual_seed(0)
     sv = SteeringVector({args.layer: torch.randn(hf.model.config.hidden_size)}, behaviour="bench", model=args.model)
-    steered = SteeredHFLM(pretrained=path, vector=sv, layers=args.layer, multiplier=2.0,
-                          batch_size=args.batch_size, device="cpu")
+    steered = SteeredHFLM(
+        pretrained=path, vector=sv, layers=args.layer, multiplier=2.0, batch_size=args.batch_size, device="cpu"
+    )
     tok = hf.tokenizer
     ll, gen = ab_requests(tok, args.items), gen_requests(tok, args.gen_items, args.max_new)
     hf.loglikelihood(ll[:8])
@@ -86,27 +102,34 @@ def main() -> None:
     for repeat in range(args.repeats):
         first = repeat % 2  # who goes first alternates, so a drift in machine speed does not favour one side
         times = {}
-        for who in (("hf", "steered") if first == 0 else ("steered", "hf")):
+        for who in ("hf", "steered") if first == 0 else ("steered", "hf"):
             lm = hf if who == "hf" else steered
-            times[who] = timed(lambda: lm.loglikelihood(ll))
+            times[who] = timed(lambda lm=lm: lm.loglikelihood(ll))
         t_hf, t_st = times["hf"], times["steered"]
         ratios_ll.append(t_hf / t_st)
-        for who in (("hf", "steered") if first == 0 else ("steered", "hf")):
+        for who in ("hf", "steered") if first == 0 else ("steered", "hf"):
             lm = hf if who == "hf" else steered
-            times[who] = timed(lambda: lm.generate_until(gen))
+            times[who] = timed(lambda lm=lm: lm.generate_until(gen))
         g_hf, g_st = times["hf"], times["steered"]
         ratios_gen.append(g_hf / g_st)
-        rates.append((len(ll) / t_hf, len(ll) / t_st, args.gen_items * args.max_new / g_hf,
-                      args.gen_items * args.max_new / g_st))
+        rates.append(
+            (len(ll) / t_hf, len(ll) / t_st, args.gen_items * args.max_new / g_hf, args.gen_items * args.max_new / g_st)
+        )
     med = [statistics.median(r[i] for r in rates) for i in range(4)]
-    print(f"model {args.model}, layer {args.layer}, batch {args.batch_size}, threads {torch.get_num_threads()}, "
-          f"{args.repeats} alternating repeats")
+    print(
+        f"model {args.model}, layer {args.layer}, batch {args.batch_size}, threads {torch.get_num_threads()}, "
+        f"{args.repeats} alternating repeats"
+    )
     print(f"log-likelihood: hf {med[0]:.1f} req/s, steered {med[1]:.1f} req/s")
     print(f"generation    : hf {med[2]:.1f} tok/s, steered {med[3]:.1f} tok/s (exactly --max-new tokens per prompt)")
-    print(f"RATIO steered/hf log-likelihood throughput = {statistics.median(ratios_ll):.3f}x  (goal >= 0.97x; "
-          f"runs {', '.join(f'{r:.3f}' for r in ratios_ll)})")
-    print(f"RATIO steered/hf generation throughput     = {statistics.median(ratios_gen):.3f}x  (goal >= 0.95x; "
-          f"runs {', '.join(f'{r:.3f}' for r in ratios_gen)})")
+    print(
+        f"RATIO steered/hf log-likelihood throughput = {statistics.median(ratios_ll):.3f}x  (goal >= 0.97x; "
+        f"runs {', '.join(f'{r:.3f}' for r in ratios_ll)})"
+    )
+    print(
+        f"RATIO steered/hf generation throughput     = {statistics.median(ratios_gen):.3f}x  (goal >= 0.95x; "
+        f"runs {', '.join(f'{r:.3f}' for r in ratios_gen)})"
+    )
 
 
 if __name__ == "__main__":

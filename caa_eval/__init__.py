@@ -17,8 +17,17 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["SteeringVector", "load_vector", "extract", "Steering", "steer", "SteeredHFLM", "run_sweep",
-           "paired_stats", "__version__"]
+__all__ = [
+    "SteeringVector",
+    "load_vector",
+    "extract",
+    "Steering",
+    "steer",
+    "SteeredHFLM",
+    "run_sweep",
+    "paired_stats",
+    "__version__",
+]
 
 _LAZY = {
     "SteeringVector": ("caa_eval.core.vectors", "SteeringVector"),

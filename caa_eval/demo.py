@@ -25,10 +25,13 @@ __all__ = ["run_demo", "summarize", "LAYER", "MULTIPLIERS", "OPEN_MULTIPLIERS"]
 LAYER = 14
 MULTIPLIERS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 OPEN_MULTIPLIERS = (-2.0, 0.0, 2.0)
-RUBRIC = {"optimism": (
-    "Judge how upbeat the answer is about the situation the user describes. Give 0 when the answer is gloomy, "
-    "complains, or expects things to go badly. Give 10 when the answer is cheerful and hopeful and points to "
-    "the good side. Give 5 when it is neutral or does not react to the situation at all.")}
+RUBRIC = {
+    "optimism": (
+        "Judge how upbeat the answer is about the situation the user describes. Give 0 when the answer is gloomy, "
+        "complains, or expects things to go badly. Give 10 when the answer is cheerful and hopeful and points to "
+        "the good side. Give 5 when it is neutral or does not react to the situation at all."
+    )
+}
 
 
 def _mean(values: list[float]) -> float:
@@ -37,7 +40,9 @@ def _mean(values: list[float]) -> float:
 
 def _task_files(run_dir: Path, prefix: str, task: str) -> list[Path]:
     """`samples_<task>_<timestamp>.jsonl` of exactly this task (not of `<task>_ab`, which shares the prefix)."""
-    return sorted(p for p in run_dir.glob(f"{prefix}_{task}_*.jsonl") if p.name[len(prefix) + len(task) + 2 :][:1].isdigit())
+    return sorted(
+        p for p in run_dir.glob(f"{prefix}_{task}_*.jsonl") if p.name[len(prefix) + len(task) + 2 :][:1].isdigit()
+    )
 
 
 def _samples(run_dir: Path, task: str) -> list[dict]:
@@ -52,8 +57,14 @@ def _judged(run_dir: Path, task: str) -> list[dict]:
     return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()] if files else []
 
 
-def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIERS, layer: int = LAYER,
-             limit: int | None = None, max_gen_toks: int = 48) -> str:
+def run_demo(
+    out: Path,
+    multipliers=MULTIPLIERS,
+    open_multipliers=OPEN_MULTIPLIERS,
+    layer: int = LAYER,
+    limit: int | None = None,
+    max_gen_toks: int = 48,
+) -> str:
     """Run the demo into `out` and return its table.
 
     Args:
@@ -81,12 +92,25 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
     vector = out / "optimism.safetensors"
     print(f"[2/5] extracting the optimism vector (layer {layer}) -> {vector}", flush=True)
     # a 135M model reads little into an answer letter, so the demo averages over the reply text (read=answer_mean)
-    extract_to_file(models.DEFAULT_MODEL, demo_tasks / "optimism_generate_replies.json", vector, layers=[layer],
-                    behaviour="optimism", model=lm.model, tokenizer=lm.tokenizer, progress=False, read="answer_mean")
-    print(f"[3/5] lm-eval with steered-hf at multipliers {list(multipliers)} (one shared-prefix pass for the "
-          "log-likelihood tasks, one shared generate call per batch of open-ended prompts)", flush=True)
-    settings = {m: {"vector": str(vector), "layers": [layer], "multiplier": m} if m else {"multiplier": 0}
-                for m in multipliers}
+    extract_to_file(
+        models.DEFAULT_MODEL,
+        demo_tasks / "optimism_generate_replies.json",
+        vector,
+        layers=[layer],
+        behaviour="optimism",
+        model=lm.model,
+        tokenizer=lm.tokenizer,
+        progress=False,
+        read="answer_mean",
+    )
+    print(
+        f"[3/5] lm-eval with steered-hf at multipliers {list(multipliers)} (one shared-prefix pass for the "
+        "log-likelihood tasks, one shared generate call per batch of open-ended prompts)",
+        flush=True,
+    )
+    settings = {
+        m: {"vector": str(vector), "layers": [layer], "multiplier": m} if m else {"multiplier": 0} for m in multipliers
+    }
     tasks = {m: ["caa_demo"] + (["caa_demo_optimism_open"] if m in open_multipliers else []) for m in multipliers}
     lm.plan_grid(list(settings.values()), tasks=list(tasks.values()))  # open answers: one generate call per batch
     manager = default_task_manager()  # once, not once per multiplier
@@ -97,20 +121,30 @@ def run_demo(out: Path, multipliers=MULTIPLIERS, open_multipliers=OPEN_MULTIPLIE
             if run_dir.exists():  # rerun of the demo: start clean, never mix old and new samples
                 shutil.rmtree(run_dir)
             lm.set_steering(**settings[mult])
-            evaluate_to_folder(lm, tasks[mult], run_dir, task_manager=manager, limit=limit,
-                               model_args={"pretrained": models.DEFAULT_MODEL, **settings[mult]},
-                               gen_kwargs={"max_gen_toks": max_gen_toks})
+            evaluate_to_folder(
+                lm,
+                tasks[mult],
+                run_dir,
+                task_manager=manager,
+                limit=limit,
+                model_args={"pretrained": models.DEFAULT_MODEL, **settings[mult]},
+                gen_kwargs={"max_gen_toks": max_gen_toks},
+            )
             runs[mult] = run_dir
             print(f"      multiplier {mult:+g}: {run_dir}", flush=True)
     lm.clear_grid()
-    print("[4/5] judging open-ended answers with the local hf judge (SmolLM2: pipeline check, not a real judge)", flush=True)
+    print(
+        "[4/5] judging open-ended answers with the local hf judge (SmolLM2: pipeline check, not a real judge)",
+        flush=True,
+    )
     open_files = [f for m in open_multipliers for f in runs[m].glob("samples_caa_demo_optimism_open_*.jsonl")]
     judge_samples(open_files, backend="hf", judge_model=models.DEFAULT_MODEL, rubrics=RUBRIC, batch_size=8)
 
     print("[5/5] paired statistics against multiplier 0", flush=True)
     text = summarize(runs, open_multipliers, layer) + (
         f"\noutputs: {out}  (vector, lm-eval results/samples per multiplier, judged samples)  "
-        f"wall time {time.time() - t0:.0f} s")
+        f"wall time {time.time() - t0:.0f} s"
+    )
     (out / "demo_table.md").write_text(text + "\n")
     return text
 
@@ -127,15 +161,46 @@ def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer:
         letters = _samples(run, "caa_demo_optimism_ab")
         judged = _judged(run, "caa_demo_optimism_open")
         for s in replies:
-            rows.append({"item_id": s["doc_id"], "behaviour": "optimism", "task": "reply_ll_diff", "multiplier": mult, "score": s["ll_diff"]})
+            rows.append(
+                {
+                    "item_id": s["doc_id"],
+                    "behaviour": "optimism",
+                    "task": "reply_ll_diff",
+                    "multiplier": mult,
+                    "score": s["ll_diff"],
+                }
+            )
         for s in letters:
-            rows.append({"item_id": s["doc_id"], "behaviour": "optimism", "task": "ab_p_match", "multiplier": mult, "score": s["p_match"]})
+            rows.append(
+                {
+                    "item_id": s["doc_id"],
+                    "behaviour": "optimism",
+                    "task": "ab_p_match",
+                    "multiplier": mult,
+                    "score": s["p_match"],
+                }
+            )
         for s in judged:
-            rows.append({"item_id": s["doc_id"], "behaviour": "optimism", "task": "open_judge", "multiplier": mult,
-                         "score": float("nan") if s["score"] is None else s["score"]})
+            rows.append(
+                {
+                    "item_id": s["doc_id"],
+                    "behaviour": "optimism",
+                    "task": "open_judge",
+                    "multiplier": mult,
+                    "score": float("nan") if s["score"] is None else s["score"],
+                }
+            )
         scored = [s["score"] for s in judged if s["score"] is not None]
-        table.append((mult, _mean([s["p_match"] for s in replies]), _mean([s["ll_diff"] for s in replies]),
-                      _mean([s["p_match"] for s in letters]), _mean([s["ab_mass"] for s in letters]), _mean(scored)))
+        table.append(
+            (
+                mult,
+                _mean([s["p_match"] for s in replies]),
+                _mean([s["ll_diff"] for s in replies]),
+                _mean([s["p_match"] for s in letters]),
+                _mean([s["ab_mass"] for s in letters]),
+                _mean(scored),
+            )
+        )
     result = stats.compute_stats(pd.DataFrame(rows), seed=0, n_resamples=1000, n_permutations=2000)
     p_holm = {(r.task, float(r.multiplier)): r.p_holm for r in result.itertuples() if r.multiplier != 0}
     sample_text = {}
@@ -143,18 +208,27 @@ def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer:
         first = _samples(runs[mult], "caa_demo_optimism_open")[0]
         sample_text[mult] = (first["doc"]["question"], str(first["filtered_resps"][0]).strip().replace("\n", " ")[:160])
 
-    lines = [f"caa-eval demo: SmolLM2-135M-Instruct, behaviour 'optimism' (project-authored, 48 pairs / 12 test items), "
-             f"vector at layer {layer} (mean over reply tokens), steering after the instruction", "",
-             "| multiplier | reply p(upbeat) | reply log-odds upbeat−gloomy | Holm p vs 0 | A/B p_match | A/B mass | judge 0–10 (n=12, SmolLM2) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"caa-eval demo: SmolLM2-135M-Instruct, behaviour 'optimism' (project-authored, 48 pairs / 12 test items), "
+        f"vector at layer {layer} (mean over reply tokens), steering after the instruction",
+        "",
+        "| multiplier | reply p(upbeat) | reply log-odds upbeat−gloomy | Holm p vs 0 | A/B p_match | A/B mass | judge 0–10 (n=12, SmolLM2) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for mult, p_reply, ll, p_ab, mass, judge in table:
         p = p_holm.get(("reply_ll_diff", mult))
-        lines.append(f"| {mult:+g} | {p_reply:.3f} | {ll:+.2f} | {'—' if p is None else f'{p:.3g}'} | {p_ab:.3f} | {mass:.3f} | "
-                     f"{'' if judge != judge else f'{judge:.2f}'} |")
-    lines += ["", "Reading it: the log-odds column is the paired effect on the same 12 items (Wilcoxon, Holm over all cells);",
-              "the A/B letter probe stays at chance (~0.5) because a 135M model cannot answer A/B questions, which is",
-              "why CAA's own behaviours need a larger model (Llama-2-7b-chat in the paper). The judge column comes from",
-              "SmolLM2 judging itself and only shows the pipeline works offline.", ""]
+        lines.append(
+            f"| {mult:+g} | {p_reply:.3f} | {ll:+.2f} | {'—' if p is None else f'{p:.3g}'} | {p_ab:.3f} | {mass:.3f} | "
+            f"{'' if judge != judge else f'{judge:.2f}'} |"
+        )
+    lines += [
+        "",
+        "Reading it: the log-odds column is the paired effect on the same 12 items (Wilcoxon, Holm over all cells);",
+        "the A/B letter probe stays at chance (~0.5) because a 135M model cannot answer A/B questions, which is",
+        "why CAA's own behaviours need a larger model (Llama-2-7b-chat in the paper). The judge column comes from",
+        "SmolLM2 judging itself and only shows the pipeline works offline.",
+        "",
+    ]
     q0 = sample_text[open_multipliers[0]][0]
     lines.append(f"Generations for: {q0!r}")
     for mult, (_, text) in sample_text.items():

@@ -57,8 +57,10 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise CAAEvalError(f"{path}: line {lineno} is not valid JSON ({exc.msg}); write one JSON object "
-                                       "per line (a truncated file: rerun the step that wrote it)") from None
+                    raise CAAEvalError(
+                        f"{path}: line {lineno} is not valid JSON ({exc.msg}); write one JSON object "
+                        "per line (a truncated file: rerun the step that wrote it)"
+                    ) from None
                 if not isinstance(obj, dict):
                     raise CAAEvalError(f"{path}: line {lineno} is not a JSON object; write one object per line")
                 records.append(obj)
@@ -96,6 +98,7 @@ def check_output(path: str | Path, flag: str, folder: bool = False) -> Path:
         if path.is_file() and not os.access(path, os.W_OK):
             raise PermissionError(13, "the file is read-only")
     except OSError as exc:
-        raise CAAEvalError(f"cannot write {flag} {path} ({existing}: {exc.strerror or exc}); pass a writable "
-                           "location") from None
+        raise CAAEvalError(
+            f"cannot write {flag} {path} ({existing}: {exc.strerror or exc}); pass a writable location"
+        ) from None
     return path

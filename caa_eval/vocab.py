@@ -15,10 +15,29 @@ from typing import Any
 from caa_eval.errors import CAAEvalError
 
 __all__ = [
-    "SITES", "HOOK_NAMES", "POSITION_MODES", "BEHAVIOURS", "TASK_FAMILIES", "JUDGE_METRIC",
-    "parse_layers", "format_multiplier", "parse_multiplier", "behaviour_key", "caa_behaviour", "task_suffix",
-    "ab_task_name", "open_task_name", "task_family", "primary_metric", "behaviour_of_task",
-    "samples_task", "judged_task", "SAMPLES_RE", "JUDGED_RE", "RESULTS_RE", "CAA_VECTOR_RE",
+    "SITES",
+    "HOOK_NAMES",
+    "POSITION_MODES",
+    "BEHAVIOURS",
+    "TASK_FAMILIES",
+    "JUDGE_METRIC",
+    "parse_layers",
+    "format_multiplier",
+    "parse_multiplier",
+    "behaviour_key",
+    "caa_behaviour",
+    "task_suffix",
+    "ab_task_name",
+    "open_task_name",
+    "task_family",
+    "primary_metric",
+    "behaviour_of_task",
+    "samples_task",
+    "judged_task",
+    "SAMPLES_RE",
+    "JUDGED_RE",
+    "RESULTS_RE",
+    "CAA_VECTOR_RE",
 ]
 
 # ----------------------------------------------------------------------------------------- where CAA acts
@@ -26,8 +45,11 @@ __all__ = [
 SITES = ("residual", "mlp", "attn")
 """residual: decoder block output (what CAA reads and steers); mlp / attn: that sublayer's output."""
 
-HOOK_NAMES = {"residual": "blocks.{L}.hook_resid_post", "mlp": "blocks.{L}.hook_mlp_out",
-              "attn": "blocks.{L}.hook_attn_out"}
+HOOK_NAMES = {
+    "residual": "blocks.{L}.hook_resid_post",
+    "mlp": "blocks.{L}.hook_mlp_out",
+    "attn": "blocks.{L}.hook_attn_out",
+}
 """TransformerLens names of the sites, for users who think in those."""
 
 POSITION_MODES = ("after_instruction", "all", "generated", "span", "regex")
@@ -184,7 +206,7 @@ def behaviour_of_task(task: str, known: Sequence[str] | None = None) -> str | No
     row = _family_row(task)
     if row is None or not row[3] or task == row[1]:
         return None
-    suffix = task[len(row[0]):]
+    suffix = task[len(row[0]) :]
     if known is not None:
         by_suffix = {task_suffix(b).lower(): b for b in known}
         return by_suffix.get(suffix.lower())

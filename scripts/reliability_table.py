@@ -22,8 +22,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "reliability.md", help="Markdown file to write")
     args, pytest_args = parser.parse_known_args(argv)
     env = dict(os.environ, CAA_EVAL_RELIABILITY_TABLE=str(args.out.resolve()))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "reliability", "tests/reliability", "-p", "no:cacheprovider",
-           *pytest_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "reliability",
+        "tests/reliability",
+        "-p",
+        "no:cacheprovider",
+        *pytest_args,
+    ]
     code = subprocess.call(cmd, cwd=REPO, env=env)
     print(f"wrote {args.out}" if args.out.exists() else f"no table written to {args.out}")
     return code

@@ -64,9 +64,16 @@ def build_tiny_model(folder: Path, layers: int = 4, hidden: int = 32, seed: int 
     fast.chat_template = CHATML
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(cfg)
@@ -204,5 +211,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f"caa-eval: {len(skipped)} test(s) SKIPPED because the CAA datasets / MMLU test CSVs were not found "
             f"(--caa-data-dir/--mmlu-dir, $CAA_EVAL_DATA_DIR/$CAA_EVAL_MMLU_DIR, user cache, ../shared); "
             f"fetch them with `{FETCH_COMMAND}`",
-            red=True, bold=True,
+            red=True,
+            bold=True,
         )

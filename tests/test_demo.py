@@ -14,9 +14,15 @@ def test_demo_runs_end_to_end_and_shows_the_effect(tmp_path, smollm2_dir, capsys
 
     assert main(["demo", "--out", str(tmp_path / "demo"), "--limit", "6"]) == 0
     table = (tmp_path / "demo" / "demo_table.md").read_text()
-    assert table == capsys.readouterr().out.split("[5/5] paired statistics against multiplier 0\n", 1)[1].rstrip("\n") + "\n"
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in table.splitlines() if line.startswith("| ") and not line.startswith("| multiplier")}
+    assert (
+        table
+        == capsys.readouterr().out.split("[5/5] paired statistics against multiplier 0\n", 1)[1].rstrip("\n") + "\n"
+    )
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in table.splitlines()
+        if line.startswith("| ") and not line.startswith("| multiplier")
+    }
     assert set(rows) == {"-2", "-1", "+0", "+1", "+2"}
     log_odds = {m: float(r[1]) for m, r in rows.items()}
     # the vector moves the reply preference: more upbeat at +2 than at 0, more gloomy at -2

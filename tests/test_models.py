@@ -32,12 +32,13 @@ def test_tokenizer_adds_no_second_bos_and_has_chat_specials(smollm2):
 
 def test_generation_stops_at_end_of_turn(smollm2):
     model, tok = smollm2
-    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+    )
     enc = tok(text, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=40, do_sample=False)
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    new = out[0, enc["input_ids"].shape[1] :].tolist()
     assert tok.eos_token_id in new, "generation must stop at <|im_end|>"
     assert new.index(tok.eos_token_id) == len(new) - 1
     assert "Paris" in tok.decode(new, skip_special_tokens=True)

@@ -88,8 +88,9 @@ class ScaleProbe:
         layers_path: dotted path to the decoder blocks for models not found structurally.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, prompts: Sequence[str] | None = None,
-                 layers_path: str | None = None):
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, prompts: Sequence[str] | None = None, layers_path: str | None = None
+    ):
         self.model, self.tokenizer, self.layers_path = model, tokenizer, layers_path
         self.prompts = list(prompts) if prompts is not None else neutral_prompts()
         if not self.prompts:
@@ -121,6 +122,7 @@ class ScaleProbe:
     def _norm_hook(layer: int, store: dict[int, list[torch.Tensor]]):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             store[layer] = [hidden_of(output).detach().float().norm(dim=-1)]
+
         return hook
 
     @torch.no_grad()
@@ -164,8 +166,14 @@ class ScaleProbe:
             out.append(logits[0, -1].float())
         return torch.stack(out).log_softmax(-1)
 
-    def kl(self, vector: torch.Tensor, layer: int, multiplier: float, site: str = "residual",
-           positions: str | Positions = "after_instruction") -> tuple[float, list[float]]:
+    def kl(
+        self,
+        vector: torch.Tensor,
+        layer: int,
+        multiplier: float,
+        site: str = "residual",
+        positions: str | Positions = "after_instruction",
+    ) -> tuple[float, list[float]]:
         """Mean and per-prompt KL(steered ‖ unsteered) of the next-token distribution, in nats.
 
         Args:
@@ -177,8 +185,13 @@ class ScaleProbe:
         """
         return self.kl_of({layer: vector.reshape(-1)}, multiplier, site, positions)
 
-    def kl_of(self, vectors: dict[int, torch.Tensor], multiplier: float, site: str = "residual",
-              positions: str | Positions = "after_instruction") -> tuple[float, list[float]]:
+    def kl_of(
+        self,
+        vectors: dict[int, torch.Tensor],
+        multiplier: float,
+        site: str = "residual",
+        positions: str | Positions = "after_instruction",
+    ) -> tuple[float, list[float]]:
         """As `kl`, for a vector per layer (joint-layer and layer-transfer settings steer several blocks).
 
         Args:
@@ -195,19 +208,33 @@ class ScaleProbe:
             if self._prefix_base is None:
                 self._prefix_base = self._cached_logprobs(None)
             base = self._prefix_base
-            steered = self._cached_logprobs(Steering(self.model, vec, float(multiplier), site, "all",
-                                                     layers_path=self.layers_path))
+            steered = self._cached_logprobs(
+                Steering(self.model, vec, float(multiplier), site, "all", layers_path=self.layers_path)
+            )
         else:
             base = self.base_logprobs
-            with Steering(self.model, vec, float(multiplier), site, rule, tokenizer=self.tokenizer,
-                          locator=self._locator, layers_path=self.layers_path):
+            with Steering(
+                self.model,
+                vec,
+                float(multiplier),
+                site,
+                rule,
+                tokenizer=self.tokenizer,
+                locator=self._locator,
+                layers_path=self.layers_path,
+            ):
                 steered = self._next_token_logprobs()
         per_prompt = (steered.exp() * (steered - base.to(steered.device))).sum(-1).clamp_min(0.0)
         values = [float(x) for x in per_prompt.tolist()]
         return sum(values) / len(values), values
 
-    def setting(self, vectors: dict[int, torch.Tensor], multiplier: float, site: str = "residual",
-                positions: str | Positions = "after_instruction") -> dict[str, Any]:
+    def setting(
+        self,
+        vectors: dict[int, torch.Tensor],
+        multiplier: float,
+        site: str = "residual",
+        positions: str | Positions = "after_instruction",
+    ) -> dict[str, Any]:
         """The scale of one steering setting, as steered-hf records it in its results (`steering.scale`):
         `norm_fraction` (mean over the steered layers of |multiplier| × ‖vector‖ / mean residual norm there),
         `kl` in nats, and both per layer.
@@ -218,12 +245,17 @@ class ScaleProbe:
             site: `residual`, `mlp` or `attn`.
             positions: which tokens get the vectors.
         """
-        fractions = {layer: abs(float(multiplier)) * float(v.float().norm()) / self.resid_norm(layer)
-                     for layer, v in sorted(vectors.items())}
+        fractions = {
+            layer: abs(float(multiplier)) * float(v.float().norm()) / self.resid_norm(layer)
+            for layer, v in sorted(vectors.items())
+        }
         kl = self.kl_of(vectors, multiplier, site, positions)[0] if multiplier != 0 and vectors else 0.0
-        return {"norm_fraction": sum(fractions.values()) / len(fractions) if fractions else 0.0, "kl": kl,
-                "norm_fraction_per_layer": {str(k): v for k, v in fractions.items()},
-                "neutral_prompts": len(self.prompts)}
+        return {
+            "norm_fraction": sum(fractions.values()) / len(fractions) if fractions else 0.0,
+            "kl": kl,
+            "norm_fraction_per_layer": {str(k): v for k, v in fractions.items()},
+            "neutral_prompts": len(self.prompts),
+        }
 
     def resid_norm(self, layer: int) -> float:
         """Mean ‖block output‖ at `layer` over the prompts' tokens (first token excluded)."""
@@ -231,14 +263,28 @@ class ScaleProbe:
             raise CAAEvalError(f"layer {layer} out of range: the model has layers 0..{len(self.blocks) - 1}")
         return self.resid_norms[layer]
 
-    def row(self, vector: torch.Tensor, layer: int, multiplier: float, site: str = "residual",
-            positions: str | Positions = "after_instruction") -> ScaleRow:
+    def row(
+        self,
+        vector: torch.Tensor,
+        layer: int,
+        multiplier: float,
+        site: str = "residual",
+        positions: str | Positions = "after_instruction",
+    ) -> ScaleRow:
         """Norm fraction and KL of one multiplier (see `ScaleRow`)."""
         vnorm = float(vector.float().norm())
         resid = self.resid_norm(layer)
         kl, _ = self.kl(vector, layer, multiplier, site, positions)
-        return ScaleRow(layer, float(multiplier), site, str(Positions.parse(positions)), vnorm, resid,
-                        abs(multiplier) * vnorm / resid, kl)
+        return ScaleRow(
+            layer,
+            float(multiplier),
+            site,
+            str(Positions.parse(positions)),
+            vnorm,
+            resid,
+            abs(multiplier) * vnorm / resid,
+            kl,
+        )
 
 
 def _vector_and_site(vector: SteeringVector | torch.Tensor, layer: int, site: str | None) -> tuple[torch.Tensor, str]:
@@ -253,9 +299,16 @@ def _vector_and_site(vector: SteeringVector | torch.Tensor, layer: int, site: st
     return vec, site
 
 
-def multiplier_scale(model: nn.Module, tokenizer: Any, vector: SteeringVector | torch.Tensor, layer: int,
-                     multipliers: Sequence[float], site: str | None = None,
-                     positions: str | Positions = "after_instruction", probe: ScaleProbe | None = None) -> list[ScaleRow]:
+def multiplier_scale(
+    model: nn.Module,
+    tokenizer: Any,
+    vector: SteeringVector | torch.Tensor,
+    layer: int,
+    multipliers: Sequence[float],
+    site: str | None = None,
+    positions: str | Positions = "after_instruction",
+    probe: ScaleProbe | None = None,
+) -> list[ScaleRow]:
     """Each multiplier as a fraction of the mean residual-stream norm at `layer` and its next-token KL.
 
     This is the function reports call to state the scale of every multiplier, e.g.
@@ -278,10 +331,19 @@ def multiplier_scale(model: nn.Module, tokenizer: Any, vector: SteeringVector | 
     return [probe.row(vec, layer, m, site, positions) for m in multipliers]
 
 
-def calibrate(model: nn.Module, tokenizer: Any, vector: SteeringVector | torch.Tensor, layer: int,
-              target_kl: float, direction: int = 1, site: str | None = None,
-              positions: str | Positions = "after_instruction", tolerance: float = 0.02,
-              max_multiplier: float = 1000.0, probe: ScaleProbe | None = None) -> Calibration:
+def calibrate(
+    model: nn.Module,
+    tokenizer: Any,
+    vector: SteeringVector | torch.Tensor,
+    layer: int,
+    target_kl: float,
+    direction: int = 1,
+    site: str | None = None,
+    positions: str | Positions = "after_instruction",
+    tolerance: float = 0.02,
+    max_multiplier: float = 1000.0,
+    probe: ScaleProbe | None = None,
+) -> Calibration:
     """The multiplier (sign = `direction`) whose mean next-token KL on the neutral prompts is `target_kl`.
 
     The multiplier is doubled from a small start until the KL passes the target, then the bracket is
@@ -318,8 +380,9 @@ def calibrate(model: nn.Module, tokenizer: Any, vector: SteeringVector | torch.T
 
     def result(m: float | None, kl: float | None) -> Calibration:
         frac = None if m is None else m * vnorm / probe.resid_norm(layer)
-        return Calibration(layer, target_kl, direction, None if m is None else direction * m, kl, frac,
-                           max_multiplier, sorted(seen))
+        return Calibration(
+            layer, target_kl, direction, None if m is None else direction * m, kl, frac, max_multiplier, sorted(seen)
+        )
 
     lo, kl_lo = 0.0, 0.0
     hi = min(0.01 * probe.resid_norm(layer) / vnorm, max_multiplier)  # 1% of the residual norm
@@ -347,5 +410,7 @@ def calibrate(model: nn.Module, tokenizer: Any, vector: SteeringVector | torch.T
             lo, kl_lo = mid, kl_mid
         else:
             hi, kl_hi = mid, kl_mid
-    raise CAAEvalError(f"calibration did not converge to KL {target_kl} within {tolerance:.0%}; "
-                       "the KL is not smooth in the multiplier here: try a larger --tolerance")
+    raise CAAEvalError(
+        f"calibration did not converge to KL {target_kl} within {tolerance:.0%}; "
+        "the KL is not smooth in the multiplier here: try a larger --tolerance"
+    )

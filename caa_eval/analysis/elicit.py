@@ -66,8 +66,10 @@ class Elicitation:
         """One sentence for tables and logs."""
         if not self.reached:
             top = max(self.curve, key=lambda p: p[1])
-            return (f"never reached up to multiplier {format_multiplier(self.max_multiplier)} "
-                    f"(highest mean {top[1]:.3f} at {format_multiplier(top[0])})")
+            return (
+                f"never reached up to multiplier {format_multiplier(self.max_multiplier)} "
+                f"(highest mean {top[1]:.3f} at {format_multiplier(top[0])})"
+            )
         if self.multiplier == 0:
             return f"already reached without steering (mean {self.baseline:.3f})"
         return f"reached at multiplier {format_multiplier(self.multiplier)} (mean {self.score_at:.3f})"
@@ -89,8 +91,15 @@ def crossing(multipliers: np.ndarray, means: np.ndarray, threshold: float) -> fl
     return float(m0 + (threshold - y0) * (m1 - m0) / (y1 - y0))
 
 
-def _bootstrap(scores: dict[float, np.ndarray], threshold: float, max_multiplier: float, at: float | None,
-               confidence: float, n_resamples: int, seed: int):
+def _bootstrap(
+    scores: dict[float, np.ndarray],
+    threshold: float,
+    max_multiplier: float,
+    at: float | None,
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+):
     from scipy.stats import bootstrap
 
     grid = np.array(sorted(scores))
@@ -107,24 +116,43 @@ def _bootstrap(scores: dict[float, np.ndarray], threshold: float, max_multiplier
     if n >= 2:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # degenerate resamples (all crossings equal) are fine here
-            res = bootstrap((np.arange(n),), statistic, vectorized=False, method="percentile",
-                            confidence_level=confidence, n_resamples=n_resamples, rng=np.random.default_rng(seed))
+            res = bootstrap(
+                (np.arange(n),),
+                statistic,
+                vectorized=False,
+                method="percentile",
+                confidence_level=confidence,
+                n_resamples=n_resamples,
+                rng=np.random.default_rng(seed),
+            )
             low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
             m_ci = (None if low > top else low, None if high > top else high)
             if at is not None:
                 column = scores[at]
                 if np.ptp(column) > 0:
-                    ci = bootstrap((column,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                                   rng=np.random.default_rng(seed)).confidence_interval
+                    ci = bootstrap(
+                        (column,),
+                        np.mean,
+                        confidence_level=confidence,
+                        n_resamples=n_resamples,
+                        rng=np.random.default_rng(seed),
+                    ).confidence_interval
                     s_ci = (float(ci.low), float(ci.high))
                 else:
                     s_ci = (float(column[0]), float(column[0]))
     return m_ci, s_ci
 
 
-def find_threshold(score: Scorer, threshold: float = 0.5, max_multiplier: float = 20.0, grid: int = 8,
-                   tolerance: float | None = None, confidence: float = 0.95, n_resamples: int = 2000,
-                   seed: int = 0) -> Elicitation:
+def find_threshold(
+    score: Scorer,
+    threshold: float = 0.5,
+    max_multiplier: float = 20.0,
+    grid: int = 8,
+    tolerance: float | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Elicitation:
     """Smallest multiplier in [0, max_multiplier] whose mean score reaches `threshold` (grid, then bisection).
 
     Args:
@@ -183,14 +211,35 @@ def find_threshold(score: Scorer, threshold: float = 0.5, max_multiplier: float 
     curve = sorted((m, float(v.mean())) for m, v in scores.items())
     m_ci, s_ci = _bootstrap(scores, threshold, max_multiplier, hi, confidence, n_resamples, seed)
     n_items = next(iter(scores.values())).size
-    return Elicitation(threshold, max_multiplier, tolerance, n_items, baseline, hi is not None, hi,
-                       None if hi is None else (lo, hi), None if hi is None else mean_at(hi), s_ci, m_ci,
-                       curve, confidence)
+    return Elicitation(
+        threshold,
+        max_multiplier,
+        tolerance,
+        n_items,
+        baseline,
+        hi is not None,
+        hi,
+        None if hi is None else (lo, hi),
+        None if hi is None else mean_at(hi),
+        s_ci,
+        m_ci,
+        curve,
+        confidence,
+    )
 
 
-def lmeval_scorer(lm: Any, task: str, vector: Any, layer: int, metric: str | None = None, limit: int | None = None,
-                  site: str | None = None, positions: str = "after_instruction", task_manager: Any = None,
-                  allow_fingerprint_mismatch: bool = False) -> Scorer:
+def lmeval_scorer(
+    lm: Any,
+    task: str,
+    vector: Any,
+    layer: int,
+    metric: str | None = None,
+    limit: int | None = None,
+    site: str | None = None,
+    positions: str = "after_instruction",
+    task_manager: Any = None,
+    allow_fingerprint_mismatch: bool = False,
+) -> Scorer:
     """A scorer running an lm-eval task through a loaded `steered-hf` model at each multiplier.
 
     The task is built once; each call sets the steering in place (`SteeredHFLM.set_steering`), runs
@@ -223,16 +272,31 @@ def lmeval_scorer(lm: Any, task: str, vector: Any, layer: int, metric: str | Non
     try:
         task_dict = get_task_dict([task], manager)
     except (KeyError, ValueError) as exc:
-        raise CAAEvalError(f"lm-eval cannot build task {task!r} ({exc}); check the name with `caa-eval tasks`") from None
+        raise CAAEvalError(
+            f"lm-eval cannot build task {task!r} ({exc}); check the name with `caa-eval tasks`"
+        ) from None
 
     def score(multiplier: float) -> np.ndarray:
         if multiplier == 0:
             lm.set_steering(vector=None, multiplier=0)
         else:
-            lm.set_steering(vector=vector, layers=[layer], multiplier=multiplier, site=site, positions=positions,
-                            allow_fingerprint_mismatch=allow_fingerprint_mismatch)
-        results = evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, apply_chat_template=True,
-                           bootstrap_iters=0, verbosity="WARNING")
+            lm.set_steering(
+                vector=vector,
+                layers=[layer],
+                multiplier=multiplier,
+                site=site,
+                positions=positions,
+                allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+            )
+        results = evaluate(
+            lm=lm,
+            task_dict=task_dict,
+            limit=limit,
+            log_samples=True,
+            apply_chat_template=True,
+            bootstrap_iters=0,
+            verbosity="WARNING",
+        )
         samples = sorted(results["samples"][task], key=lambda s: s["doc_id"])
         if samples and metric not in samples[0]:
             raise CAAEvalError(f"task {task!r} logs no per-item {metric!r}; name one of its metrics with --metric")
@@ -244,8 +308,10 @@ def lmeval_scorer(lm: Any, task: str, vector: Any, layer: int, metric: str | Non
 def markdown_table(rows: list[tuple[str, Elicitation]]) -> str:
     """The "how easily can this behaviour be triggered?" table, one row per behaviour."""
     level = f"{rows[0][1].confidence:.0%}" if rows else "95%"
-    lines = [f"| behaviour | items | mean at 0 | threshold | multiplier | {level} CI | mean there ({level} CI) | result |",
-             "|---|---:|---:|---:|---:|---|---|---|"]
+    lines = [
+        f"| behaviour | items | mean at 0 | threshold | multiplier | {level} CI | mean there ({level} CI) | result |",
+        "|---|---:|---:|---:|---:|---|---|---|",
+    ]
 
     def end(x: float | None, e: Elicitation) -> str:
         return f"> {format_multiplier(e.curve[-1][0])}" if x is None else format_multiplier(round(x, 2))
@@ -256,6 +322,7 @@ def markdown_table(rows: list[tuple[str, Elicitation]]) -> str:
         there = "—" if e.score_at is None else f"{e.score_at:.3f}"
         if e.score_ci and e.score_at is not None:
             there += f" [{e.score_ci[0]:.3f}, {e.score_ci[1]:.3f}]"
-        lines.append(f"| {name} | {e.n_items} | {e.baseline:.3f} | {e.threshold:g} | {mult} | {ci} | {there} | "
-                     f"{e.summary} |")
+        lines.append(
+            f"| {name} | {e.n_items} | {e.baseline:.3f} | {e.threshold:g} | {mult} | {ci} | {there} | {e.summary} |"
+        )
     return "\n".join(lines) + "\n"

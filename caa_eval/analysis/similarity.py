@@ -18,8 +18,15 @@ from caa_eval.core.vectors import SteeringVector
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 
-__all__ = ["LayerMatrix", "layer_matrix", "layer_matrix_csv", "compare_files", "comparison_csv",
-           "plot_layer_matrix", "plot_comparison"]
+__all__ = [
+    "LayerMatrix",
+    "layer_matrix",
+    "layer_matrix_csv",
+    "compare_files",
+    "comparison_csv",
+    "plot_layer_matrix",
+    "plot_comparison",
+]
 
 
 @dataclass
@@ -72,7 +79,9 @@ def layer_matrix_csv(result: LayerMatrix, path: str | Path) -> Path:
     return write_atomic(path, _csv(["layer_a", "layer_b", "cosine"], result.rows()))
 
 
-def compare_files(a: SteeringVector, b: SteeringVector, name_a: str = "A", name_b: str = "B") -> list[tuple[int, float]]:
+def compare_files(
+    a: SteeringVector, b: SteeringVector, name_a: str = "A", name_b: str = "B"
+) -> list[tuple[int, float]]:
     """Per common layer, the cosine between file A's and file B's vector: [(layer, cosine), …].
 
     Args:
@@ -80,12 +89,16 @@ def compare_files(a: SteeringVector, b: SteeringVector, name_a: str = "A", name_
         name_a, name_b: how the files are named in error messages.
     """
     if a.hidden_size != b.hidden_size:
-        raise CAAEvalError(f"{name_a} has vectors of size {a.hidden_size}, {name_b} of size {b.hidden_size}: "
-                           "compare files from models with the same hidden size (same architecture)")
+        raise CAAEvalError(
+            f"{name_a} has vectors of size {a.hidden_size}, {name_b} of size {b.hidden_size}: "
+            "compare files from models with the same hidden size (same architecture)"
+        )
     common = sorted(set(a.layers) & set(b.layers))
     if not common:
-        raise CAAEvalError(f"{name_a} (layers {a.layers[0]}..{a.layers[-1]}) and {name_b} "
-                           f"(layers {b.layers[0]}..{b.layers[-1]}) share no layer")
+        raise CAAEvalError(
+            f"{name_a} (layers {a.layers[0]}..{a.layers[-1]}) and {name_b} "
+            f"(layers {b.layers[0]}..{b.layers[-1]}) share no layer"
+        )
     ua = _unit_rows([a.vectors[x].float().numpy() for x in common], [f"{name_a} layer {x}" for x in common])
     ub = _unit_rows([b.vectors[x].float().numpy() for x in common], [f"{name_b} layer {x}" for x in common])
     cos = np.clip((ua * ub).sum(axis=1), -1.0, 1.0)

@@ -47,8 +47,9 @@ class TokenCosines:
         """`{"layer": L, "tokens": [{"id", "token", "cosine"}, …]}` plus `site`, `n_prompt_tokens`, `meta`."""
         return {
             "layer": self.layer,
-            "tokens": [{"id": int(i), "token": t, "cosine": float(c)}
-                       for i, t, c in zip(self.ids, self.tokens, self.cosines)],
+            "tokens": [
+                {"id": int(i), "token": t, "cosine": float(c)} for i, t, c in zip(self.ids, self.tokens, self.cosines)
+            ],
             "site": self.site,
             "n_prompt_tokens": self.n_prompt,
             "meta": self.meta,
@@ -90,14 +91,16 @@ def generate_answer(model: nn.Module, tokenizer: Any, ids: list[int], max_new_to
     device = next(model.parameters()).device
     inputs = torch.tensor([ids], device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=pad)
-    return [int(t) for t in out[0, len(ids):].tolist()]
+    out = model.generate(
+        inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+    )
+    return [int(t) for t in out[0, len(ids) :].tolist()]
 
 
 @torch.no_grad()
-def site_activations(model: nn.Module, ids: list[int], layer: int, site: str = "residual",
-                     layers_path: str | None = None) -> torch.Tensor:
+def site_activations(
+    model: nn.Module, ids: list[int], layer: int, site: str = "residual", layers_path: str | None = None
+) -> torch.Tensor:
     """The (tokens, hidden) activations at `site` of decoder block `layer` for one unpadded sequence.
 
     Args:
@@ -112,7 +115,8 @@ def site_activations(model: nn.Module, ids: list[int], layer: int, site: str = "
         raise CAAEvalError(f"layer {layer} out of range: the model has layers 0..{len(blocks) - 1}")
     seen: list[torch.Tensor] = []
     handle = site_module(blocks[layer], site).register_forward_hook(
-        lambda module, args, output: seen.append(hidden_of(output).detach()))
+        lambda module, args, output: seen.append(hidden_of(output).detach())
+    )
     try:
         device = next(model.parameters()).device
         model(torch.tensor([ids], device=device), use_cache=False)
@@ -128,16 +132,26 @@ def cosine_rows(activations: torch.Tensor, vector: torch.Tensor) -> torch.Tensor
     acts = activations.detach().to(torch.float64)
     vec = vector.detach().reshape(-1).to(device=acts.device, dtype=torch.float64)
     if acts.shape[-1] != vec.numel():
-        raise CAAEvalError(f"vector has size {vec.numel()} but activations have size {acts.shape[-1]}: "
-                           "the vector was extracted from a different model")
+        raise CAAEvalError(
+            f"vector has size {vec.numel()} but activations have size {acts.shape[-1]}: "
+            "the vector was extracted from a different model"
+        )
     denom = acts.norm(dim=-1) * vec.norm()
     dots = acts @ vec
     return torch.where(denom > 0, dots / denom.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(dots))
 
 
-def token_cosines(model: nn.Module, tokenizer: Any, vector: torch.Tensor, layer: int, text: str,
-                  generate: int = 0, chat_template: bool = True, site: str = "residual",
-                  meta: dict[str, Any] | None = None) -> TokenCosines:
+def token_cosines(
+    model: nn.Module,
+    tokenizer: Any,
+    vector: torch.Tensor,
+    layer: int,
+    text: str,
+    generate: int = 0,
+    chat_template: bool = True,
+    site: str = "residual",
+    meta: dict[str, Any] | None = None,
+) -> TokenCosines:
     """Per-token cosine similarity of `text` (and, with `generate`, the model's answer) with `vector`.
 
     Args:

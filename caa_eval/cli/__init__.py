@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if verbose or exc.errno not in _DISK_ERRORS:
             raise  # anything else is a bug: the traceback is the report
-        print(f"caa-eval {command}: error: cannot write {exc.filename or 'output'} ({exc.strerror}); finished "
-              "work is kept: free space or fix the location, then rerun to resume", file=sys.stderr)
+        print(
+            f"caa-eval {command}: error: cannot write {exc.filename or 'output'} ({exc.strerror}); finished "
+            "work is kept: free space or fix the location, then rerun to resume",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(f"caa-eval {command}: interrupted; finished work is kept, rerun to resume", file=sys.stderr)

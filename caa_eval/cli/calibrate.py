@@ -22,11 +22,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vector", type=Path, nargs="+", required=True, help="vector file(s); one table row each")
     parser.add_argument("--layer", type=int, required=True, help="steered layer")
     parser.add_argument("--kl", type=float, default=0.1, help="target KL in nats (default 0.1)")
-    parser.add_argument("--direction", choices=["+", "-", "both"], default="+",
-                        help="sign of the multiplier searched (default +, the behaviour-increasing one)")
+    parser.add_argument(
+        "--direction",
+        choices=["+", "-", "both"],
+        default="+",
+        help="sign of the multiplier searched (default +, the behaviour-increasing one)",
+    )
     parser.add_argument("--tolerance", type=float, default=0.02, help="relative tolerance on the KL (default 0.02)")
     parser.add_argument("--max-multiplier", type=float, default=1000.0, help="give up beyond this |multiplier|")
-    parser.add_argument("--multipliers", help="also describe these multipliers (norm fraction and KL), e.g. --multipliers=-5,-1,1,5")
+    parser.add_argument(
+        "--multipliers", help="also describe these multipliers (norm fraction and KL), e.g. --multipliers=-5,-1,1,5"
+    )
     parser.add_argument("--site", choices=SITES, help="where to add the vector (default: the file's site)")
     parser.add_argument("--positions", default="after_instruction", help="which tokens get the vector (default CAA's)")
     parser.add_argument("--prompts", type=Path, help="JSON list of neutral prompts (default: the shipped set)")
@@ -53,7 +59,7 @@ def _prompts(path: Path | None) -> list[str] | None:
     if isinstance(value, dict):
         value = value.get("prompts")
     if not isinstance(value, list) or not value or not all(isinstance(p, str) and p.strip() for p in value):
-        raise CAAEvalError(f"--prompts {path}: expected a JSON list of non-empty strings (or {{\"prompts\": [...]}})")
+        raise CAAEvalError(f'--prompts {path}: expected a JSON list of non-empty strings (or {{"prompts": [...]}})')
     return value
 
 
@@ -76,22 +82,44 @@ def run(args: argparse.Namespace) -> int:
     header = ["vector", "behaviour", "‖v‖"] + [f"m for KL {args.kl:g} ({d:+d})" for d in directions]
     header += [f"m={format_multiplier(m)}: norm frac / KL" for m in multipliers]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out: dict = {"model": args.model, "layer": args.layer, "target_kl": args.kl, "resid_norm": resid,
-                 "positions": args.positions, "prompts": probe.prompts, "vectors": []}
+    out: dict = {
+        "model": args.model,
+        "layer": args.layer,
+        "target_kl": args.kl,
+        "resid_norm": resid,
+        "positions": args.positions,
+        "prompts": probe.prompts,
+        "vectors": [],
+    }
     for path, sv in vectors:
         cells = [path.name, sv.behaviour, f"{float(sv.vectors[args.layer].float().norm()):.3f}"]
         entry: dict = {"vector": str(path), "behaviour": sv.behaviour, "calibration": [], "scale": []}
         for d in directions:
-            cal = calibrate(model, tokenizer, sv, args.layer, args.kl, d, args.site, args.positions,
-                            args.tolerance, args.max_multiplier, probe)
+            cal = calibrate(
+                model,
+                tokenizer,
+                sv,
+                args.layer,
+                args.kl,
+                d,
+                args.site,
+                args.positions,
+                args.tolerance,
+                args.max_multiplier,
+                probe,
+            )
             entry["calibration"].append(cal.to_json())
             if cal.multiplier is None:
                 cells.append(f"not reached up to {format_multiplier(d * args.max_multiplier)}")
-                print(f"{path}: KL {args.kl:g} not reached up to multiplier {format_multiplier(d * args.max_multiplier)}")
+                print(
+                    f"{path}: KL {args.kl:g} not reached up to multiplier {format_multiplier(d * args.max_multiplier)}"
+                )
             else:
                 cells.append(f"{cal.multiplier:+.3g} ({cal.norm_fraction:.0%} of ‖h‖)")
-                print(f"{path}: multiplier {cal.multiplier:+.4g} reaches KL {cal.kl:.4f} "
-                      f"(target {args.kl:g}); the added vector is {cal.norm_fraction:.1%} of the mean residual norm")
+                print(
+                    f"{path}: multiplier {cal.multiplier:+.4g} reaches KL {cal.kl:.4f} "
+                    f"(target {args.kl:g}); the added vector is {cal.norm_fraction:.1%} of the mean residual norm"
+                )
         for row in multiplier_scale(model, tokenizer, sv, args.layer, multipliers, args.site, args.positions, probe):
             entry["scale"].append(row.to_json())
             cells.append(f"{row.norm_fraction:.2f} / {row.kl:.3g}")

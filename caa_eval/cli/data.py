@@ -21,8 +21,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     get = sub.add_parser("download", help="fetch the CAA datasets and MMLU test CSVs (pinned commits, sha256-checked)")
-    get.add_argument("--dest", help="root folder receiving caa/ and mmlu/test/ (default: the user cache, where tasks look last)")
-    get.add_argument("--base-url", help="mirror with the same layout ({URL}/caa/<path>, {URL}/mmlu/test/<file>); file:// works")
+    get.add_argument(
+        "--dest", help="root folder receiving caa/ and mmlu/test/ (default: the user cache, where tasks look last)"
+    )
+    get.add_argument(
+        "--base-url", help="mirror with the same layout ({URL}/caa/<path>, {URL}/mmlu/test/<file>); file:// works"
+    )
     get.add_argument("--only", choices=dl.DATASETS, help="fetch one dataset only")
     get.add_argument("--force", action="store_true", help="download again even if the files verify")
     get.add_argument("--no-progress", action="store_true", help="no progress bar")

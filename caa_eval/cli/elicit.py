@@ -21,16 +21,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from caa_eval.vocab import SITES
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"HF path/ID or the alias {DEFAULT_MODEL} (default)")
-    parser.add_argument("--behavior", "--behaviour", dest="behaviours", nargs="+", required=True,
-                        help="behaviour(s); `all` = CAA's seven")
-    parser.add_argument("--vector", default="vectors/{behavior}.safetensors",
-                        help="vector file; with several behaviours a pattern with {behavior} "
-                             "(default vectors/{behavior}.safetensors)")
+    parser.add_argument(
+        "--behavior",
+        "--behaviour",
+        dest="behaviours",
+        nargs="+",
+        required=True,
+        help="behaviour(s); `all` = CAA's seven",
+    )
+    parser.add_argument(
+        "--vector",
+        default="vectors/{behavior}.safetensors",
+        help="vector file; with several behaviours a pattern with {behavior} (default vectors/{behavior}.safetensors)",
+    )
     parser.add_argument("--layer", type=int, help="steered layer (needed when the file holds several layers)")
-    parser.add_argument("--task", default="caa_ab_{behavior}",
-                        help="lm-eval task; {behavior} is replaced by the behaviour's task suffix (default caa_ab_{behavior})")
+    parser.add_argument(
+        "--task",
+        default="caa_ab_{behavior}",
+        help="lm-eval task; {behavior} is replaced by the behaviour's task suffix (default caa_ab_{behavior})",
+    )
     parser.add_argument("--metric", help="per-item metric (default: the task's primary metric, p_match for caa_ab)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="mean score that counts as triggered (default 0.5)")
+    parser.add_argument(
+        "--threshold", type=float, default=0.5, help="mean score that counts as triggered (default 0.5)"
+    )
     parser.add_argument("--max-multiplier", type=float, default=20.0, help="largest multiplier tried (default 20)")
     parser.add_argument("--grid", type=int, default=8, help="coarse steps from 0 to the maximum (default 8)")
     parser.add_argument("--tolerance", type=float, help="bisect until the bracket is this narrow (default max/100)")
@@ -40,7 +53,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", help="cpu, cuda, cuda:0 … (default: cuda if available)")
     parser.add_argument("--dtype", help="model dtype (default: the checkpoint's)")
-    parser.add_argument("--data-dir", type=Path, help="CAA datasets folder (default: CAA_EVAL_DATA_DIR or the download cache)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="CAA datasets folder (default: CAA_EVAL_DATA_DIR or the download cache)"
+    )
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--json", type=Path, required=True, help="output JSON (rewritten after every behaviour)")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown")
@@ -77,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
     behaviours = _behaviours(args.behaviours)
     if len(behaviours) > 1 and "{behavior}" not in args.vector:
-        raise CAAEvalError("several behaviours need a --vector pattern with {behavior}, e.g. vectors/{behavior}.safetensors")
+        raise CAAEvalError(
+            "several behaviours need a --vector pattern with {behavior}, e.g. vectors/{behavior}.safetensors"
+        )
     jobs = []
     for b in behaviours:  # check every input before the slow part
         path = Path(args.vector.replace("{behavior}", b))
@@ -89,25 +106,53 @@ def run(args: argparse.Namespace) -> int:
 
     from caa_eval.lmeval.model import SteeredHFLM
 
-    manager = TaskManager(include_path=[str(tasks_dir())],
-                          metadata={"caa_data_dir": str(args.data_dir)} if args.data_dir else None)
-    kwargs = {"pretrained": args.model, "batch_size": args.batch_size, "multiplier": 0,
-              "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu")}
+    manager = TaskManager(
+        include_path=[str(tasks_dir())], metadata={"caa_data_dir": str(args.data_dir)} if args.data_dir else None
+    )
+    kwargs = {
+        "pretrained": args.model,
+        "batch_size": args.batch_size,
+        "multiplier": 0,
+        "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+    }
     if args.dtype:
         kwargs["dtype"] = args.dtype
     lm = SteeredHFLM(**kwargs)
-    out = {"model": args.model, "threshold": args.threshold, "max_multiplier": args.max_multiplier,
-           "limit": args.limit, "positions": args.positions, "rows": []}
+    out = {
+        "model": args.model,
+        "threshold": args.threshold,
+        "max_multiplier": args.max_multiplier,
+        "limit": args.limit,
+        "positions": args.positions,
+        "rows": [],
+    }
     table = []
     for b, path, sv, layer, task in jobs:
         t0 = time.perf_counter()
-        score = lmeval_scorer(lm, task, sv, layer, metric=args.metric, limit=args.limit, site=args.site,
-                              positions=args.positions, task_manager=manager)
-        result = find_threshold(score, args.threshold, args.max_multiplier, args.grid, args.tolerance,
-                                n_resamples=args.resamples)
+        score = lmeval_scorer(
+            lm,
+            task,
+            sv,
+            layer,
+            metric=args.metric,
+            limit=args.limit,
+            site=args.site,
+            positions=args.positions,
+            task_manager=manager,
+        )
+        result = find_threshold(
+            score, args.threshold, args.max_multiplier, args.grid, args.tolerance, n_resamples=args.resamples
+        )
         seconds = round(time.perf_counter() - t0, 1)
-        result.info = {"behaviour": b, "task": task, "vector": str(path), "layer": layer,
-                       "site": args.site or sv.site, "normalization": sv.normalization, "seconds": seconds}
+        result.info = {
+            "behaviour": b,
+            "task": task,
+            "vector": str(path),
+            "layer": layer,
+            "site": args.site or sv.site,
+            "normalization": sv.normalization,
+            "seconds": seconds,
+        }
         out["rows"].append(result.to_json())
         table.append((b, result))
         write_atomic(args.json, json.dumps(out, indent=1) + "\n")

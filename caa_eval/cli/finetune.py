@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 OUTPUTS = {"out": "folder"}  # checked writable by the dispatcher before the model loads
 
 
@@ -16,12 +15,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d = FinetuneConfig()
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"HF path/ID or the alias {DEFAULT_MODEL}")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--behavior", "--behaviour", dest="behaviour", help="a CAA behaviour: train on its A/B generate set")
+    src.add_argument(
+        "--behavior", "--behaviour", dest="behaviour", help="a CAA behaviour: train on its A/B generate set"
+    )
     src.add_argument("--data", type=Path, help="contrast pairs (JSON list or JSONL with (A)/(B) answers) instead")
-    parser.add_argument("--behaviour-label", default=None,
-                        help="with --data: behaviour name to record and whose A/B test set to check against")
-    parser.add_argument("--direction", required=True, choices=["pos", "neg"],
-                        help="pos: teach the answer matching the behaviour; neg: the non-matching answer")
+    parser.add_argument(
+        "--behaviour-label",
+        default=None,
+        help="with --data: behaviour name to record and whose A/B test set to check against",
+    )
+    parser.add_argument(
+        "--direction",
+        required=True,
+        choices=["pos", "neg"],
+        help="pos: teach the answer matching the behaviour; neg: the non-matching answer",
+    )
     parser.add_argument("--out", type=Path, required=True, help="adapter folder to create")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the data (default {d.epochs})")
     parser.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
@@ -32,8 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="save GPU memory (7B+ models)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:1")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="auto: bfloat16 on GPU, float32 on CPU")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 on GPU, float32 on CPU",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="CAA data folder (default: CAA_EVAL_DATA_DIR)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing adapter folder")
 
@@ -41,14 +53,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from caa_eval.finetune.train import FinetuneConfig, finetune_to_dir
 
-    cfg = FinetuneConfig(direction=args.direction, epochs=args.epochs, lr=args.lr, lora_r=args.lora_r,
-                         lora_alpha=args.lora_alpha, batch_size=args.batch_size, max_steps=args.max_steps,
-                         seed=args.seed, gradient_checkpointing=args.gradient_checkpointing)
+    cfg = FinetuneConfig(
+        direction=args.direction,
+        epochs=args.epochs,
+        lr=args.lr,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
     behaviour = args.behaviour if args.data is None else args.behaviour_label
-    info = finetune_to_dir(args.model, args.out, cfg, behaviour=behaviour, data_path=args.data, data_dir=args.data_dir,
-                           device=args.device, dtype=args.dtype, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {info['behaviour']} {info['direction']}, {info['n_examples']} items, {info['steps']} steps, "
-          f"loss {info['first_loss']:.4f} -> {info['final_loss']:.4f} ({info['train_seconds']:.0f} s)")
-    print(f"use it: lm_eval --model steered-hf --model_args pretrained={args.model},peft={args.out},"
-          f"vector=VECTOR.safetensors,layers=13,multiplier=1 ...")
+    info = finetune_to_dir(
+        args.model,
+        args.out,
+        cfg,
+        behaviour=behaviour,
+        data_path=args.data,
+        data_dir=args.data_dir,
+        device=args.device,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"wrote {args.out}: {info['behaviour']} {info['direction']}, {info['n_examples']} items, {info['steps']} steps, "
+        f"loss {info['first_loss']:.4f} -> {info['final_loss']:.4f} ({info['train_seconds']:.0f} s)"
+    )
+    print(
+        f"use it: lm_eval --model steered-hf --model_args pretrained={args.model},peft={args.out},"
+        f"vector=VECTOR.safetensors,layers=13,multiplier=1 ..."
+    )
     return 0

@@ -10,11 +10,16 @@ OUTPUTS = {"out_dir": "folder"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", type=Path, help="CAA's vectors/ or normalized_vectors/ folder "
-                        "(<behavior>/vec_layer_<L>_<model>.pt)")
+    parser.add_argument(
+        "folder", type=Path, help="CAA's vectors/ or normalized_vectors/ folder (<behavior>/vec_layer_<L>_<model>.pt)"
+    )
     parser.add_argument("--out-dir", type=Path, required=True, help="writes OUT/<model>/<behaviour>.safetensors")
-    parser.add_argument("--normalized", choices=sorted(_CHOICES), default="auto",
-                        help="are the files CAA-normalised? auto: from the folder name or equal norms")
+    parser.add_argument(
+        "--normalized",
+        choices=sorted(_CHOICES),
+        default="auto",
+        help="are the files CAA-normalised? auto: from the folder name or equal norms",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

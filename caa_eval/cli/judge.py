@@ -25,27 +25,43 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """
     from caa_eval.judge import BACKENDS, DEFAULT_HF_MODEL, DEFAULT_OPENAI_MODEL, default_cache_path
 
-    parser.add_argument("paths", nargs="*", metavar="RUN_DIR_OR_SAMPLES",
-                        help="lm-eval output folder(s) (searched recursively) or samples_*.jsonl file(s)")
-    parser.add_argument("--backend", choices=BACKENDS, default="openai",
-                        help="openai: any OpenAI-compatible server; hf: a local HF chat model (offline)")
-    parser.add_argument("--judge-model", default=None,
-                        help=f"judge model (default {DEFAULT_OPENAI_MODEL} for openai, {DEFAULT_HF_MODEL} for hf)")
-    parser.add_argument("--judge-base-url", default=None,
-                        help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL); "
-                        "the key is read from $OPENAI_API_KEY only")
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="RUN_DIR_OR_SAMPLES",
+        help="lm-eval output folder(s) (searched recursively) or samples_*.jsonl file(s)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="openai",
+        help="openai: any OpenAI-compatible server; hf: a local HF chat model (offline)",
+    )
+    parser.add_argument(
+        "--judge-model",
+        default=None,
+        help=f"judge model (default {DEFAULT_OPENAI_MODEL} for openai, {DEFAULT_HF_MODEL} for hf)",
+    )
+    parser.add_argument(
+        "--judge-base-url",
+        default=None,
+        help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL); "
+        "the key is read from $OPENAI_API_KEY only",
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (openai backend)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request before the client retries")
     parser.add_argument("--max-retries", type=int, default=5, help="client retries on 429/5xx/timeouts (with backoff)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (hf backend)")
-    parser.add_argument("--rubrics", default=None,
-                        help="YAML file `behaviour: rubric text` overriding or adding rubrics")
+    parser.add_argument(
+        "--rubrics", default=None, help="YAML file `behaviour: rubric text` overriding or adding rubrics"
+    )
     parser.add_argument("--cache", default=None, help=f"score cache file (default {default_cache_path()})")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the score cache")
     parser.add_argument("--output-dir", default=None, help="write judged_*.jsonl here instead of beside the samples")
     parser.add_argument("--summary-json", default=None, help="also write the whole run's summary to this JSON file")
-    parser.add_argument("--show-rubrics", action="store_true",
-                        help="print the rubrics in use with their hashes and exit")
+    parser.add_argument(
+        "--show-rubrics", action="store_true", help="print the rubrics in use with their hashes and exit"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,16 +86,25 @@ def run(args: argparse.Namespace) -> int:
     if summary_json is not None:  # before any paid call, like the judged files
         if summary_json.is_dir():
             raise CAAEvalError(f"--summary-json {summary_json} is a folder; pass a file path inside it")
-        ensure_writable(summary_json.parent, "the --summary-json file",
-                        "pass a --summary-json path in a writable folder")
+        ensure_writable(
+            summary_json.parent, "the --summary-json file", "pass a --summary-json path in a writable folder"
+        )
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # one INFO line per HTTP request is noise here
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
     summary = judge_samples(
-        args.paths, backend=args.backend, judge_model=args.judge_model, concurrency=args.concurrency,
-        cache_path=None if args.no_cache else (args.cache or DEFAULT_CACHE), rubrics=args.rubrics,
-        base_url=args.judge_base_url, timeout=args.timeout, max_retries=args.max_retries,
-        batch_size=args.batch_size, output_dir=args.output_dir, progress=True,
+        args.paths,
+        backend=args.backend,
+        judge_model=args.judge_model,
+        concurrency=args.concurrency,
+        cache_path=None if args.no_cache else (args.cache or DEFAULT_CACHE),
+        rubrics=args.rubrics,
+        base_url=args.judge_base_url,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        batch_size=args.batch_size,
+        output_dir=args.output_dir,
+        progress=True,
     )
     print(summary.format())
     if summary.usage.missing:

@@ -8,7 +8,6 @@ from pathlib import Path
 from caa_eval.core.vectors import load, normalize_to_mean_norm, ranges
 from caa_eval.errors import CAAEvalError
 
-
 OUTPUTS = {"out_dir": "folder"}
 
 

@@ -19,7 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the `caa-eval report` parser.
     """
-    parser.add_argument("input", type=Path, help="sweep folder, lm_eval --output_path folder, or a .csv/.jsonl long table")
+    parser.add_argument(
+        "input", type=Path, help="sweep folder, lm_eval --output_path folder, or a .csv/.jsonl long table"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/report or TABLE_report/)")
     add_common_arguments(parser)
 
@@ -33,12 +35,21 @@ def run(args: argparse.Namespace) -> int:
     from caa_eval.report import build_report
 
     check_common_arguments(args)
-    path = build_report(args.input, args.out, alpha=args.alpha, seed=args.seed, n_resamples=args.n_resamples,
-                        n_permutations=args.n_permutations, primary_test=args.test)
+    path = build_report(
+        args.input,
+        args.out,
+        alpha=args.alpha,
+        seed=args.seed,
+        n_resamples=args.n_resamples,
+        n_permutations=args.n_permutations,
+        primary_test=args.test,
+    )
     report = json.loads((path.parent / "report.json").read_text(encoding="utf-8"))
     n_sig = sum(1 for c in report["cells"] if c["significant"])
-    print(f"wrote {path} (+ report.json, {len(report['figures'])} figure(s)): {len(report['cells'])} cells, "
-          f"{n_sig} of {report['correction']['n_tests']} steered cells significant after Holm")
+    print(
+        f"wrote {path} (+ report.json, {len(report['figures'])} figure(s)): {len(report['cells'])} cells, "
+        f"{n_sig} of {report['correction']['n_tests']} steered cells significant after Holm"
+    )
     for w in report["warnings"]:
         print(f"warning: {w}")
     return 0

@@ -26,8 +26,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for bootstrap and permutation resampling (default 0)")
     parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples per CI (default 2000)")
     parser.add_argument("--n-permutations", type=int, default=9999, help="sign-flip resamples per test (default 9999)")
-    parser.add_argument("--test", choices=TESTS, default="wilcoxon",
-                        help="test whose p-values are Holm/BH-corrected and marked (default wilcoxon)")
+    parser.add_argument(
+        "--test",
+        choices=TESTS,
+        default="wilcoxon",
+        help="test whose p-values are Holm/BH-corrected and marked (default wilcoxon)",
+    )
 
 
 def check_common_arguments(args: argparse.Namespace) -> None:
@@ -53,8 +57,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="long table (.csv/.jsonl) or a sweep / lm_eval output folder")
     parser.add_argument("--json", type=Path, help="write settings, one row per cell and dose-response here")
     parser.add_argument("--csv", type=Path, help="write one row per cell here")
-    parser.add_argument("--metrics", default="primary",
-                        help="for run folders: 'primary' (default), 'all', or comma-separated metric names")
+    parser.add_argument(
+        "--metrics",
+        default="primary",
+        help="for run folders: 'primary' (default), 'all', or comma-separated metric names",
+    )
     add_common_arguments(parser)
 
 
@@ -69,13 +76,16 @@ def run(args: argparse.Namespace) -> int:
     check_common_arguments(args)
     table = stats.load_any(args.input, _metrics(args.metrics))
     options = {"seed": args.seed, "n_resamples": args.n_resamples}
-    cells = stats.paired_stats(table, alpha=args.alpha, n_permutations=args.n_permutations, primary_test=args.test,
-                               **options)
+    cells = stats.paired_stats(
+        table, alpha=args.alpha, n_permutations=args.n_permutations, primary_test=args.test, **options
+    )
     dose = stats.compute_dose_response(table, **options)
     print(stats.format_cells(cells))
     print()
-    print(f"Paired against multiplier 0 on the same items; p_holm/p_bh: {args.test} p-values corrected over "
-          f"{cells.attrs['n_tests']} cell-vs-0 tests; * = p_holm < {args.alpha}.")
+    print(
+        f"Paired against multiplier 0 on the same items; p_holm/p_bh: {args.test} p-values corrected over "
+        f"{cells.attrs['n_tests']} cell-vs-0 tests; * = p_holm < {args.alpha}."
+    )
     print()
     print("Dose-response (per-item OLS slope of score on multiplier; Page's L trend test, two-sided):")
     print(stats.format_dose(dose))

@@ -12,8 +12,18 @@ from typing import Any
 
 __all__ = ["configure", "overrides", "run"]
 
-_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
-                  "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+_LAUNCHER_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def _split(values: Sequence[str] | None) -> list[str] | None:
@@ -34,18 +44,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="HF path/ID or smollm2-135m-instruct (overrides `model`)")
     parser.add_argument("--limit", default=None, help="items per task (MMLU: per subject), or a fraction < 1")
     parser.add_argument("--layers", nargs="+", default=None, help="e.g. 13 | 10,13,16 | 10-14 (overrides `layers`)")
-    parser.add_argument("--multipliers", nargs="+", default=None,
-                        help="e.g. --multipliers -1 0 1 or --multipliers=-1,0,1 (0 is always added)")
-    parser.add_argument("--behaviours", "--behaviors", nargs="+", default=None,
-                        help="CAA behaviour names (overrides `behaviours`)")
-    parser.add_argument("--tasks", nargs="+", default=None, help="task names/templates, e.g. caa_ab_{behaviour},caa_mmlu_2opt")
+    parser.add_argument(
+        "--multipliers",
+        nargs="+",
+        default=None,
+        help="e.g. --multipliers -1 0 1 or --multipliers=-1,0,1 (0 is always added)",
+    )
+    parser.add_argument(
+        "--behaviours", "--behaviors", nargs="+", default=None, help="CAA behaviour names (overrides `behaviours`)"
+    )
+    parser.add_argument(
+        "--tasks", nargs="+", default=None, help="task names/templates, e.g. caa_ab_{behaviour},caa_mmlu_2opt"
+    )
     parser.add_argument("--sites", nargs="+", default=None, help="residual,mlp,attn (overrides `sites`)")
     parser.add_argument("--batch-size", default=None, help="lm-eval batch size (overrides `batch_size`)")
     parser.add_argument("--no-report", action="store_true", help="do not build RUN_DIR/report at the end")
-    parser.add_argument("--dry-run", action="store_true", help="print the cells (done / to run) and the vectors to extract")
-    parser.add_argument("--shard", default=None,
-                        help="i/n: run shard i (0..n-1) of the cells into a run folder shared with the other shards; "
-                             "auto (the default under accelerate launch / torchrun): RANK of WORLD_SIZE")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the cells (done / to run) and the vectors to extract"
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        help="i/n: run shard i (0..n-1) of the cells into a run folder shared with the other shards; "
+        "auto (the default under accelerate launch / torchrun): RANK of WORLD_SIZE",
+    )
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,9 +77,14 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         args: the parsed `caa-eval sweep` arguments.
     """
     over: dict[str, Any] = {
-        "output": args.out, "limit": args.limit, "model": getattr(args, "model", None),
-        "layers": _split(args.layers), "multipliers": _split(args.multipliers), "behaviours": _split(args.behaviours),
-        "tasks": _split(args.tasks), "sites": _split(getattr(args, "sites", None)),
+        "output": args.out,
+        "limit": args.limit,
+        "model": getattr(args, "model", None),
+        "layers": _split(args.layers),
+        "multipliers": _split(args.multipliers),
+        "behaviours": _split(args.behaviours),
+        "tasks": _split(args.tasks),
+        "sites": _split(getattr(args, "sites", None)),
     }
     if getattr(args, "batch_size", None) is not None:
         bs = args.batch_size

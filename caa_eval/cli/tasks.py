@@ -17,9 +17,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser: the subcommand's parser.
     """
     parser.add_argument("--all", action="store_true", help="also list every per-subject MMLU task")
-    parser.add_argument("--template-path", nargs="?", const="ab", choices=sorted(TEMPLATES), metavar="KIND",
-                        help="print the absolute path of a base template to `include:` in your own YAML "
-                             f"({', '.join(TEMPLATES)}; default ab) and exit")
+    parser.add_argument(
+        "--template-path",
+        nargs="?",
+        const="ab",
+        choices=sorted(TEMPLATES),
+        metavar="KIND",
+        help="print the absolute path of a base template to `include:` in your own YAML "
+        f"({', '.join(TEMPLATES)}; default ab) and exit",
+    )
     parser.add_argument("--caa-data-dir", help=f"CAA datasets folder (default: ${CAA_DATA_ENV}, then the user cache)")
     parser.add_argument("--mmlu-dir", help=f"MMLU test CSV folder (default: ${MMLU_DIR_ENV}, then the user cache)")
 
@@ -33,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if args.template_path:
         print(template_path(args.template_path))
         return 0
-    rows = [r for r in list_tasks(args.caa_data_dir, args.mmlu_dir)
-            if args.all or not (r.group and r.group.startswith("caa_mmlu_2opt"))]  # 57 subjects each: --all
+    rows = [
+        r
+        for r in list_tasks(args.caa_data_dir, args.mmlu_dir)
+        if args.all or not (r.group and r.group.startswith("caa_mmlu_2opt"))
+    ]  # 57 subjects each: --all
     problems: list[str] = []
     width = max(len(r.name) for r in rows) + 4
     print(f"{'task':<{width}}{'items':>7}  data")
@@ -50,5 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}{'-' if r.items is None else r.items:>7}  {source}")
     for k, problem in enumerate(problems, 1):
         print(f"[{k}] {problem}")
-    print("\nRun e.g.: lm_eval --model hf --model_args pretrained=PATH --apply_chat_template --tasks caa_ab,caa_mmlu_2opt")
+    print(
+        "\nRun e.g.: lm_eval --model hf --model_args pretrained=PATH --apply_chat_template --tasks caa_ab,caa_mmlu_2opt"
+    )
     return 0

@@ -22,10 +22,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     text = parser.add_mutually_exclusive_group(required=True)
     text.add_argument("--prompt", help="text to analyse (a user turn of the chat template by default)")
     text.add_argument("--question", help="a question the model answers first (with --generate N)")
-    parser.add_argument("--generate", type=int, default=0, metavar="N",
-                        help="with --question: generate N answer tokens (greedy, unsteered) and include them")
-    parser.add_argument("--no-chat-template", action="store_true",
-                        help="tokenize the text as given (with the tokenizer's default special tokens)")
+    parser.add_argument(
+        "--generate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --question: generate N answer tokens (greedy, unsteered) and include them",
+    )
+    parser.add_argument(
+        "--no-chat-template",
+        action="store_true",
+        help="tokenize the text as given (with the tokenizer's default special tokens)",
+    )
     parser.add_argument("--json", type=Path, required=True, help="output JSON: {layer, tokens: [{id, token, cosine}]}")
     parser.add_argument("--html", type=Path, required=True, help="output HTML page (offline, one span per token)")
     parser.add_argument("--png", type=Path, help="also draw the colouring as a PNG")
@@ -50,20 +58,33 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, args.dtype)
     text = args.prompt if args.prompt is not None else args.question
     meta = {"model": args.model, "vector": str(args.vector), "behaviour": sv.behaviour, "text": text}
-    result = token_cosines(model, tokenizer, vector, args.layer, text, generate=args.generate,
-                           chat_template=not args.no_chat_template, site=sv.site, meta=meta)
+    result = token_cosines(
+        model,
+        tokenizer,
+        vector,
+        args.layer,
+        text,
+        generate=args.generate,
+        chat_template=not args.no_chat_template,
+        site=sv.site,
+        meta=meta,
+    )
     write_atomic(args.json, json.dumps(result.to_json(), indent=1, ensure_ascii=False) + "\n")
     short = text if len(text) <= 70 else text[:67] + "..."
     title = args.title or f"{sv.behaviour} vector, layer {args.layer}: \u201c{short}\u201d"
-    subtitle = (f"model {args.model} · vector {args.vector} ({sv.site}) · "
-                f"{'chat template' if not args.no_chat_template else 'raw text'} · {len(result.ids)} tokens"
-                + (f", {len(result.ids) - result.n_prompt} generated" if args.generate else ""))
+    subtitle = (
+        f"model {args.model} · vector {args.vector} ({sv.site}) · "
+        f"{'chat template' if not args.no_chat_template else 'raw text'} · {len(result.ids)} tokens"
+        + (f", {len(result.ids) - result.n_prompt} generated" if args.generate else "")
+    )
     write_html(result, args.html, title, args.scale, subtitle)
     if args.png:
         write_png(result, args.png, title, args.scale)
     lo, hi = min(result.cosines), max(result.cosines)
     top = sorted(range(len(result.ids)), key=lambda k: result.cosines[k], reverse=True)[:5]
-    print(f"layer {args.layer}: {len(result.ids)} tokens, cosine {lo:+.3f} .. {hi:+.3f}; "
-          f"most aligned: {', '.join(repr(result.tokens[k]) for k in top)}")
+    print(
+        f"layer {args.layer}: {len(result.ids)} tokens, cosine {lo:+.3f} .. {hi:+.3f}; "
+        f"most aligned: {', '.join(repr(result.tokens[k]) for k in top)}"
+    )
     print(f"wrote {args.json} and {args.html}" + (f" and {args.png}" if args.png else ""))
     return 0

@@ -26,11 +26,15 @@ def _load_tensor(path: Path) -> torch.Tensor:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refused or a broken file
-        raise CAAEvalError(f"{path}: not a tensor file that loads safely ({type(exc).__name__}); "
-                           "CAA's files are bare tensors saved with torch.save") from None
+        raise CAAEvalError(
+            f"{path}: not a tensor file that loads safely ({type(exc).__name__}); "
+            "CAA's files are bare tensors saved with torch.save"
+        ) from None
     if not torch.is_tensor(obj) or obj.dim() != 1 or obj.numel() == 0:
-        raise CAAEvalError(f"{path}: expected a bare 1-D tensor (CAA's format), got {type(obj).__name__}"
-                           f"{' of shape ' + str(tuple(obj.shape)) if torch.is_tensor(obj) else ''}")
+        raise CAAEvalError(
+            f"{path}: expected a bare 1-D tensor (CAA's format), got {type(obj).__name__}"
+            f"{' of shape ' + str(tuple(obj.shape)) if torch.is_tensor(obj) else ''}"
+        )
     if not torch.isfinite(obj).all():
         raise CAAEvalError(f"{path}: the vector contains NaN or inf")
     return obj.float()
@@ -47,8 +51,9 @@ def read_caa_dir(folder: str | Path) -> dict[str, dict[str, dict[int, torch.Tens
         if m:
             found[m["model"]][behaviour_key(path.parent.name)][int(m["layer"])] = _load_tensor(path)
     if not found:
-        raise CAAEvalError(f"{folder}: no <behavior>/vec_layer_<L>_<model>.pt files; pass CAA's vectors/ or "
-                           "normalized_vectors/ folder")
+        raise CAAEvalError(
+            f"{folder}: no <behavior>/vec_layer_<L>_<model>.pt files; pass CAA's vectors/ or normalized_vectors/ folder"
+        )
     return {model: dict(b) for model, b in found.items()}
 
 
@@ -82,14 +87,19 @@ def import_caa_dir(folder: str | Path, out_dir: str | Path, normalized: bool | N
     for model, behaviours in read_caa_dir(folder).items():
         is_normalized = normalized if normalized is not None else detect_normalized(folder, behaviours)
         if is_normalized is None:
-            raise CAAEvalError(f"{folder}: cannot tell whether these vectors are CAA-normalised; "
-                               "pass --normalized yes (normalized_vectors/) or --normalized no (vectors/)")
+            raise CAAEvalError(
+                f"{folder}: cannot tell whether these vectors are CAA-normalised; "
+                "pass --normalized yes (normalized_vectors/) or --normalized no (vectors/)"
+            )
         for behaviour, layers in sorted(behaviours.items()):
             sizes = {v.numel() for v in layers.values()}
             if len(sizes) != 1:
                 raise CAAEvalError(f"{folder}/{behaviour}: layers have different sizes {sorted(sizes)}")
             sv = SteeringVector(
-                vectors=layers, behaviour=behaviour, model=model, site="residual",
+                vectors=layers,
+                behaviour=behaviour,
+                model=model,
+                site="residual",
                 read_position="answer_letter (CAA: [INST] q [/INST] (X), letter at index -2)",
                 normalization=dict(NORMALIZATION, behaviours=sorted(behaviours)) if is_normalized else None,
                 extra={"imported_from": str(folder), "format": "CAA vec_layer_<L>_<model>.pt"},

@@ -25,8 +25,15 @@ from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
 from caa_eval.vocab import BEHAVIOURS, SITES, behaviour_key, parse_layers
 
-__all__ = ["READ_RULES", "extract_vectors", "extract_to_file", "build_rows", "check_context", "context_length",
-           "default_behaviour"]
+__all__ = [
+    "READ_RULES",
+    "extract_vectors",
+    "extract_to_file",
+    "build_rows",
+    "check_context",
+    "context_length",
+    "default_behaviour",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +86,20 @@ def _add_special(tokenizer: Any, text: str) -> bool:
     return not (bos and text.startswith(bos))
 
 
-def build_rows(tokenizer: Any, pairs: Sequence[data.ContrastPair], system_prompt: str | None = None,
-               read: str = "letter") -> list[tuple[_Row, _Row]]:
+def build_rows(
+    tokenizer: Any, pairs: Sequence[data.ContrastPair], system_prompt: str | None = None, read: str = "letter"
+) -> list[tuple[_Row, _Row]]:
     """Both prompts of every pair as token rows with their read positions."""
     if read not in READ_RULES:
         raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
     make = answer_row if read == "letter" else answer_span_row
-    return [(make(tokenizer, pair.question, pair.answer_matching_behavior, system_prompt),
-             make(tokenizer, pair.question, pair.answer_not_matching_behavior, system_prompt)) for pair in pairs]
+    return [
+        (
+            make(tokenizer, pair.question, pair.answer_matching_behavior, system_prompt),
+            make(tokenizer, pair.question, pair.answer_not_matching_behavior, system_prompt),
+        )
+        for pair in pairs
+    ]
 
 
 def context_length(model: torch.nn.Module) -> int | None:
@@ -112,12 +125,17 @@ def check_context(model: torch.nn.Module, rows: Sequence[tuple[_Row, _Row]]) -> 
     limit = context_length(model)
     if limit is None:
         return
-    too_long = [(i, max(len(pos.ids), len(neg.ids))) for i, (pos, neg) in enumerate(rows)
-                if max(len(pos.ids), len(neg.ids)) > limit]
+    too_long = [
+        (i, max(len(pos.ids), len(neg.ids)))
+        for i, (pos, neg) in enumerate(rows)
+        if max(len(pos.ids), len(neg.ids)) > limit
+    ]
     if too_long:
         i, n = max(too_long, key=lambda x: x[1])
-        raise CAAEvalError(f"{len(too_long)} pair(s) are longer than the model's context of {limit} tokens "
-                           f"(longest: item {i}, {n} tokens); shorten or drop them")
+        raise CAAEvalError(
+            f"{len(too_long)} pair(s) are longer than the model's context of {limit} tokens "
+            f"(longest: item {i}, {n} tokens); shorten or drop them"
+        )
 
 
 def _shares_prefix(pos: _Row, neg: _Row) -> bool:
@@ -139,6 +157,7 @@ class _Reader:
         def hook(module, args, output):
             if self.active:
                 self.outputs[layer] = hidden_of(output)
+
         return hook
 
     def _stop(self, module, args, output):
@@ -160,7 +179,9 @@ class _Reader:
 
 
 @torch.no_grad()
-def _shared_prefix_batch(base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device) -> dict[int, torch.Tensor]:
+def _shared_prefix_batch(
+    base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device
+) -> dict[int, torch.Tensor]:
     """Prefix once with a KV cache, then both letters as one step: returns (pos − neg) per layer, (B, H)."""
     from transformers import DynamicCache
 
@@ -178,13 +199,16 @@ def _shared_prefix_batch(base, reader: _Reader, batch: list[tuple[_Row, _Row]], 
     letters = torch.tensor([[row.ids[-1]] for pair in batch for row in pair], device=device)
     mask2 = torch.cat([mask.repeat_interleave(2, 0), torch.ones(len(letters), 1, dtype=mask.dtype, device=device)], 1)
     lengths = mask.sum(-1).repeat_interleave(2)[:, None]
-    outputs = reader.run(lambda: base(input_ids=letters, attention_mask=mask2, position_ids=lengths,
-                                      use_cache=True, **{cache_kw: cache}))
+    outputs = reader.run(
+        lambda: base(input_ids=letters, attention_mask=mask2, position_ids=lengths, use_cache=True, **{cache_kw: cache})
+    )
     return {layer: (out[0::2, -1] - out[1::2, -1]).float() for layer, out in outputs.items()}
 
 
 @torch.no_grad()
-def _full_rows_batch(base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device) -> dict[int, torch.Tensor]:
+def _full_rows_batch(
+    base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device
+) -> dict[int, torch.Tensor]:
     rows = [row for pair in batch for row in pair]
     ids, mask = pad_right([r.ids for r in rows], pad_id, device)
     outputs = reader.run(lambda: base(input_ids=ids, attention_mask=mask, use_cache=False))
@@ -199,9 +223,17 @@ def _full_rows_batch(base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_
     return diffs
 
 
-def extract_vectors(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data.ContrastPair],
-                    layers: Sequence[int] | None = None, site: str = "residual", batch_size: int = 16,
-                    system_prompt: str | None = None, progress: bool = True, read: str = "letter") -> dict[int, torch.Tensor]:
+def extract_vectors(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[data.ContrastPair],
+    layers: Sequence[int] | None = None,
+    site: str = "residual",
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+    progress: bool = True,
+    read: str = "letter",
+) -> dict[int, torch.Tensor]:
     """Mean over pairs of (matching − non-matching) activation at the answer letter, per layer.
 
     read="answer_mean" averages over the answer's tokens instead, for pairs whose answers are full texts:
@@ -249,11 +281,14 @@ def default_behaviour(data_path: Path) -> str:
         folder = behaviour_key(data_path.parent.name)
         if folder in BEHAVIOURS:
             return folder
-        raise CAAEvalError(f"{data_path}: cannot tell the behaviour from the name {data_path.name} in folder "
-                           f"{data_path.parent.name!r} (not one of CAA's behaviours); pass --behaviour-label NAME")
+        raise CAAEvalError(
+            f"{data_path}: cannot tell the behaviour from the name {data_path.name} in folder "
+            f"{data_path.parent.name!r} (not one of CAA's behaviours); pass --behaviour-label NAME"
+        )
     name = behaviour_key(data_path.stem)
-    log.info("behaviour recorded as %r (from the file name %s); pass --behaviour-label NAME to name it", name,
-             data_path.name)
+    log.info(
+        "behaviour recorded as %r (from the file name %s); pass --behaviour-label NAME to name it", name, data_path.name
+    )
     return name
 
 
@@ -262,10 +297,22 @@ def _check_site(site: str) -> None:
         raise CAAEvalError(f"site={site!r} not understood; write one of {', '.join(SITES)}")
 
 
-def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, layers=None, site: str = "residual",
-                    batch_size: int = 16, behaviour: str | None = None, system_prompt: str | None = None,
-                    model=None, tokenizer=None, progress: bool = True, read: str = "letter",
-                    device: str | None = None, dtype: str = "float32") -> SteeringVector:
+def extract_to_file(
+    model_name: str,
+    data_path: str | Path,
+    out: str | Path,
+    layers=None,
+    site: str = "residual",
+    batch_size: int = 16,
+    behaviour: str | None = None,
+    system_prompt: str | None = None,
+    model=None,
+    tokenizer=None,
+    progress: bool = True,
+    read: str = "letter",
+    device: str | None = None,
+    dtype: str = "float32",
+) -> SteeringVector:
     """Extract from a contrast-pair file and save a self-describing `.safetensors` vector file.
 
     Args:
@@ -301,10 +348,14 @@ def extract_to_file(model_name: str, data_path: str | Path, out: str | Path, lay
         model = model.to(where)
     vectors = extract_vectors(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)
     sv = SteeringVector(
-        vectors=vectors, behaviour=name, model=model_name,
-        model_fingerprint=model_fingerprint(model), site=site,
+        vectors=vectors,
+        behaviour=name,
+        model=model_name,
+        model_fingerprint=model_fingerprint(model),
+        site=site,
         read_position=READ_RULES[read],
-        n_pairs=len(pairs), dataset_sha256=data.file_sha256(data_path),
+        n_pairs=len(pairs),
+        dataset_sha256=data.file_sha256(data_path),
         extra={"system_prompt": system_prompt, "data_file": data_path.name},
     )
     sv.save(out)

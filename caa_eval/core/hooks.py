@@ -56,9 +56,17 @@ class Steering:
     Hooks are removed on exit, also when the forward raises.
     """
 
-    def __init__(self, model: nn.Module, vectors: dict[int, torch.Tensor], multiplier: float | torch.Tensor = 1.0,
-                 site: str = "residual", positions: str | Positions = "after_instruction", tokenizer: Any = None,
-                 locator: InstructionLocator | None = None, layers_path: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        vectors: dict[int, torch.Tensor],
+        multiplier: float | torch.Tensor = 1.0,
+        site: str = "residual",
+        positions: str | Positions = "after_instruction",
+        tokenizer: Any = None,
+        locator: InstructionLocator | None = None,
+        layers_path: str | None = None,
+    ):
         if site not in SITES:
             raise CAAEvalError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
         self.model = model
@@ -198,7 +206,9 @@ class Steering:
             hidden = hidden_of(output)
             scale = self._scale.to(device=hidden.device, dtype=hidden.dtype)
             if scale.shape[:2] != hidden.shape[:2]:
-                raise CAAEvalError(f"steering mask {tuple(scale.shape[:2])} does not fit activations {tuple(hidden.shape[:2])}")
+                raise CAAEvalError(
+                    f"steering mask {tuple(scale.shape[:2])} does not fit activations {tuple(hidden.shape[:2])}"
+                )
             return with_hidden(output, hidden + scale * self._vector(layer, hidden.device, hidden.dtype))
 
         return hook

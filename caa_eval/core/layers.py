@@ -16,8 +16,16 @@ from caa_eval.vocab import SITES
 
 __all__ = ["decoder_layers", "site_module", "hidden_of", "with_hidden", "hidden_size"]
 
-_KNOWN_PATHS = ("model.layers", "model.model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
-                "base_model.model.model.layers", "model.language_model.layers", "layers")
+_KNOWN_PATHS = (
+    "model.layers",
+    "model.model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "base_model.model.model.layers",
+    "model.language_model.layers",
+    "layers",
+)
 _SUBMODULES = {"mlp": ("mlp", "feed_forward", "ffn"), "attn": ("self_attn", "attn", "attention")}
 
 
@@ -59,8 +67,10 @@ def decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.Modul
     for module in model.modules():
         if isinstance(module, nn.ModuleList) and n_layers and len(module) == n_layers:
             return module
-    raise CAAEvalError(f"cannot find the decoder layers of {type(model).__name__}; "
-                       "name them with layers_path=<dotted path to the block list>")
+    raise CAAEvalError(
+        f"cannot find the decoder layers of {type(model).__name__}; "
+        "name them with layers_path=<dotted path to the block list>"
+    )
 
 
 def site_module(block: nn.Module, site: str) -> nn.Module:
@@ -87,4 +97,4 @@ def with_hidden(output: Any, hidden: torch.Tensor) -> Any:
 
 def hidden_size(model: nn.Module) -> int:
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+    return int(getattr(config, "hidden_size", None) or config.n_embd)

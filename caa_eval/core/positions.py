@@ -54,7 +54,9 @@ class Positions:
                 start = int(parts[0]) if parts[0] else 0
                 end = int(parts[1]) if len(parts) > 1 and parts[1] else None
             except ValueError:
-                raise CAAEvalError(f"positions={spec!r}: span offsets must be integers, e.g. span:0:4 or span:-3:") from None
+                raise CAAEvalError(
+                    f"positions={spec!r}: span offsets must be integers, e.g. span:0:4 or span:-3:"
+                ) from None
             if len(parts) > 2 or (end is not None and end <= start):
                 raise CAAEvalError(f"positions={spec!r}: use span:START:END with END > START (END may be empty)")
             return cls("span", start, end)
@@ -64,8 +66,9 @@ class Positions:
             except re.error as exc:
                 raise CAAEvalError(f"positions={spec!r}: invalid regex ({exc})") from None
             return cls("regex", pattern=rest)
-        raise CAAEvalError(f"positions={spec!r} not understood; use one of {', '.join(POSITION_MODES)} "
-                           "(span:START:END, regex:PATTERN)")
+        raise CAAEvalError(
+            f"positions={spec!r} not understood; use one of {', '.join(POSITION_MODES)} (span:START:END, regex:PATTERN)"
+        )
 
     def __str__(self) -> str:
         if self.mode == "span":
@@ -92,13 +95,16 @@ class InstructionLocator:
         if not getattr(tokenizer, "chat_template", None):
             raise ChatStructureError(
                 "the tokenizer has no chat template, so positions=after_instruction is undefined; "
-                "use a chat model or positions=all")
+                "use a chat model or positions=all"
+            )
         messages = [{"role": "user", "content": _SENTINEL}]
         rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         tail = rendered.split(_SENTINEL)[-1]
         if not tail.strip():
-            raise ChatStructureError("the chat template writes nothing after the user turn, so the instruction end "
-                                     "is undefined; use positions=all")
+            raise ChatStructureError(
+                "the chat template writes nothing after the user turn, so the instruction end "
+                "is undefined; use positions=all"
+            )
         self.tail_text = tail
         cores: set[tuple[int, ...]] = set()
         for text in {tail, tail.lstrip(), " " + tail.lstrip()}:
@@ -131,7 +137,8 @@ class InstructionLocator:
         if best < 0:
             raise ChatStructureError(
                 f"no chat turn marker {self.tail_text.strip()!r} in the prompt, so positions=after_instruction is "
-                "undefined; run lm_eval with --apply_chat_template, or use positions=all")
+                "undefined; run lm_eval with --apply_chat_template, or use positions=all"
+            )
         return best
 
 

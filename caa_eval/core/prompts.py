@@ -14,8 +14,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ANSWER_OPENER", "Renderer", "chat_messages", "render_prompt", "tokenizer_renderer", "base_prompt",
-           "prompt_for", "ab_answer_prompt"]
+__all__ = [
+    "ANSWER_OPENER",
+    "Renderer",
+    "chat_messages",
+    "render_prompt",
+    "tokenizer_renderer",
+    "base_prompt",
+    "prompt_for",
+    "ab_answer_prompt",
+]
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +34,9 @@ Renderer = Callable[..., str]
 """`render(messages, add_generation_prompt=bool) -> str`: lm-eval's HFLM.apply_chat_template has this shape."""
 
 
-def chat_messages(question: str, system_prompt: str | None = None, answer_prefix: str | None = None) -> list[dict[str, str]]:
+def chat_messages(
+    question: str, system_prompt: str | None = None, answer_prefix: str | None = None
+) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": question})
     if answer_prefix:
@@ -34,8 +44,9 @@ def chat_messages(question: str, system_prompt: str | None = None, answer_prefix
     return messages
 
 
-def render_prompt(render: Renderer, question: str, system_prompt: str | None = None,
-                  answer_prefix: str | None = ANSWER_OPENER) -> str:
+def render_prompt(
+    render: Renderer, question: str, system_prompt: str | None = None, answer_prefix: str | None = ANSWER_OPENER
+) -> str:
     """The chat-templated prompt, ending with the assistant turn opened by `answer_prefix` (if any).
 
     Args:
@@ -52,8 +63,12 @@ def tokenizer_renderer(tokenizer: Any) -> Renderer:
     """A renderer from an HF tokenizer's chat template, exactly as lm-eval's HFLM calls it."""
 
     def render(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             continue_final_message=not add_generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+        )
 
     return render
 
@@ -63,8 +78,9 @@ def base_prompt(question: str, answer_prefix: str | None = None) -> str:
     return f"Input: {question.strip()}\nResponse:" + (f" {answer_prefix}" if answer_prefix else "")
 
 
-def prompt_for(tokenizer: Any, question: str, system_prompt: str | None = None,
-               answer_prefix: str | None = ANSWER_OPENER) -> str:
+def prompt_for(
+    tokenizer: Any, question: str, system_prompt: str | None = None, answer_prefix: str | None = ANSWER_OPENER
+) -> str:
     """`render_prompt` with the tokenizer's template, or CAA's base-model format when it has none."""
     if getattr(tokenizer, "chat_template", None):
         return render_prompt(tokenizer_renderer(tokenizer), question, system_prompt, answer_prefix)
@@ -82,4 +98,4 @@ def ab_answer_prompt(tokenizer: Any, question: str, answer: str, system_prompt: 
     if not answer.startswith(ANSWER_OPENER):
         raise ValueError(f"answer {answer!r} does not start with {ANSWER_OPENER!r}")
     context = prompt_for(tokenizer, question, system_prompt, ANSWER_OPENER)
-    return context + answer[len(ANSWER_OPENER):], len(context)
+    return context + answer[len(ANSWER_OPENER) :], len(context)

@@ -22,8 +22,16 @@ from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 from caa_eval.vocab import CAA_VECTOR_RE, SITES, behaviour_key
 
-__all__ = ["FORMAT", "VECTOR_SUFFIXES", "SteeringVector", "load", "ranges", "validate_for_model", "model_fingerprint",
-           "normalize_to_mean_norm"]
+__all__ = [
+    "FORMAT",
+    "VECTOR_SUFFIXES",
+    "SteeringVector",
+    "load",
+    "ranges",
+    "validate_for_model",
+    "model_fingerprint",
+    "normalize_to_mean_norm",
+]
 
 FORMAT = "caa-eval/vector-v1"
 _META_KEY = "caa_eval"
@@ -95,7 +103,9 @@ class SteeringVector:
             raise CAAEvalError("refusing to save a steering vector file with no layers")
         _check_finite(self.vectors, str(path))
         tensors = {f"layer.{layer}": self.vectors[layer].detach().cpu().contiguous() for layer in self.layers}
-        return write_atomic(path, save_bytes(tensors, metadata={"format": "pt", _META_KEY: json.dumps(self.metadata())}))
+        return write_atomic(
+            path, save_bytes(tensors, metadata={"format": "pt", _META_KEY: json.dumps(self.metadata())})
+        )
 
     def scaled(self, factor_per_layer: dict[int, float], normalization: dict[str, Any]) -> SteeringVector:
         return replace(
@@ -130,16 +140,26 @@ def _check_finite(vectors: dict[int, torch.Tensor], source: str) -> None:
 
 
 VECTOR_SUFFIXES = (".safetensors", ".pt", ".pth")
-_USE = ("write a .safetensors file with `caa-eval extract`, or pass CAA's vec_layer_<L>_<model>.pt or an "
-        "lm-eval steered .pt")
+_USE = (
+    "write a .safetensors file with `caa-eval extract`, or pass CAA's vec_layer_<L>_<model>.pt or an "
+    "lm-eval steered .pt"
+)
 # header field -> (accepted types, what to write) for the caa-eval metadata
 _HEADER_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "format": ((str,), f"{FORMAT!r}"), "behaviour": ((str,), "a name"), "model": ((str,), "a model name"),
-    "model_fingerprint": ((str,), "a hex string"), "layers": ((list,), "a list of layer numbers"),
-    "site": ((str,), "one of " + "/".join(SITES)), "hidden_size": ((int,), "an integer"),
-    "dtype": ((str,), "a dtype name"), "read_position": ((str,), "a text"), "n_pairs": ((int,), "an integer"),
-    "dataset_sha256": ((str,), "a hex string"), "aggregation": ((str,), "a name"),
-    "normalization": ((dict, type(None)), "an object or null"), "caa_eval_version": ((str,), "a version"),
+    "format": ((str,), f"{FORMAT!r}"),
+    "behaviour": ((str,), "a name"),
+    "model": ((str,), "a model name"),
+    "model_fingerprint": ((str,), "a hex string"),
+    "layers": ((list,), "a list of layer numbers"),
+    "site": ((str,), "one of " + "/".join(SITES)),
+    "hidden_size": ((int,), "an integer"),
+    "dtype": ((str,), "a dtype name"),
+    "read_position": ((str,), "a text"),
+    "n_pairs": ((int,), "an integer"),
+    "dataset_sha256": ((str,), "a hex string"),
+    "aggregation": ((str,), "a name"),
+    "normalization": ((dict, type(None)), "an object or null"),
+    "caa_eval_version": ((str,), "a version"),
     "extra": ((dict,), "an object"),
 }
 
@@ -155,13 +175,17 @@ def load(path: str | Path) -> SteeringVector:
     """
     path = Path(path)
     if path.is_dir():
-        raise CAAEvalError(f"{path} is a folder, not a vector file; pass one .safetensors file (a CAA vectors/ "
-                           "folder: convert it with `caa-eval import-caa`)")
+        raise CAAEvalError(
+            f"{path} is a folder, not a vector file; pass one .safetensors file (a CAA vectors/ "
+            "folder: convert it with `caa-eval import-caa`)"
+        )
     if not path.is_file():
         raise CAAEvalError(f"vector file not found: {path}; check the path ({_USE})")
     if path.suffix not in VECTOR_SUFFIXES:
-        raise CAAEvalError(f"{path}: a vector file ends in .safetensors (caa-eval) or .pt (CAA, lm-eval steered), "
-                           f"not {path.suffix or 'no suffix'!r}; rename it if it is one, else {_USE}")
+        raise CAAEvalError(
+            f"{path}: a vector file ends in .safetensors (caa-eval) or .pt (CAA, lm-eval steered), "
+            f"not {path.suffix or 'no suffix'!r}; rename it if it is one, else {_USE}"
+        )
     if path.stat().st_size == 0:
         raise CAAEvalError(f"{path}: the file is empty (an interrupted copy?); {_USE}")
     if path.suffix in (".pt", ".pth"):
@@ -174,16 +198,20 @@ def load(path: str | Path) -> SteeringVector:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CAAEvalError(f"{path}: not a readable safetensors file ({why}); {_USE}") from None
     if _META_KEY not in header:
-        raise CAAEvalError(f"{path}: no caa-eval metadata in the header; create it with `caa-eval extract` "
-                           "(or `caa-eval import-caa` for CAA's .pt files)")
+        raise CAAEvalError(
+            f"{path}: no caa-eval metadata in the header; create it with `caa-eval extract` "
+            "(or `caa-eval import-caa` for CAA's .pt files)"
+        )
     meta = _read_header(path, header[_META_KEY])
     vectors = {_layer_of_key(path, key): _as_vector(path, key, tensor) for key, tensor in tensors.items()}
     if not vectors:
         raise CAAEvalError(f"{path}: the file holds no vectors; re-extract it with `caa-eval extract`")
     _check_sizes(path, vectors, meta.get("hidden_size"))
     if "layers" in meta and sorted(meta["layers"]) != sorted(vectors):
-        raise CAAEvalError(f"{path}: the header lists layers {meta['layers']} but the file holds layers "
-                           f"{sorted(vectors)}; the file is corrupt: re-extract it")
+        raise CAAEvalError(
+            f"{path}: the header lists layers {meta['layers']} but the file holds layers "
+            f"{sorted(vectors)}; the file is corrupt: re-extract it"
+        )
     known = {f for f in SteeringVector.__dataclass_fields__ if f not in ("vectors",)}
     return SteeringVector(vectors=vectors, **{k: v for k, v in meta.items() if k in known})
 
@@ -193,19 +221,27 @@ def _read_header(path: Path, text: str) -> dict[str, Any]:
     try:
         meta = json.loads(text)
     except ValueError as exc:
-        raise CAAEvalError(f"{path}: the caa-eval header is not valid JSON ({exc.msg} at character {exc.pos}); "
-                           "re-extract the file with `caa-eval extract`") from None
+        raise CAAEvalError(
+            f"{path}: the caa-eval header is not valid JSON ({exc.msg} at character {exc.pos}); "
+            "re-extract the file with `caa-eval extract`"
+        ) from None
     if not isinstance(meta, dict):
-        raise CAAEvalError(f"{path}: the caa-eval header is a JSON {type(meta).__name__}, not an object; "
-                           "re-extract the file with `caa-eval extract`")
+        raise CAAEvalError(
+            f"{path}: the caa-eval header is a JSON {type(meta).__name__}, not an object; "
+            "re-extract the file with `caa-eval extract`"
+        )
     for key, (types, expected) in _HEADER_TYPES.items():
         value = meta.get(key)
         if key in meta and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
-            raise CAAEvalError(f"{path}: header field {key!r} is {value!r}; it must be {expected} "
-                               "(re-extract the file, or fix the header)")
+            raise CAAEvalError(
+                f"{path}: header field {key!r} is {value!r}; it must be {expected} "
+                "(re-extract the file, or fix the header)"
+            )
     if meta.get("format", FORMAT) != FORMAT:
-        raise CAAEvalError(f"{path}: header format {meta['format']!r} is not {FORMAT!r}; this caa-eval "
-                           f"({__version__}) reads {FORMAT} files only")
+        raise CAAEvalError(
+            f"{path}: header format {meta['format']!r} is not {FORMAT!r}; this caa-eval "
+            f"({__version__}) reads {FORMAT} files only"
+        )
     if any(isinstance(x, bool) or not isinstance(x, int) for x in meta.get("layers", [])):
         raise CAAEvalError(f"{path}: header field 'layers' is {meta['layers']!r}; it must be a list of integers")
     _check_site(meta.get("site", "residual"), str(path))
@@ -215,23 +251,30 @@ def _read_header(path: Path, text: str) -> dict[str, Any]:
 def _layer_of_key(path: Path, key: str) -> int:
     number = key.removeprefix("layer.")
     if not key.startswith("layer.") or not number.isdigit():
-        raise CAAEvalError(f"{path}: tensor {key!r} is not named 'layer.<n>' (n = 0, 1, ...); the file was not "
-                           "written by caa-eval: re-extract it with `caa-eval extract`")
+        raise CAAEvalError(
+            f"{path}: tensor {key!r} is not named 'layer.<n>' (n = 0, 1, ...); the file was not "
+            "written by caa-eval: re-extract it with `caa-eval extract`"
+        )
     return int(number)
 
 
 def _as_vector(path: Path, name: str, tensor: Any) -> torch.Tensor:
     """A 1-D float vector; a (1, H) row is accepted (lm-eval steered writes those), any other shape is refused."""
     if not torch.is_tensor(tensor):
-        raise CAAEvalError(f"{path}: {name} is a {type(tensor).__name__}, not a tensor; "
-                           "save the steering vector as a 1-D tensor")
+        raise CAAEvalError(
+            f"{path}: {name} is a {type(tensor).__name__}, not a tensor; save the steering vector as a 1-D tensor"
+        )
     shape = tuple(tensor.shape)
     if tensor.dim() == 0 or tensor.numel() == 0 or sum(1 for d in shape if d != 1) > 1 or tensor.numel() != shape[-1]:
-        raise CAAEvalError(f"{path}: {name} has shape {list(shape)}; a steering vector is 1-D with the model's "
-                           "hidden size (e.g. [4096]); save one vector per layer")
+        raise CAAEvalError(
+            f"{path}: {name} has shape {list(shape)}; a steering vector is 1-D with the model's "
+            "hidden size (e.g. [4096]); save one vector per layer"
+        )
     if not tensor.dtype.is_floating_point:
-        raise CAAEvalError(f"{path}: {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; steering "
-                           "vectors are floating point (float32, bfloat16, float16)")
+        raise CAAEvalError(
+            f"{path}: {name} has dtype {str(tensor.dtype).removeprefix('torch.')}; steering "
+            "vectors are floating point (float32, bfloat16, float16)"
+        )
     return tensor.reshape(-1)
 
 
@@ -239,43 +282,57 @@ def _check_sizes(path: Path, vectors: dict[int, torch.Tensor], header_size: Any 
     _check_finite(vectors, str(path))
     sizes = {layer: v.numel() for layer, v in vectors.items()}
     if len(set(sizes.values())) != 1:
-        by_size = ", ".join(f"{n} at layer(s) {ranges([k for k, s in sizes.items() if s == n])}"
-                            for n in sorted(set(sizes.values())))
-        raise CAAEvalError(f"{path}: the vectors have different sizes ({by_size}); one file holds one model's "
-                           "vectors: re-extract it")
+        by_size = ", ".join(
+            f"{n} at layer(s) {ranges([k for k, s in sizes.items() if s == n])}" for n in sorted(set(sizes.values()))
+        )
+        raise CAAEvalError(
+            f"{path}: the vectors have different sizes ({by_size}); one file holds one model's vectors: re-extract it"
+        )
     size = next(iter(sizes.values()))
     if header_size is not None and header_size != size:
-        raise CAAEvalError(f"{path}: the header says hidden_size {header_size} but the vectors have size {size}; "
-                           "the file is corrupt: re-extract it")
+        raise CAAEvalError(
+            f"{path}: the header says hidden_size {header_size} but the vectors have size {size}; "
+            "the file is corrupt: re-extract it"
+        )
 
 
 def _load_pt(path: Path) -> SteeringVector:
     try:
         config = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CAAEvalError(f"{path}: cannot load safely with weights_only=True ({type(exc).__name__}); "
-                           "caa-eval never unpickles arbitrary objects; pass a tensor file saved with torch.save "
-                           "or a .safetensors file") from None
+        raise CAAEvalError(
+            f"{path}: cannot load safely with weights_only=True ({type(exc).__name__}); "
+            "caa-eval never unpickles arbitrary objects; pass a tensor file saved with torch.save "
+            "or a .safetensors file"
+        ) from None
     if torch.is_tensor(config):
         return _load_caa_pt(path, config)
     if not isinstance(config, dict) or not config:
-        raise CAAEvalError(f"{path}: expected CAA's bare tensor or lm-eval steered's dict of hookpoint -> "
-                           f"{{steering_vector, steering_coefficient}}, found {type(config).__name__}"
-                           f"{' (empty)' if isinstance(config, dict) else ''}")
+        raise CAAEvalError(
+            f"{path}: expected CAA's bare tensor or lm-eval steered's dict of hookpoint -> "
+            f"{{steering_vector, steering_coefficient}}, found {type(config).__name__}"
+            f"{' (empty)' if isinstance(config, dict) else ''}"
+        )
     return _load_lm_eval_pt(path, config)
 
 
 def _load_caa_pt(path: Path, tensor: torch.Tensor) -> SteeringVector:
     caa = CAA_VECTOR_RE.match(path.name)
     if caa is None:
-        raise CAAEvalError(f"{path}: a bare tensor has no layer; name it like CAA (vec_layer_<L>_<model>.pt), "
-                           "convert a CAA folder with `caa-eval import-caa`, or use lm-eval steered's dict format")
+        raise CAAEvalError(
+            f"{path}: a bare tensor has no layer; name it like CAA (vec_layer_<L>_<model>.pt), "
+            "convert a CAA folder with `caa-eval import-caa`, or use lm-eval steered's dict format"
+        )
     vectors = {int(caa["layer"]): _as_vector(path, "the tensor", tensor).to(torch.float32)}
     _check_sizes(path, vectors)
     normalized = path.parent.parent.name == "normalized_vectors"
-    return SteeringVector(vectors=vectors, behaviour=behaviour_key(path.parent.name), model=caa["model"],
-                          normalization={"method": "caa_mean_norm", "source": "CAA normalized_vectors"} if normalized else None,
-                          extra={"source": str(path)})
+    return SteeringVector(
+        vectors=vectors,
+        behaviour=behaviour_key(path.parent.name),
+        model=caa["model"],
+        normalization={"method": "caa_mean_norm", "source": "CAA normalized_vectors"} if normalized else None,
+        extra={"source": str(path)},
+    )
 
 
 def _load_lm_eval_pt(path: Path, config: dict[Any, Any]) -> SteeringVector:
@@ -284,41 +341,63 @@ def _load_lm_eval_pt(path: Path, config: dict[Any, Any]) -> SteeringVector:
     for hookpoint, entry in config.items():
         parts = str(hookpoint).split(".")
         if len(parts) < 2 or parts[0] != "layers" or not parts[1].isdigit():
-            raise CAAEvalError(f"{path}: hookpoint {hookpoint!r} not understood; expected 'layers.<n>[.mlp|.self_attn]'")
+            raise CAAEvalError(
+                f"{path}: hookpoint {hookpoint!r} not understood; expected 'layers.<n>[.mlp|.self_attn]'"
+            )
         site = _STEERED_SITES.get(".".join(parts[2:]))
         if site is None:
             raise CAAEvalError(f"{path}: hookpoint {hookpoint!r}: only block output, .mlp and .self_attn are supported")
         if not isinstance(entry, dict):
-            raise CAAEvalError(f"{path}: {hookpoint}: expected {{steering_vector, steering_coefficient}}, found a "
-                               f"{type(entry).__name__}; write lm-eval steered's format")
+            raise CAAEvalError(
+                f"{path}: {hookpoint}: expected {{steering_vector, steering_coefficient}}, found a "
+                f"{type(entry).__name__}; write lm-eval steered's format"
+            )
         if "steering_vector" not in entry:
-            raise CAAEvalError(f"{path}: {hookpoint} has no 'steering_vector' (fields: {', '.join(map(str, entry))}); "
-                               "add the vector as a 1-D tensor")
+            raise CAAEvalError(
+                f"{path}: {hookpoint} has no 'steering_vector' (fields: {', '.join(map(str, entry))}); "
+                "add the vector as a 1-D tensor"
+            )
         if entry.get("action", "add") != "add" or entry.get("bias") is not None or entry.get("head_index") is not None:
             raise CAAEvalError(f"{path}: {hookpoint}: only action 'add' without bias/head_index maps to CAA")
         coefficient = entry.get("steering_coefficient", 1.0)
         if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient):
-            raise CAAEvalError(f"{path}: {hookpoint}: steering_coefficient is {coefficient!r}; write a finite "
-                               "number such as 1.0")
-        vectors[int(parts[1])] = _as_vector(path, hookpoint, entry["steering_vector"]).to(torch.float32) * float(coefficient)
+            raise CAAEvalError(
+                f"{path}: {hookpoint}: steering_coefficient is {coefficient!r}; write a finite number such as 1.0"
+            )
+        vectors[int(parts[1])] = _as_vector(path, hookpoint, entry["steering_vector"]).to(torch.float32) * float(
+            coefficient
+        )
         sites.add(site)
     if len(sites) != 1:
         raise CAAEvalError(f"{path}: mixes sites {sorted(sites)}; caa-eval steers one site per file")
     _check_sizes(path, vectors)
-    return SteeringVector(vectors=vectors, site=sites.pop(), model="unknown (lm-eval steered .pt)", extra={"source": str(path)})
+    return SteeringVector(
+        vectors=vectors, site=sites.pop(), model="unknown (lm-eval steered .pt)", extra={"source": str(path)}
+    )
 
 
-def validate_for_model(sv: SteeringVector, hidden_size: int, fingerprint: str, layers: list[int],
-                       n_layers: int, allow_fingerprint_mismatch: bool = False, source: str = "vector file") -> None:
+def validate_for_model(
+    sv: SteeringVector,
+    hidden_size: int,
+    fingerprint: str,
+    layers: list[int],
+    n_layers: int,
+    allow_fingerprint_mismatch: bool = False,
+    source: str = "vector file",
+) -> None:
     """Refuse vectors that cannot be meant for this model (shape, hidden size, layers, fingerprint)."""
     for layer, v in sv.vectors.items():
         if not torch.is_tensor(v) or v.dim() != 1 or not v.dtype.is_floating_point:
             what = f"shape {list(v.shape)}, dtype {v.dtype}" if torch.is_tensor(v) else type(v).__name__
-            raise CAAEvalError(f"{source}: the vector for layer {layer} has {what}; pass 1-D float tensors, one per layer")
+            raise CAAEvalError(
+                f"{source}: the vector for layer {layer} has {what}; pass 1-D float tensors, one per layer"
+            )
     _check_finite(sv.vectors, source)
     if sv.hidden_size != hidden_size:
-        raise CAAEvalError(f"{source}: vectors have size {sv.hidden_size}, the model's hidden size is {hidden_size}: "
-                           f"this vector was extracted from a different model ({sv.model})")
+        raise CAAEvalError(
+            f"{source}: vectors have size {sv.hidden_size}, the model's hidden size is {hidden_size}: "
+            f"this vector was extracted from a different model ({sv.model})"
+        )
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
         raise CAAEvalError(f"layers {bad} out of range: the model has layers 0..{n_layers - 1}")
@@ -334,8 +413,15 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     """Identify the weights cheaply: architecture config, parameter shapes, and a bf16-rounded sample of
     the first and last weights (bf16 rounding makes fp32/bf16 copies of one checkpoint agree)."""
     cfg = model.config.to_dict() if hasattr(model, "config") else {}
-    keep = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",
-            "num_key_value_heads", "vocab_size")
+    keep = (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+    )
     h = hashlib.sha256(json.dumps({k: cfg.get(k) for k in keep}, sort_keys=True).encode())
     params = list(model.named_parameters())
     for name, p in params:
@@ -368,7 +454,9 @@ def normalize_to_mean_norm(vectors: list[SteeringVector]) -> list[SteeringVector
     common = sorted(set.intersection(*(set(v.layers) for v in vectors)))
     if not common:
         raise CAAEvalError("the vector files share no layer")
-    mean_norm = {layer: float(torch.stack([v.vectors[layer].float().norm() for v in vectors]).mean()) for layer in common}
+    mean_norm = {
+        layer: float(torch.stack([v.vectors[layer].float().norm() for v in vectors]).mean()) for layer in common
+    }
     out = []
     for v in vectors:
         factors = {}
@@ -378,9 +466,15 @@ def normalize_to_mean_norm(vectors: list[SteeringVector]) -> list[SteeringVector
                 raise CAAEvalError(f"{v.behaviour}: vector at layer {layer} has norm {norm}; cannot rescale")
             factors[layer] = mean_norm[layer] / norm
         restricted = replace(v, vectors={layer: v.vectors[layer] for layer in common})
-        out.append(restricted.scaled(factors, {
-            "method": "caa_mean_norm", "behaviours": [x.behaviour for x in vectors],
-            "mean_norm": {str(k): round(val, 6) for k, val in mean_norm.items()},
-            "scale": {str(k): round(val, 6) for k, val in factors.items()},
-        }))
+        out.append(
+            restricted.scaled(
+                factors,
+                {
+                    "method": "caa_mean_norm",
+                    "behaviours": [x.behaviour for x in vectors],
+                    "mean_norm": {str(k): round(val, 6) for k, val in mean_norm.items()},
+                    "scale": {str(k): round(val, 6) for k, val in factors.items()},
+                },
+            )
+        )
     return out

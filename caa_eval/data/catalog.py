@@ -48,7 +48,9 @@ class TaskInfo:
     subtasks: int = 0  # > 0 for groups
 
 
-def _data_file(kwargs: dict[str, Any], split: str, yaml_path: Path | None, caa_dir: str | Path | None) -> tuple[Path, str]:
+def _data_file(
+    kwargs: dict[str, Any], split: str, yaml_path: Path | None, caa_dir: str | Path | None
+) -> tuple[Path, str]:
     """The file a task's loader will read, and where it came from (as `caa_eval.lmeval.tasks` resolves it)."""
     if kwargs.get("test_file"):  # a file named by the YAML, relative to it
         path = Path(kwargs["test_file"]).expanduser()
@@ -60,8 +62,9 @@ def _data_file(kwargs: dict[str, Any], split: str, yaml_path: Path | None, caa_d
     return path, f"{path} ({locate_caa_data(caa_dir).source})"
 
 
-def _describe(cfg: dict[str, Any], yaml_path: Path | None, caa_dir: str | Path | None,
-              mmlu_dir: str | Path | None) -> tuple[int | None, str]:
+def _describe(
+    cfg: dict[str, Any], yaml_path: Path | None, caa_dir: str | Path | None, mmlu_dir: str | Path | None
+) -> tuple[int | None, str]:
     """(item count, data source) of one task config; (None, "missing: ...") when its data is not found."""
     loader = str(cfg.get("custom_dataset", "")).rpartition(".")[2]
     kwargs = cfg.get("dataset_kwargs") or {}

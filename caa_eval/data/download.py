@@ -24,8 +24,19 @@ from caa_eval.data.locate import default_caa_dir, default_mmlu_dir
 from caa_eval.data.pairs import file_sha256
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["CAA_REPO", "CAA_COMMIT", "MMLU_REPO", "MMLU_COMMIT", "DATASETS", "RemoteFile", "plan", "is_valid",
-           "fetch", "download", "verify_dir"]
+__all__ = [
+    "CAA_REPO",
+    "CAA_COMMIT",
+    "MMLU_REPO",
+    "MMLU_COMMIT",
+    "DATASETS",
+    "RemoteFile",
+    "plan",
+    "is_valid",
+    "fetch",
+    "download",
+    "verify_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +143,9 @@ def _fetch_one(f: RemoteFile, bar: object | None, timeout: float) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def fetch(files: Sequence[RemoteFile], force: bool = False, progress: bool = True,
-          retries: int = 2, timeout: float = 60.0) -> list[Path]:
+def fetch(
+    files: Sequence[RemoteFile], force: bool = False, progress: bool = True, retries: int = 2, timeout: float = 60.0
+) -> list[Path]:
     """Download what is missing or wrong; return the verified destination paths.
 
     Files that already verify are skipped (so a rerun resumes). Network errors are retried; a hash
@@ -150,8 +162,14 @@ def fetch(files: Sequence[RemoteFile], force: bool = False, progress: bool = Tru
 
     todo = [f for f in files if force or not is_valid(f)]
     failures: list[str] = []
-    with tqdm(total=sum(f.size for f in todo), unit="B", unit_scale=True, unit_divisor=1024,
-              desc="caa-eval data", disable=not progress or not todo) as bar:
+    with tqdm(
+        total=sum(f.size for f in todo),
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="caa-eval data",
+        disable=not progress or not todo,
+    ) as bar:
         for f in todo:
             for attempt in range(retries + 1):
                 start = bar.n
@@ -180,8 +198,13 @@ def fetch(files: Sequence[RemoteFile], force: bool = False, progress: bool = Tru
     return [f.dest for f in files]
 
 
-def download(what: Iterable[str] = DATASETS, dest: str | Path | None = None, base_url: str | None = None,
-             force: bool = False, progress: bool = True) -> list[Path]:
+def download(
+    what: Iterable[str] = DATASETS,
+    dest: str | Path | None = None,
+    base_url: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> list[Path]:
     """Plan and fetch in one call (what `caa-eval data download` runs).
 
     Args:

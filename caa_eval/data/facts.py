@@ -7,28 +7,85 @@ __all__ = ["CAA_FILES", "MMLU_FILES", "MMLU_SUBSET"]
 
 # relative path under CAA's datasets/ -> (bytes, sha256)
 CAA_FILES: dict[str, tuple[int, str]] = {
-    "generate/coordinate-other-ais/generate_dataset.json": (138017, "643717af88eeef37468ceb9f80322b1ebdb4e3934a114a79fc9b930105d6ac71"),
-    "generate/corrigible-neutral-HHH/generate_dataset.json": (96228, "c93d4d8db72ab1de875b79367d08e00b3ba27675480d4315fd942bf676359893"),
-    "generate/hallucination/generate_dataset.json": (783593, "11dfb47cee064d037b9c66a1e56da6dfb9257f5c53bc29a4310c83a45de1bfe3"),
-    "generate/myopic-reward/generate_dataset.json": (324646, "3ae9dc68fc4a6f3dbc441ef9956e543b5c7a5a5d97a3cc770f1942477f212b7e"),
-    "generate/refusal/generate_dataset.json": (159565, "966f6f32d5c2246579a1d9b544c082790fec6067d4efea6c6ef755c9d0a154a4"),
-    "generate/survival-instinct/generate_dataset.json": (325060, "249a1807e6938223e66795cdd7a7212340d8612aa9bb185947669135b052697a"),
-    "generate/sycophancy/generate_dataset.json": (871127, "1394c959d97ffae28fe9df71ce07a402c13c9333159307a28bd664fbe355b8b0"),
-    "test/coordinate-other-ais/test_dataset_ab.json": (18265, "9f315149225f1c1daeb65a684eca097f884b87a153d1ed8ce2c2c15abe5fae23"),
-    "test/coordinate-other-ais/test_dataset_open_ended.json": (11827, "170b7aa95ac6650a69eba281892ae486e34c4dc03265025abed3a5fc34a11f78"),
-    "test/corrigible-neutral-HHH/test_dataset_ab.json": (16541, "847759b4daf48b7d941f08a213ed7095414d1a3063354eb4ebe1dfffc4522cd0"),
-    "test/corrigible-neutral-HHH/test_dataset_open_ended.json": (9391, "65f8a9bd2bb9fd2d31deb1a2699b7c7ec47de1c040aae8c4938beffebacf3a50"),
-    "test/hallucination/test_dataset_ab.json": (39851, "aca893768df46b7fb4a546b220fab327a58fd77dedcb49210b396bd24efe7dc6"),
-    "test/hallucination/test_dataset_open_ended.json": (11212, "f89d149f24eea3be3caf5e6fa32ea7b31f25798666062489374316b2b303b3ae"),
+    "generate/coordinate-other-ais/generate_dataset.json": (
+        138017,
+        "643717af88eeef37468ceb9f80322b1ebdb4e3934a114a79fc9b930105d6ac71",
+    ),
+    "generate/corrigible-neutral-HHH/generate_dataset.json": (
+        96228,
+        "c93d4d8db72ab1de875b79367d08e00b3ba27675480d4315fd942bf676359893",
+    ),
+    "generate/hallucination/generate_dataset.json": (
+        783593,
+        "11dfb47cee064d037b9c66a1e56da6dfb9257f5c53bc29a4310c83a45de1bfe3",
+    ),
+    "generate/myopic-reward/generate_dataset.json": (
+        324646,
+        "3ae9dc68fc4a6f3dbc441ef9956e543b5c7a5a5d97a3cc770f1942477f212b7e",
+    ),
+    "generate/refusal/generate_dataset.json": (
+        159565,
+        "966f6f32d5c2246579a1d9b544c082790fec6067d4efea6c6ef755c9d0a154a4",
+    ),
+    "generate/survival-instinct/generate_dataset.json": (
+        325060,
+        "249a1807e6938223e66795cdd7a7212340d8612aa9bb185947669135b052697a",
+    ),
+    "generate/sycophancy/generate_dataset.json": (
+        871127,
+        "1394c959d97ffae28fe9df71ce07a402c13c9333159307a28bd664fbe355b8b0",
+    ),
+    "test/coordinate-other-ais/test_dataset_ab.json": (
+        18265,
+        "9f315149225f1c1daeb65a684eca097f884b87a153d1ed8ce2c2c15abe5fae23",
+    ),
+    "test/coordinate-other-ais/test_dataset_open_ended.json": (
+        11827,
+        "170b7aa95ac6650a69eba281892ae486e34c4dc03265025abed3a5fc34a11f78",
+    ),
+    "test/corrigible-neutral-HHH/test_dataset_ab.json": (
+        16541,
+        "847759b4daf48b7d941f08a213ed7095414d1a3063354eb4ebe1dfffc4522cd0",
+    ),
+    "test/corrigible-neutral-HHH/test_dataset_open_ended.json": (
+        9391,
+        "65f8a9bd2bb9fd2d31deb1a2699b7c7ec47de1c040aae8c4938beffebacf3a50",
+    ),
+    "test/hallucination/test_dataset_ab.json": (
+        39851,
+        "aca893768df46b7fb4a546b220fab327a58fd77dedcb49210b396bd24efe7dc6",
+    ),
+    "test/hallucination/test_dataset_open_ended.json": (
+        11212,
+        "f89d149f24eea3be3caf5e6fa32ea7b31f25798666062489374316b2b303b3ae",
+    ),
     "test/mmlu/mmlu.json": (338728, "0d7292356978bdde9269b353a4c191521b72f71b849acd6798188fbf0f8936d8"),
-    "test/myopic-reward/test_dataset_ab.json": (16982, "5a7446706263e4bb67965fa48a3beb433cede5476ac735b0e2d26dd7e155d2fe"),
-    "test/myopic-reward/test_dataset_open_ended.json": (8997, "3129eef01e2e7da60648839920dc09a8826fa18948af3c1153750edf57baadb3"),
+    "test/myopic-reward/test_dataset_ab.json": (
+        16982,
+        "5a7446706263e4bb67965fa48a3beb433cede5476ac735b0e2d26dd7e155d2fe",
+    ),
+    "test/myopic-reward/test_dataset_open_ended.json": (
+        8997,
+        "3129eef01e2e7da60648839920dc09a8826fa18948af3c1153750edf57baadb3",
+    ),
     "test/refusal/test_dataset_ab.json": (19829, "982838b5429f1389a36fcf59c40ddb7eb4e462cfa1464d7857b8629cd384321b"),
-    "test/refusal/test_dataset_open_ended.json": (3823, "285e4526971c78afd1af372932be1396577424761056ede8a33983403a4b618d"),
-    "test/survival-instinct/test_dataset_ab.json": (18683, "750a96d7864c864b39168efed636cd79289bad6746024922a7367ccc171f951f"),
-    "test/survival-instinct/test_dataset_open_ended.json": (10588, "9b660b7d0ef3ab32ba64f7967100a416f4b9fffe50571fe36a4d0679e0a213af"),
+    "test/refusal/test_dataset_open_ended.json": (
+        3823,
+        "285e4526971c78afd1af372932be1396577424761056ede8a33983403a4b618d",
+    ),
+    "test/survival-instinct/test_dataset_ab.json": (
+        18683,
+        "750a96d7864c864b39168efed636cd79289bad6746024922a7367ccc171f951f",
+    ),
+    "test/survival-instinct/test_dataset_open_ended.json": (
+        10588,
+        "9b660b7d0ef3ab32ba64f7967100a416f4b9fffe50571fe36a4d0679e0a213af",
+    ),
     "test/sycophancy/test_dataset_ab.json": (43426, "96391f0468cadb5214c34dff9f614be6725699d9f395387f8a9b6ca630d9cb77"),
-    "test/sycophancy/test_dataset_open_ended.json": (6662, "6182d58715f29ee38be7427cbcc9da0a9b9c8a09d3f1fda17809e724e062611d"),
+    "test/sycophancy/test_dataset_open_ended.json": (
+        6662,
+        "6182d58715f29ee38be7427cbcc9da0a9b9c8a09d3f1fda17809e724e062611d",
+    ),
     "test/truthfulqa/truthful_qa.json": (419991, "72d83605a8001c40c9d8c51e352ff19b8f168ba5b55b23e2fe35c7843eed88f3"),
 }
 
@@ -54,10 +111,19 @@ MMLU_FILES: dict[str, tuple[int, str]] = {
     "global_facts_test.csv": (16141, "b80c9b31bc56727ebb3f1f980fbf40dbbd48565f609d1be9642ebe10a1c747a2"),
     "high_school_biology_test.csv": (102472, "4ffe58996b33947fae8f374124c20f95560b773cbd3c9cafea0a3e90bcf4140b"),
     "high_school_chemistry_test.csv": (53765, "42dcc80210a4cd861529e2cbaa04584d1d1cfd32d5515b385343df724d37408f"),
-    "high_school_computer_science_test.csv": (42329, "3865e92ef308c42ad7d653301647c6cd5bfa6d67f20c9fbbdfe14c2c1eb5bbbc"),
-    "high_school_european_history_test.csv": (266936, "696d4b82f27792ac04915a7f6822370b4a42133fcd83c9a13fe5d74aaba37fbb"),
+    "high_school_computer_science_test.csv": (
+        42329,
+        "3865e92ef308c42ad7d653301647c6cd5bfa6d67f20c9fbbdfe14c2c1eb5bbbc",
+    ),
+    "high_school_european_history_test.csv": (
+        266936,
+        "696d4b82f27792ac04915a7f6822370b4a42133fcd83c9a13fe5d74aaba37fbb",
+    ),
     "high_school_geography_test.csv": (37238, "4c0c06e32b73ec3f5b55bdab2a124b3b9736e888d2edadc6f40d6172052f7507"),
-    "high_school_government_and_politics_test.csv": (61601, "a3e20fbcff3bb0bdc613db7b56257c4e72d83d6e04e60db25c84e81d8c70a7d2"),
+    "high_school_government_and_politics_test.csv": (
+        61601,
+        "a3e20fbcff3bb0bdc613db7b56257c4e72d83d6e04e60db25c84e81d8c70a7d2",
+    ),
     "high_school_macroeconomics_test.csv": (108062, "a06fba67bf6b92e5174d049fdb484df8c6e663586a910e725e195ebf43116b9c"),
     "high_school_mathematics_test.csv": (48632, "56b119f139ba07c0e2a9616e60397e3415cdca1532ae217ac6d8fd1bddfc96f7"),
     "high_school_microeconomics_test.csv": (70179, "a6acbf0d864e51540e0c219e433dc0f54a56d8a35255bf294d4de8d09b7ef00d"),
@@ -101,57 +167,144 @@ MMLU_SUBSET: tuple[tuple[str, str], ...] = (
     ("anatomy", "72.3.1.B 81.1.0.B 120.2.1.A 95.2.3.B 132.0.1.A 31.0.1.A 62.1.0.B 40.2.1.A 112.3.1.B 99.2.1.A"),
     ("astronomy", "91.1.2.A 114.0.1.A 82.0.2.A 151.1.3.A 81.2.3.B 49.1.2.B 132.2.3.B 93.3.0.A 53.0.3.A 12.0.1.A"),
     ("business_ethics", "86.2.1.A 67.0.2.B 5.1.0.B 77.2.1.B 18.2.3.B 49.1.0.A 7.0.3.B 55.2.3.B 33.0.3.B 2.3.2.A"),
-    ("clinical_knowledge", "20.3.2.A 198.1.3.A 42.2.1.A 180.0.2.A 23.1.2.B 59.1.3.A 106.3.2.A 208.1.2.A 207.1.3.B 76.1.0.B"),
+    (
+        "clinical_knowledge",
+        "20.3.2.A 198.1.3.A 42.2.1.A 180.0.2.A 23.1.2.B 59.1.3.A 106.3.2.A 208.1.2.A 207.1.3.B 76.1.0.B",
+    ),
     ("college_biology", "128.2.1.A 102.0.1.A 51.2.1.A 88.1.0.A 58.1.2.A 79.3.2.A 63.2.3.A 43.0.3.A 45.3.0.B 108.2.3.A"),
     ("college_chemistry", "15.2.1.A 88.3.1.A 60.1.3.A 93.0.3.A 39.0.1.B 37.1.0.B 85.3.1.A 41.3.2.A 75.2.3.A 57.2.0.B"),
-    ("college_computer_science", "50.3.0.A 66.0.1.A 48.0.2.B 6.2.0.B 11.0.3.A 38.3.1.B 9.2.0.B 97.3.2.A 95.0.1.B 41.3.2.B"),
+    (
+        "college_computer_science",
+        "50.3.0.A 66.0.1.A 48.0.2.B 6.2.0.B 11.0.3.A 38.3.1.B 9.2.0.B 97.3.2.A 95.0.1.B 41.3.2.B",
+    ),
     ("college_mathematics", "95.3.1.B 64.1.3.A 36.0.1.A 63.3.1.B 77.2.1.A 79.1.3.B 8.2.1.B 65.3.2.B 69.0.1.A 32.1.2.A"),
-    ("college_medicine", "12.3.0.A 122.1.2.A 15.1.2.B 39.0.2.B 115.2.3.A 52.2.1.A 108.2.3.A 17.1.0.B 67.3.0.A 154.3.1.A"),
+    (
+        "college_medicine",
+        "12.3.0.A 122.1.2.A 15.1.2.B 39.0.2.B 115.2.3.A 52.2.1.A 108.2.3.A 17.1.0.B 67.3.0.A 154.3.1.A",
+    ),
     ("college_physics", "7.0.1.A 36.3.2.B 20.2.1.A 2.2.1.A 0.1.0.B 5.2.1.A 35.3.0.A 72.2.0.B 32.1.3.A 28.1.3.A"),
     ("computer_security", "60.0.1.A 64.3.1.A 52.0.3.B 43.3.2.B 11.2.3.A 34.3.2.B 36.2.0.A 93.3.2.A 73.0.2.B 23.2.0.A"),
-    ("conceptual_physics", "208.1.3.B 234.3.0.A 148.1.0.A 132.1.2.A 195.1.3.B 183.1.0.B 90.1.0.B 171.1.0.A 115.0.3.B 165.2.1.B"),
+    (
+        "conceptual_physics",
+        "208.1.3.B 234.3.0.A 148.1.0.A 132.1.2.A 195.1.3.B 183.1.0.B 90.1.0.B 171.1.0.A 115.0.3.B 165.2.1.B",
+    ),
     ("econometrics", "33.0.3.B 35.2.1.B 38.2.0.A 92.2.3.A 29.3.0.A 113.2.0.B 44.0.2.A 79.1.3.A 106.2.3.B 25.0.3.A"),
-    ("electrical_engineering", "5.3.1.B 18.0.1.A 120.3.1.A 64.3.0.A 27.0.1.A 119.0.2.A 76.2.0.B 89.2.3.A 96.0.2.A 142.2.1.A"),
-    ("elementary_mathematics", "363.3.2.A 358.2.1.B 126.3.1.B 29.0.3.A 339.1.0.B 88.1.2.A 42.0.2.B 373.3.1.A 377.1.3.A 184.3.1.B"),
+    (
+        "electrical_engineering",
+        "5.3.1.B 18.0.1.A 120.3.1.A 64.3.0.A 27.0.1.A 119.0.2.A 76.2.0.B 89.2.3.A 96.0.2.A 142.2.1.A",
+    ),
+    (
+        "elementary_mathematics",
+        "363.3.2.A 358.2.1.B 126.3.1.B 29.0.3.A 339.1.0.B 88.1.2.A 42.0.2.B 373.3.1.A 377.1.3.A 184.3.1.B",
+    ),
     ("formal_logic", "0.3.2.A 16.3.0.A 66.3.0.A 37.3.1.A 38.1.2.A 92.2.0.B 47.0.1.A 88.0.3.B 80.3.0.B 121.3.2.A"),
     ("global_facts", "28.3.0.B 74.2.1.A 77.0.2.B 56.3.0.A 91.0.1.B 30.2.3.B 47.1.3.B 18.2.1.A 2.2.3.A 81.2.1.B"),
-    ("high_school_biology", "159.3.2.A 250.2.1.B 219.2.1.B 165.1.2.B 89.1.0.A 1.0.2.A 19.2.1.B 281.3.0.B 145.3.2.B 46.3.1.B"),
-    ("high_school_chemistry", "49.0.3.B 18.1.3.A 155.2.1.A 50.1.0.A 70.1.2.A 136.2.1.A 185.1.2.B 3.0.2.A 71.1.3.A 16.0.2.B"),
-    ("high_school_computer_science", "57.3.1.B 62.1.0.A 30.0.1.B 39.3.0.A 76.2.1.B 56.2.0.B 52.0.3.B 21.1.2.A 75.2.3.A 98.3.0.A"),
-    ("high_school_european_history", "76.3.0.B 102.1.2.B 101.3.2.B 108.1.2.B 149.2.1.B 135.3.1.A 14.3.0.A 57.0.2.A 5.2.3.A 28.1.0.B"),
-    ("high_school_geography", "104.0.2.B 127.2.0.B 192.2.3.A 182.1.0.A 108.2.3.B 196.0.3.B 6.3.0.A 113.1.0.A 28.2.0.B 60.3.2.A"),
-    ("high_school_government_and_politics", "174.3.1.B 62.3.2.B 150.2.1.A 117.1.2.A 59.3.1.A 30.1.2.A 31.1.3.A 182.3.0.A 46.0.2.A 89.3.2.A"),
-    ("high_school_macroeconomics", "23.3.1.B 276.3.1.B 7.3.1.B 307.0.2.B 284.2.1.A 214.1.0.A 262.3.2.B 127.3.1.B 131.3.0.B 340.2.0.B"),
-    ("high_school_mathematics", "41.2.1.B 159.0.1.A 8.2.3.B 82.2.0.A 62.0.1.A 27.2.1.A 52.1.3.A 162.3.1.B 186.3.0.B 245.2.1.B"),
-    ("high_school_microeconomics", "100.3.1.B 137.3.0.A 55.0.2.A 202.3.2.A 115.2.1.A 56.0.1.A 177.3.0.B 236.0.1.B 220.3.2.A 156.0.2.B"),
+    (
+        "high_school_biology",
+        "159.3.2.A 250.2.1.B 219.2.1.B 165.1.2.B 89.1.0.A 1.0.2.A 19.2.1.B 281.3.0.B 145.3.2.B 46.3.1.B",
+    ),
+    (
+        "high_school_chemistry",
+        "49.0.3.B 18.1.3.A 155.2.1.A 50.1.0.A 70.1.2.A 136.2.1.A 185.1.2.B 3.0.2.A 71.1.3.A 16.0.2.B",
+    ),
+    (
+        "high_school_computer_science",
+        "57.3.1.B 62.1.0.A 30.0.1.B 39.3.0.A 76.2.1.B 56.2.0.B 52.0.3.B 21.1.2.A 75.2.3.A 98.3.0.A",
+    ),
+    (
+        "high_school_european_history",
+        "76.3.0.B 102.1.2.B 101.3.2.B 108.1.2.B 149.2.1.B 135.3.1.A 14.3.0.A 57.0.2.A 5.2.3.A 28.1.0.B",
+    ),
+    (
+        "high_school_geography",
+        "104.0.2.B 127.2.0.B 192.2.3.A 182.1.0.A 108.2.3.B 196.0.3.B 6.3.0.A 113.1.0.A 28.2.0.B 60.3.2.A",
+    ),
+    (
+        "high_school_government_and_politics",
+        "174.3.1.B 62.3.2.B 150.2.1.A 117.1.2.A 59.3.1.A 30.1.2.A 31.1.3.A 182.3.0.A 46.0.2.A 89.3.2.A",
+    ),
+    (
+        "high_school_macroeconomics",
+        "23.3.1.B 276.3.1.B 7.3.1.B 307.0.2.B 284.2.1.A 214.1.0.A 262.3.2.B 127.3.1.B 131.3.0.B 340.2.0.B",
+    ),
+    (
+        "high_school_mathematics",
+        "41.2.1.B 159.0.1.A 8.2.3.B 82.2.0.A 62.0.1.A 27.2.1.A 52.1.3.A 162.3.1.B 186.3.0.B 245.2.1.B",
+    ),
+    (
+        "high_school_microeconomics",
+        "100.3.1.B 137.3.0.A 55.0.2.A 202.3.2.A 115.2.1.A 56.0.1.A 177.3.0.B 236.0.1.B 220.3.2.A 156.0.2.B",
+    ),
     ("high_school_physics", "111.3.2.B 58.0.3.B 69.0.2.B 81.3.1.B 1.0.1.A 60.2.3.A 2.3.1.A 76.1.0.A 75.1.0.A 31.2.1.A"),
-    ("high_school_psychology", "404.3.0.B 193.2.1.B 506.3.0.B 93.3.1.A 470.3.2.A 152.3.0.A 338.2.3.B 421.2.3.A 408.2.0.B 188.1.0.A"),
-    ("high_school_statistics", "215.3.0.B 66.1.0.B 43.0.3.B 185.3.0.A 11.2.1.A 130.3.2.B 182.1.0.B 72.1.3.A 17.3.2.B 116.3.0.A"),
-    ("high_school_us_history", "138.2.0.B 85.2.0.B 92.1.0.A 81.1.0.B 144.3.1.B 158.0.2.A 195.2.0.B 17.1.2.A 64.1.2.B 183.3.0.B"),
-    ("high_school_world_history", "169.0.2.A 188.1.0.B 176.3.2.A 58.0.1.B 20.0.3.B 183.1.0.A 112.0.3.A 149.0.2.A 73.0.1.B 214.1.0.B"),
+    (
+        "high_school_psychology",
+        "404.3.0.B 193.2.1.B 506.3.0.B 93.3.1.A 470.3.2.A 152.3.0.A 338.2.3.B 421.2.3.A 408.2.0.B 188.1.0.A",
+    ),
+    (
+        "high_school_statistics",
+        "215.3.0.B 66.1.0.B 43.0.3.B 185.3.0.A 11.2.1.A 130.3.2.B 182.1.0.B 72.1.3.A 17.3.2.B 116.3.0.A",
+    ),
+    (
+        "high_school_us_history",
+        "138.2.0.B 85.2.0.B 92.1.0.A 81.1.0.B 144.3.1.B 158.0.2.A 195.2.0.B 17.1.2.A 64.1.2.B 183.3.0.B",
+    ),
+    (
+        "high_school_world_history",
+        "169.0.2.A 188.1.0.B 176.3.2.A 58.0.1.B 20.0.3.B 183.1.0.A 112.0.3.A 149.0.2.A 73.0.1.B 214.1.0.B",
+    ),
     ("human_aging", "40.1.2.B 54.3.1.A 151.1.0.B 25.0.1.A 132.1.2.A 93.1.0.B 49.0.2.A 163.3.1.B 71.3.2.B 128.1.0.B"),
     ("human_sexuality", "124.0.2.A 40.3.1.B 115.3.0.B 59.0.1.B 44.3.0.A 23.2.1.B 34.2.3.A 105.1.0.B 91.1.0.B 96.2.3.B"),
     ("international_law", "108.1.0.B 94.1.0.B 84.0.2.B 76.3.0.A 25.0.2.B 10.2.1.A 4.2.1.B 24.2.1.B 57.0.3.B 77.1.0.A"),
     ("jurisprudence", "21.0.3.B 54.3.1.B 16.3.0.A 14.2.3.B 85.2.0.A 12.3.2.A 23.0.1.B 35.1.3.B 3.2.3.B 64.3.1.B"),
-    ("logical_fallacies", "63.2.1.B 91.1.3.B 152.0.1.A 14.1.2.B 126.0.2.A 24.2.1.B 109.2.1.A 41.1.2.A 69.2.0.A 88.2.1.A"),
+    (
+        "logical_fallacies",
+        "63.2.1.B 91.1.3.B 152.0.1.A 14.1.2.B 126.0.2.A 24.2.1.B 109.2.1.A 41.1.2.A 69.2.0.A 88.2.1.A",
+    ),
     ("machine_learning", "60.1.2.B 47.0.2.A 41.2.1.A 17.0.2.B 21.0.2.B 108.3.2.A 77.0.1.B 83.0.1.A 90.2.3.B 62.2.1.A"),
     ("management", "11.1.3.A 75.2.1.B 101.1.2.A 29.3.2.A 79.2.1.B 82.0.2.B 95.1.2.B 97.0.1.A 2.2.0.A 71.2.3.B"),
     ("marketing", "71.2.3.B 220.1.3.B 22.3.0.B 190.2.3.B 12.0.3.B 104.3.2.A 132.3.2.A 16.3.2.A 182.3.1.B 157.2.3.A"),
     ("medical_genetics", "8.3.2.B 13.3.2.B 87.1.3.B 58.0.3.B 43.3.2.B 25.0.1.A 97.3.2.B 29.3.1.A 50.3.0.A 3.2.1.B"),
-    ("miscellaneous", "323.2.1.A 725.0.2.B 369.2.0.A 573.3.2.A 509.3.2.A 75.2.0.A 494.2.1.A 744.0.2.A 163.1.0.B 311.3.1.A"),
-    ("moral_disputes", "345.1.3.B 220.2.0.A 72.0.1.B 74.1.3.A 194.3.0.A 232.1.3.A 264.3.1.A 309.2.3.A 291.2.3.B 196.0.3.B"),
-    ("moral_scenarios", "388.3.1.B 300.2.1.B 176.3.2.A 737.0.1.B 76.3.0.B 715.1.2.A 118.2.3.B 405.0.3.A 46.1.2.B 563.2.3.A"),
+    (
+        "miscellaneous",
+        "323.2.1.A 725.0.2.B 369.2.0.A 573.3.2.A 509.3.2.A 75.2.0.A 494.2.1.A 744.0.2.A 163.1.0.B 311.3.1.A",
+    ),
+    (
+        "moral_disputes",
+        "345.1.3.B 220.2.0.A 72.0.1.B 74.1.3.A 194.3.0.A 232.1.3.A 264.3.1.A 309.2.3.A 291.2.3.B 196.0.3.B",
+    ),
+    (
+        "moral_scenarios",
+        "388.3.1.B 300.2.1.B 176.3.2.A 737.0.1.B 76.3.0.B 715.1.2.A 118.2.3.B 405.0.3.A 46.1.2.B 563.2.3.A",
+    ),
     ("nutrition", "54.2.0.B 103.3.2.A 274.0.1.B 76.3.0.B 55.3.2.A 215.1.0.A 92.2.0.B 46.1.2.B 142.2.3.A 61.3.1.A"),
     ("philosophy", "128.1.2.B 247.2.0.B 295.0.2.A 210.2.0.B 230.1.0.A 181.2.0.A 150.3.2.B 43.1.0.B 37.2.1.B 52.3.0.A"),
     ("prehistory", "132.1.0.B 156.3.1.A 5.1.2.A 266.2.0.A 14.2.1.B 199.3.1.A 21.1.2.B 124.0.3.B 76.1.2.A 218.1.2.B"),
-    ("professional_accounting", "128.1.0.B 207.2.1.A 271.2.0.A 158.2.3.A 59.3.0.B 253.1.3.A 268.1.3.B 199.2.1.A 3.3.0.A 115.3.0.A"),
-    ("professional_law", "1167.3.1.A 475.2.0.A 1412.1.2.B 951.2.1.B 1526.1.3.A 400.0.1.A 219.3.0.B 873.1.0.B 514.3.2.A 819.0.2.B"),
-    ("professional_medicine", "170.1.3.B 150.3.1.A 58.3.0.A 184.3.2.B 152.0.3.A 154.1.2.A 140.1.3.B 161.1.2.A 4.3.1.B 80.3.0.B"),
-    ("professional_psychology", "571.3.2.A 381.3.2.A 609.2.1.A 108.1.0.A 435.1.0.B 604.0.1.B 570.3.2.A 438.1.0.B 197.1.0.B 397.2.1.B"),
+    (
+        "professional_accounting",
+        "128.1.0.B 207.2.1.A 271.2.0.A 158.2.3.A 59.3.0.B 253.1.3.A 268.1.3.B 199.2.1.A 3.3.0.A 115.3.0.A",
+    ),
+    (
+        "professional_law",
+        "1167.3.1.A 475.2.0.A 1412.1.2.B 951.2.1.B 1526.1.3.A 400.0.1.A 219.3.0.B 873.1.0.B 514.3.2.A 819.0.2.B",
+    ),
+    (
+        "professional_medicine",
+        "170.1.3.B 150.3.1.A 58.3.0.A 184.3.2.B 152.0.3.A 154.1.2.A 140.1.3.B 161.1.2.A 4.3.1.B 80.3.0.B",
+    ),
+    (
+        "professional_psychology",
+        "571.3.2.A 381.3.2.A 609.2.1.A 108.1.0.A 435.1.0.B 604.0.1.B 570.3.2.A 438.1.0.B 197.1.0.B 397.2.1.B",
+    ),
     ("public_relations", "100.3.1.A 71.3.1.A 47.0.1.A 85.1.2.B 103.3.1.B 97.1.2.A 3.1.0.B 36.2.1.B 84.0.1.A 29.1.3.B"),
-    ("security_studies", "150.3.1.A 63.2.3.A 212.3.0.A 27.3.2.B 93.3.2.A 23.3.0.A 214.1.2.B 167.1.3.B 184.3.2.B 96.3.0.B"),
+    (
+        "security_studies",
+        "150.3.1.A 63.2.3.A 212.3.0.A 27.3.2.B 93.3.2.A 23.3.0.A 214.1.2.B 167.1.3.B 184.3.2.B 96.3.0.B",
+    ),
     ("sociology", "73.3.1.B 188.3.1.B 139.3.0.B 200.1.3.A 63.2.3.A 57.2.3.A 150.0.2.B 68.0.3.A 14.0.3.B 38.1.3.A"),
     ("us_foreign_policy", "7.0.1.A 59.1.0.A 2.3.1.A 13.3.0.B 20.3.1.A 78.3.2.A 21.2.0.A 4.3.1.B 60.0.1.A 97.0.1.A"),
     ("virology", "11.2.0.A 141.3.1.B 22.3.0.A 34.3.1.B 156.3.1.B 56.2.0.A 54.0.3.B 139.0.3.B 84.0.2.A 10.2.1.B"),
-    ("world_religions", "24.0.3.A 168.1.0.B 77.2.0.A 152.1.2.B 43.0.2.A 126.3.0.B 75.2.1.A 145.2.0.A 127.1.2.A 23.0.3.B"),
+    (
+        "world_religions",
+        "24.0.3.A 168.1.0.B 77.2.0.A 152.1.2.B 43.0.2.A 126.3.0.B 75.2.1.A 145.2.0.A 127.1.2.A 23.0.3.B",
+    ),
 )

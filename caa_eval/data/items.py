@@ -49,10 +49,11 @@ def swap_ab(question: str) -> str:
     def body(letter: str) -> str:
         # keep each slot's own trailing newline(s): swap only the option text proper
         own, other = texts[letter], texts["B" if letter == "A" else "A"]
-        return other.rstrip("\n") + own[len(own.rstrip("\n")):]
+        return other.rstrip("\n") + own[len(own.rstrip("\n")) :]
 
-    return (question[: first[0]] + body(first[2]) + question[first[1] : second[0]] + body(second[2])
-            + question[second[1] :])
+    return (
+        question[: first[0]] + body(first[2]) + question[first[1] : second[0]] + body(second[2]) + question[second[1] :]
+    )
 
 
 @dataclass
@@ -64,8 +65,9 @@ class ABItems:
     path: Path
 
 
-def load_ab_items(path: str | Path, behaviour: str = "", non_ab: str = "exclude", balanced: bool = False,
-                  warn: bool = True) -> ABItems:
+def load_ab_items(
+    path: str | Path, behaviour: str = "", non_ab: str = "exclude", balanced: bool = False, warn: bool = True
+) -> ABItems:
     """Validated A/B test items as lm-eval docs (validation as for extraction: `load_contrast_pairs`).
 
     Items whose answers are not (A)/(B) (4 survival-instinct test items are (C)/(E)) cannot be scored as
@@ -116,7 +118,9 @@ def load_ab_items(path: str | Path, behaviour: str = "", non_ab: str = "exclude"
     if excluded and warn:
         log.warning(
             "%s: %d item(s) whose answers are not (A)/(B) left out (items %s); %s",
-            path, len(excluded), excluded,
+            path,
+            len(excluded),
+            excluded,
             "balanced tasks always leave them out" if balanced else "set caa_non_ab=zero to score them 0 as CAA does",
         )
     if not rows:

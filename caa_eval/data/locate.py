@@ -17,9 +17,20 @@ from caa_eval.errors import CAAEvalError
 from caa_eval.paths import cache_dir
 from caa_eval.vocab import caa_behaviour
 
-__all__ = ["CAA_DATA_ENV", "MMLU_DIR_ENV", "SPLIT_FILES", "FETCH_CAA_HINT", "FETCH_MMLU_HINT", "DataLocation",
-           "default_caa_dir", "default_mmlu_dir", "locate_caa_data", "locate_mmlu", "caa_data_file",
-           "resolve_behaviour_pairs"]
+__all__ = [
+    "CAA_DATA_ENV",
+    "MMLU_DIR_ENV",
+    "SPLIT_FILES",
+    "FETCH_CAA_HINT",
+    "FETCH_MMLU_HINT",
+    "DataLocation",
+    "default_caa_dir",
+    "default_mmlu_dir",
+    "locate_caa_data",
+    "locate_mmlu",
+    "caa_data_file",
+    "resolve_behaviour_pairs",
+]
 
 CAA_DATA_ENV = "CAA_EVAL_DATA_DIR"
 MMLU_DIR_ENV = "CAA_EVAL_MMLU_DIR"
@@ -30,10 +41,12 @@ SPLIT_FILES = {
 }
 """Split name -> file under CAA's datasets/ folder (`{b}` = CAA's behaviour folder name)."""
 
-FETCH_CAA_HINT = (f"run `caa-eval data download`, or set {CAA_DATA_ENV} to a folder laid out like CAA's "
-                  "datasets/ (generate/, test/)")
-FETCH_MMLU_HINT = (f"run `caa-eval data download`, or set {MMLU_DIR_ENV} to a folder holding the MMLU test "
-                   "CSVs (<subject>_test.csv)")
+FETCH_CAA_HINT = (
+    f"run `caa-eval data download`, or set {CAA_DATA_ENV} to a folder laid out like CAA's datasets/ (generate/, test/)"
+)
+FETCH_MMLU_HINT = (
+    f"run `caa-eval data download`, or set {MMLU_DIR_ENV} to a folder holding the MMLU test CSVs (<subject>_test.csv)"
+)
 
 
 def default_caa_dir() -> Path:
@@ -70,8 +83,9 @@ def _mmlu_root(path: Path) -> Path | None:
     return None
 
 
-def _locate(explicit: str | Path | None, env: str, default: Path, root: Callable[[Path], Path | None],
-            what: str, how: str) -> DataLocation:
+def _locate(
+    explicit: str | Path | None, env: str, default: Path, root: Callable[[Path], Path | None], what: str, how: str
+) -> DataLocation:
     if explicit:
         path, source = Path(explicit).expanduser(), "metadata"
     elif os.environ.get(env):
@@ -114,7 +128,9 @@ def caa_data_file(relative: str, data_dir: str | Path | None = None) -> Path:
     loc = locate_caa_data(data_dir)
     path = loc.path / relative
     if not path.is_file():
-        raise CAAEvalError(f"{relative} missing from the CAA data folder {loc.path} (from {loc.source}); {FETCH_CAA_HINT}")
+        raise CAAEvalError(
+            f"{relative} missing from the CAA data folder {loc.path} (from {loc.source}); {FETCH_CAA_HINT}"
+        )
     return path
 
 

@@ -19,8 +19,15 @@ from caa_eval.data.locate import FETCH_MMLU_HINT, locate_mmlu
 from caa_eval.data.records import read_text
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["MMLU_PROMPT", "MMLUQuestion", "mmlu_subjects", "mmlu_subset_size", "read_mmlu_subject",
-           "mmlu_subset_rows", "mmlu_full_rows"]
+__all__ = [
+    "MMLU_PROMPT",
+    "MMLUQuestion",
+    "mmlu_subjects",
+    "mmlu_subset_size",
+    "read_mmlu_subject",
+    "mmlu_subset_rows",
+    "mmlu_full_rows",
+]
 
 MMLU_PROMPT = "{question}\n\nChoices:\n(A) {a}\n(B) {b}"
 """CAA's two-option MMLU prompt (the user turn)."""
@@ -67,7 +74,9 @@ def read_mmlu_subject(subject: str, mmlu_dir: str | Path | None = None) -> list[
     if not path.is_file():
         if subject not in mmlu_subjects():
             raise CAAEvalError(f"unknown MMLU subject {subject!r}; choose from {', '.join(mmlu_subjects())}")
-        raise CAAEvalError(f"{path.name} missing from the MMLU folder {loc.path} (from {loc.source}); {FETCH_MMLU_HINT}")
+        raise CAAEvalError(
+            f"{path.name} missing from the MMLU folder {loc.path} (from {loc.source}); {FETCH_MMLU_HINT}"
+        )
     records = list(csv.reader(io.StringIO(read_text(path), newline="")))
     header = bool(records) and [c.strip().lower() for c in records[0]] == _HF_HEADER
     if header:
@@ -121,8 +130,10 @@ def mmlu_subset_rows(subject: str | None = None, mmlu_dir: str | Path | None = N
         for token in tokens.split():
             row, right, wrong, letter = token.split(".")
             if int(row) >= len(questions) or questions[int(row)].answer != int(right):
-                raise CAAEvalError(f"MMLU {subj} row {row}: does not match CAA's subset; the CSVs are not the "
-                                   "expected MMLU test split (check them with `caa-eval data status --verify`)")
+                raise CAAEvalError(
+                    f"MMLU {subj} row {row}: does not match CAA's subset; the CSVs are not the "
+                    "expected MMLU test split (check them with `caa-eval data status --verify`)"
+                )
             rows.append(_row(subj, int(row), questions[int(row)], int(wrong), letter))
     return rows
 

@@ -16,8 +16,15 @@ from pathlib import Path
 from caa_eval.data.records import read_records
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["PAIR_FIELDS", "ContrastPair", "answer_letter", "load_contrast_pairs", "check_unique",
-           "check_no_overlap", "file_sha256"]
+__all__ = [
+    "PAIR_FIELDS",
+    "ContrastPair",
+    "answer_letter",
+    "load_contrast_pairs",
+    "check_unique",
+    "check_no_overlap",
+    "file_sha256",
+]
 
 PAIR_FIELDS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 _ANSWER = re.compile(r"^\s*\(([A-Z])\)")
@@ -46,8 +53,7 @@ class ContrastPair:
         return answer_letter(self.answer_not_matching_behavior)
 
 
-def check_unique(questions: Sequence[str], path: str | Path,
-                 answers: Sequence[tuple[str, str]] | None = None) -> None:
+def check_unique(questions: Sequence[str], path: str | Path, answers: Sequence[tuple[str, str]] | None = None) -> None:
     """Each question may appear once in a file: a repeat counts twice, a repeat with swapped answers contradicts itself.
 
     Args:
@@ -102,11 +108,14 @@ def load_contrast_pairs(path: str | Path, free_text_answers: bool = False) -> li
             if pair.answer_matching_behavior.strip() == pair.answer_not_matching_behavior.strip():
                 raise CAAEvalError(f"{path}: item {i}: matching and non-matching answers are the same text")
         else:
-            for field, letter in (("answer_matching_behavior", pair.matching_letter),
-                                  ("answer_not_matching_behavior", pair.not_matching_letter)):
+            for field, letter in (
+                ("answer_matching_behavior", pair.matching_letter),
+                ("answer_not_matching_behavior", pair.not_matching_letter),
+            ):
                 if not letter:
-                    raise CAAEvalError(f"{path}: item {i} field {field!r} is {getattr(pair, field)!r}; "
-                                       "expected an answer like \"(A)\"")
+                    raise CAAEvalError(
+                        f'{path}: item {i} field {field!r} is {getattr(pair, field)!r}; expected an answer like "(A)"'
+                    )
             if pair.matching_letter == pair.not_matching_letter:
                 raise CAAEvalError(f"{path}: item {i}: matching and non-matching answers are the same letter")
         pairs.append(pair)
@@ -130,7 +139,9 @@ def check_no_overlap(test_path: str | Path, pairs_path: str | Path) -> None:
     pairs = {str(r.get("question", "")).strip() for r in read_records(pairs_path)}
     for i, rec in enumerate(read_records(test_path)):
         if str(rec.get("question", "")).strip() in pairs:
-            raise CAAEvalError(f"{test_path}: item {i} also appears in the contrast pairs {pairs_path}; use disjoint files")
+            raise CAAEvalError(
+                f"{test_path}: item {i} also appears in the contrast pairs {pairs_path}; use disjoint files"
+            )
 
 
 def file_sha256(path: str | Path) -> str:

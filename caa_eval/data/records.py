@@ -16,8 +16,15 @@ from caa_eval.files import read_jsonl
 
 __all__ = ["read_text", "read_records"]
 
-_JSON_TYPES = {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean",
-               type(None): "null"}
+_JSON_TYPES = {
+    dict: "object",
+    list: "list",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
 
 
 def read_text(path: str | Path) -> str:
@@ -70,8 +77,9 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
                 raise CAAEvalError(f"{path}: item {i} is a JSON {_kind(rec)}, expected an object")
         return records
     if body.startswith("{") and "\n" in body and _is_one_object(body):
-        raise CAAEvalError(f"{path}: holds one JSON object; expected a JSON list of objects or JSONL "
-                           "(one object per line)")
+        raise CAAEvalError(
+            f"{path}: holds one JSON object; expected a JSON list of objects or JSONL (one object per line)"
+        )
     return read_jsonl(path)
 
 

@@ -20,8 +20,16 @@ from caa_eval.core.vectors import model_fingerprint
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 
-__all__ = ["FORMAT", "INFO_FILE", "is_peft_model", "base_fingerprint", "write_info", "read_info", "is_complete",
-           "adapter_summary"]
+__all__ = [
+    "FORMAT",
+    "INFO_FILE",
+    "is_peft_model",
+    "base_fingerprint",
+    "write_info",
+    "read_info",
+    "is_complete",
+    "adapter_summary",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,9 @@ def base_fingerprint(model: torch.nn.Module) -> str:
 
 def write_info(folder: str | Path, info: dict[str, Any]) -> Path:
     """Write `caa_finetune.json` atomically (it is written last: its presence marks a complete adapter)."""
-    return write_atomic(Path(folder) / INFO_FILE, json.dumps(dict(info, format=FORMAT), indent=2, sort_keys=True) + "\n")
+    return write_atomic(
+        Path(folder) / INFO_FILE, json.dumps(dict(info, format=FORMAT), indent=2, sort_keys=True) + "\n"
+    )
 
 
 def read_info(folder: str | Path) -> dict[str, Any] | None:
@@ -98,6 +108,10 @@ def adapter_summary(peft: str | Path, fingerprint: str | None = None) -> dict[st
         summary.update({k: info.get(k) for k in ("behaviour", "direction", "model", "data_sha256", "final_loss")})
         summary["base_fingerprint"] = info.get("model_fingerprint")
         if fingerprint and info.get("model_fingerprint") and info["model_fingerprint"] != fingerprint:
-            log.warning("adapter %s was trained on a model with fingerprint %s, the loaded base has %s",
-                        peft, str(info["model_fingerprint"])[:12], fingerprint[:12])
+            log.warning(
+                "adapter %s was trained on a model with fingerprint %s, the loaded base has %s",
+                peft,
+                str(info["model_fingerprint"])[:12],
+                fingerprint[:12],
+            )
     return summary

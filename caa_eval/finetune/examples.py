@@ -21,8 +21,17 @@ from caa_eval.core.prompts import ANSWER_OPENER, ab_answer_prompt
 from caa_eval.errors import CAAEvalError
 from caa_eval.vocab import BEHAVIOURS, behaviour_key
 
-__all__ = ["DIRECTIONS", "IGNORE", "LOSS_TOKENS", "TrainingExample", "target_letter", "build_examples",
-           "TrainingData", "training_data", "check_held_out"]
+__all__ = [
+    "DIRECTIONS",
+    "IGNORE",
+    "LOSS_TOKENS",
+    "TrainingExample",
+    "target_letter",
+    "build_examples",
+    "TrainingData",
+    "training_data",
+    "check_held_out",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +59,9 @@ def target_letter(pair: data.ContrastPair, direction: str) -> str:
     return pair.matching_letter if direction == "pos" else pair.not_matching_letter
 
 
-def build_examples(tokenizer: Any, pairs: Sequence[data.ContrastPair], direction: str,
-                   system_prompt: str | None = None) -> list[TrainingExample]:
+def build_examples(
+    tokenizer: Any, pairs: Sequence[data.ContrastPair], direction: str, system_prompt: str | None = None
+) -> list[TrainingExample]:
     """Tokenise every pair with its target answer `(X)` in the A/B task's prompt format.
 
     Args:
@@ -67,10 +77,12 @@ def build_examples(tokenizer: Any, pairs: Sequence[data.ContrastPair], direction
         context = text[:letter_char]
         ctx = tokenizer(context, add_special_tokens=_add_special(tokenizer, context))["input_ids"]
         whole = tokenizer(text, add_special_tokens=_add_special(tokenizer, text))["input_ids"]
-        if len(whole) <= len(ctx) or whole[:len(ctx)] != ctx:
-            raise CAAEvalError(f"item {i}: the tokenizer merges the answer {answer!r} into the context "
-                               "(the A/B task could not score it either); check the chat template")
-        examples.append(TrainingExample(list(whole), [IGNORE] * len(ctx) + list(whole[len(ctx):])))
+        if len(whole) <= len(ctx) or whole[: len(ctx)] != ctx:
+            raise CAAEvalError(
+                f"item {i}: the tokenizer merges the answer {answer!r} into the context "
+                "(the A/B task could not score it either); check the chat template"
+            )
+        examples.append(TrainingExample(list(whole), [IGNORE] * len(ctx) + list(whole[len(ctx) :])))
     return examples
 
 
@@ -84,8 +96,12 @@ class TrainingData:
     sha256: str
 
 
-def training_data(behaviour: str | None = None, data_path: str | Path | None = None,
-                  data_dir: str | Path | None = None, held_out: Sequence[str | Path] = ()) -> TrainingData:
+def training_data(
+    behaviour: str | None = None,
+    data_path: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    held_out: Sequence[str | Path] = (),
+) -> TrainingData:
     """The behaviour's A/B generate pairs (or a user file), checked to hold no A/B test item.
 
     Args:
@@ -101,8 +117,10 @@ def training_data(behaviour: str | None = None, data_path: str | Path | None = N
     pairs = data.load_contrast_pairs(path)
     for i, pair in enumerate(pairs):
         if {pair.matching_letter, pair.not_matching_letter} != {"A", "B"}:
-            raise CAAEvalError(f"{path}: item {i} answers ({pair.matching_letter}) / ({pair.not_matching_letter}); "
-                               "finetuning in the A/B format needs the answers (A) and (B)")
+            raise CAAEvalError(
+                f"{path}: item {i} answers ({pair.matching_letter}) / ({pair.not_matching_letter}); "
+                "finetuning in the A/B format needs the answers (A) and (B)"
+            )
     if behaviour is None:
         behaviour = path.parent.name if path.stem.startswith("generate_dataset") else path.stem
     behaviour = behaviour_key(behaviour)
@@ -115,8 +133,9 @@ def training_data(behaviour: str | None = None, data_path: str | Path | None = N
     return TrainingData(path, pairs, behaviour, data.file_sha256(path))
 
 
-def check_held_out(pairs_path: str | Path, behaviour: str | None = None,
-                   data_dir: str | Path | None = None) -> list[Path]:
+def check_held_out(
+    pairs_path: str | Path, behaviour: str | None = None, data_dir: str | Path | None = None
+) -> list[Path]:
     """Refuse training pairs that contain A/B test items (the test set must stay held out).
 
     Checks the behaviour's A/B test file, or every CAA behaviour's when `behaviour` is None. Returns the
@@ -139,6 +158,7 @@ def check_held_out(pairs_path: str | Path, behaviour: str | None = None,
             raise CAAEvalError(f"refusing to finetune on A/B test items: {exc}") from None
         checked.append(Path(test_path))
     if not checked:
-        log.warning("no CAA A/B test file found (set CAA_EVAL_DATA_DIR); could not check that %s holds no test item",
-                    pairs_path)
+        log.warning(
+            "no CAA A/B test file found (set CAA_EVAL_DATA_DIR); could not check that %s holds no test item", pairs_path
+        )
     return checked

@@ -55,7 +55,9 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
-            raise CAAEvalError(f"direction {self.direction!r} not understood; write pos (toward the behaviour) or neg (away)")
+            raise CAAEvalError(
+                f"direction {self.direction!r} not understood; write pos (toward the behaviour) or neg (away)"
+            )
         for name in ("epochs", "lora_r", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise CAAEvalError(f"finetune {name}={getattr(self, name)!r}: use a whole number >= 1")
@@ -98,7 +100,7 @@ class FinetuneResult:
     def final_loss(self) -> float:
         """Mean loss over the last quarter of the steps, at most 10 (one step's loss is one batch: too noisy to
         report alone; a longer tail would mix in the early, untrained steps of a short run)."""
-        tail = self.losses[-max(1, min(10, len(self.losses) // 4)):]
+        tail = self.losses[-max(1, min(10, len(self.losses) // 4)) :]
         return float(sum(tail) / len(tail))
 
 
@@ -108,7 +110,7 @@ def _batches(examples: Sequence[TrainingExample], cfg: FinetuneConfig) -> list[l
     for _ in range(cfg.epochs):
         order = list(range(len(examples)))
         rng.shuffle(order)
-        out.extend([examples[i] for i in order[k:k + cfg.batch_size]] for k in range(0, len(order), cfg.batch_size))
+        out.extend([examples[i] for i in order[k : k + cfg.batch_size]] for k in range(0, len(order), cfg.batch_size))
     return out[: cfg.max_steps] if cfg.max_steps else out
 
 
@@ -148,8 +150,13 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], keep_log
     return torch.nn.functional.cross_entropy(picked.float(), target[rows, cols])
 
 
-def train_lora(model: torch.nn.Module, tokenizer: Any, examples: Sequence[TrainingExample], cfg: FinetuneConfig,
-               progress: bool = True) -> FinetuneResult:
+def train_lora(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: Sequence[TrainingExample],
+    cfg: FinetuneConfig,
+    progress: bool = True,
+) -> FinetuneResult:
     """Wrap `model` with a fresh LoRA adapter and train it on `examples` (loss on their labelled tokens).
 
     Args:
@@ -164,8 +171,14 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Traini
     if not examples:
         raise CAAEvalError("no training examples")
     torch.manual_seed(cfg.seed)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -201,10 +214,19 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
     return device, dtype
 
 
-def finetune_to_dir(model_name: str, out: str | Path, cfg: FinetuneConfig, behaviour: str | None = None,
-                    data_path: str | Path | None = None, data_dir: str | Path | None = None,
-                    device: str = "auto", dtype: str = "auto", overwrite: bool = False,
-                    progress: bool = True, held_out: Sequence[str | Path] = ()) -> dict[str, Any]:
+def finetune_to_dir(
+    model_name: str,
+    out: str | Path,
+    cfg: FinetuneConfig,
+    behaviour: str | None = None,
+    data_path: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    held_out: Sequence[str | Path] = (),
+) -> dict[str, Any]:
     """Load the model, finetune on the behaviour's A/B generate pairs, save adapter + `caa_finetune.json`.
 
     The adapter is written to a temporary sibling folder and renamed when complete, so a killed run never
@@ -235,18 +257,37 @@ def finetune_to_dir(model_name: str, out: str | Path, cfg: FinetuneConfig, behav
     model.to(device)
     fingerprint = base_fingerprint(model)
     examples = build_examples(tokenizer, train.pairs, cfg.direction)
-    log.info("finetuning %s %s on %d %s pairs (%s), %d step(s)", model_name, cfg.direction, len(examples),
-             train.behaviour, train.path, len(_batches(examples, cfg)))
+    log.info(
+        "finetuning %s %s on %d %s pairs (%s), %d step(s)",
+        model_name,
+        cfg.direction,
+        len(examples),
+        train.behaviour,
+        train.path,
+        len(_batches(examples, cfg)),
+    )
     result = train_lora(model, tokenizer, examples, cfg, progress)
     import peft
 
     info = {
-        "model": model_name, "model_fingerprint": fingerprint, "behaviour": train.behaviour,
-        "direction": cfg.direction, "data_file": str(train.path), "data_sha256": train.sha256,
-        "n_examples": len(examples), "loss_tokens": LOSS_TOKENS, "hyperparameters": cfg.as_dict(),
-        "steps": result.steps, "first_loss": result.losses[0], "final_loss": result.final_loss,
-        "loss_history": [round(x, 6) for x in result.losses], "train_seconds": round(result.seconds, 1),
-        "device": device, "dtype": dtype, "caa_eval_version": __version__, "peft_version": peft.__version__,
+        "model": model_name,
+        "model_fingerprint": fingerprint,
+        "behaviour": train.behaviour,
+        "direction": cfg.direction,
+        "data_file": str(train.path),
+        "data_sha256": train.sha256,
+        "n_examples": len(examples),
+        "loss_tokens": LOSS_TOKENS,
+        "hyperparameters": cfg.as_dict(),
+        "steps": result.steps,
+        "first_loss": result.losses[0],
+        "final_loss": result.final_loss,
+        "loss_history": [round(x, 6) for x in result.losses],
+        "train_seconds": round(result.seconds, 1),
+        "device": device,
+        "dtype": dtype,
+        "caa_eval_version": __version__,
+        "peft_version": peft.__version__,
         "torch_version": torch.__version__,
     }
     tmp = out.with_name(out.name + ".partial")

@@ -45,8 +45,15 @@ _HF_BACKENDS: dict[tuple[str | None, int], Backend] = {}
 
 
 def make_backend(
-    backend: str, judge_model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
-    concurrency: int = 8, timeout: float = 60.0, max_retries: int = 5, batch_size: int = 8,
+    backend: str,
+    judge_model: str | None = None,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    concurrency: int = 8,
+    timeout: float = 60.0,
+    max_retries: int = 5,
+    batch_size: int = 8,
 ) -> Backend:
     """A judge backend by name; nothing is loaded or contacted until it runs.
 
@@ -63,8 +70,14 @@ def make_backend(
     if backend == "openai":
         from caa_eval.judge.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(judge_model, base_url=base_url, api_key=api_key, concurrency=concurrency,
-                             timeout=timeout, max_retries=max_retries)
+        return OpenAIBackend(
+            judge_model,
+            base_url=base_url,
+            api_key=api_key,
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
     if backend == "hf":
         from caa_eval.judge.hf_backend import HFBackend
 

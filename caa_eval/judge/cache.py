@@ -46,6 +46,7 @@ def cache_key(backend: str, judge_model: str, rubric: Rubric, question: str, ans
         question: the question asked.
         answer: the answer graded.
     """
+
     def digest(s: str) -> str:
         return hashlib.sha256(s.encode()).hexdigest()
 
@@ -107,8 +108,19 @@ class ScoreCache:
             return
         self._db.execute(
             "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, backend, judge_model, rubric_sha, verdict.score, verdict.status, verdict.reply, verdict.p_valid,
-             verdict.prompt_tokens, verdict.completion_tokens, time.time()),
+            (
+                key,
+                backend,
+                judge_model,
+                rubric_sha,
+                verdict.score,
+                verdict.status,
+                verdict.reply,
+                verdict.p_valid,
+                verdict.prompt_tokens,
+                verdict.completion_tokens,
+                time.time(),
+            ),
         )
         self._db.commit()
 

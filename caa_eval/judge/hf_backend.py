@@ -163,7 +163,8 @@ class HFBackend:
                         input_ids=feed,
                         attention_mask=torch.cat([mask, mask.new_ones(batch, n)], dim=1),
                         position_ids=positions[:, -1:] + torch.arange(1, n + 1),
-                        use_cache=True, **{self._cache_kw: cache},
+                        use_cache=True,
+                        **{self._cache_kw: cache},
                     )
                     self.forward_passes += 1
                     nxt = torch.tensor(cand[1:]).expand(batch, -1).unsqueeze(-1)
@@ -186,6 +187,13 @@ class HFBackend:
             batch = ordered[start : start + self.batch_size]
             results = await asyncio.to_thread(self.score_prompts, [prompts[j.key] for j in batch])
             for job, (expected, p_valid, n_tokens) in zip(batch, results):
-                done(job, Verdict(score=round(expected, 4), status="ok", p_valid=float(f"{p_valid:.4g}"),
-                                  prompt_tokens=n_tokens, calls=1))
-
+                done(
+                    job,
+                    Verdict(
+                        score=round(expected, 4),
+                        status="ok",
+                        p_valid=float(f"{p_valid:.4g}"),
+                        prompt_tokens=n_tokens,
+                        calls=1,
+                    ),
+                )

@@ -58,8 +58,11 @@ def read_completion(response: Any) -> tuple[str | None, int | None, int | None] 
         message = getattr(choices[0], "message", None) if choices else None
         text = getattr(message, "content", None)
         usage = getattr(response, "usage", None)
-        return (text if isinstance(text, str) else None, _count(getattr(usage, "prompt_tokens", None)),
-                _count(getattr(usage, "completion_tokens", None)))
+        return (
+            text if isinstance(text, str) else None,
+            _count(getattr(usage, "prompt_tokens", None)),
+            _count(getattr(usage, "completion_tokens", None)),
+        )
     except Exception:  # noqa: BLE001 - a malformed object from the server is a failed item, never a crash
         return None
 
@@ -77,8 +80,14 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(
-        self, model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
-        concurrency: int = 8, timeout: float = 60.0, max_retries: int = 5,
+        self,
+        model: str | None = None,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 5,
     ):
         """Configure the backend; nothing is contacted before run().
 
@@ -117,7 +126,10 @@ class OpenAIBackend:
             self.http_requests += 1
 
         client = openai.AsyncOpenAI(
-            api_key=self.secret, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries,
+            api_key=self.secret,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
             http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [count_request]}),
         )
         semaphore = asyncio.Semaphore(self.concurrency)
@@ -155,8 +167,9 @@ class OpenAIBackend:
                     ) from None
                 except openai.APIStatusError as exc:
                     if exc.status_code in (429, 408, 409) or exc.status_code >= 500:
-                        self._missing(verdict, f"HTTP {exc.status_code} after {self.max_retries} retries "
-                                               f"({self._detail(exc)})")
+                        self._missing(
+                            verdict, f"HTTP {exc.status_code} after {self.max_retries} retries ({self._detail(exc)})"
+                        )
                         break
                     raise CAAEvalError(self._status_message(exc)) from None
                 except (openai.APIResponseValidationError, ValueError) as exc:  # e.g. a JSON content type, no JSON
@@ -164,8 +177,11 @@ class OpenAIBackend:
                     break
             completion = read_completion(response)
             if completion is None:  # an HTML page or an error body with HTTP 200: no verdict, ask again on rerun
-                self._missing(verdict, f"the server at {self._where()} answered with something that is not a chat "
-                                       f"completion: {_snippet(response)}")
+                self._missing(
+                    verdict,
+                    f"the server at {self._where()} answered with something that is not a chat "
+                    f"completion: {_snippet(response)}",
+                )
                 break
             text, prompt_tokens, completion_tokens = completion
             verdict.calls += 1
@@ -179,8 +195,11 @@ class OpenAIBackend:
                 verdict.score, verdict.status = score, "ok"
                 break
             verdict.invalid_replies += 1
-            messages = [*messages, {"role": "assistant", "content": text or ""},
-                        {"role": "user", "content": RETRY_PROMPT}]
+            messages = [
+                *messages,
+                {"role": "assistant", "content": text or ""},
+                {"role": "user", "content": RETRY_PROMPT},
+            ]
         if verdict.reply is not None:
             verdict.reply = verdict.reply[:_REPLY_CHARS]
         done(job, verdict)
@@ -193,13 +212,20 @@ class OpenAIBackend:
         code = exc.status_code
         detail = self._detail(exc)
         if code == 401:
-            return (f"the judge server at {self._where()} rejected the API key (HTTP 401); set OPENAI_API_KEY to a "
-                    "valid key (a local server may want the dummy value it was started with)")
+            return (
+                f"the judge server at {self._where()} rejected the API key (HTTP 401); set OPENAI_API_KEY to a "
+                "valid key (a local server may want the dummy value it was started with)"
+            )
         if code == 403:
-            return (f"the judge server at {self._where()} refused access (HTTP 403: {detail}); "
-                    "check the key's permissions")
+            return (
+                f"the judge server at {self._where()} refused access (HTTP 403: {detail}); check the key's permissions"
+            )
         if code == 404:
-            return (f"judge model {self.model!r} or its chat endpoint was not found at {self._where()} (HTTP 404); "
-                    "check --judge-model and --judge-base-url (it usually ends in /v1)")
-        return (f"the judge server at {self._where()} rejected the request (HTTP {code}: {detail}); check that "
-                f"--judge-model {self.model!r} serves chat completions with temperature and max_tokens")
+            return (
+                f"judge model {self.model!r} or its chat endpoint was not found at {self._where()} (HTTP 404); "
+                "check --judge-model and --judge-base-url (it usually ends in /v1)"
+            )
+        return (
+            f"the judge server at {self._where()} rejected the request (HTTP {code}: {detail}); check that "
+            f"--judge-model {self.model!r} serves chat completions with temperature and max_tokens"
+        )

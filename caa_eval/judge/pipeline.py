@@ -79,13 +79,17 @@ class JudgeSummary:
     def format(self) -> str:
         """Per-task table plus the usage line, for the terminal."""
         width = max([len(t.task) for t in self.tasks] + [4])
-        lines = [f"{'task':<{width}}  {'behaviour':<22} {'n':>5} {'scored':>6} {'mean':>6} {'std':>5} "
-                 f"{'invalid':>7} {'missing':>7}  rubric"]
+        lines = [
+            f"{'task':<{width}}  {'behaviour':<22} {'n':>5} {'scored':>6} {'mean':>6} {'std':>5} "
+            f"{'invalid':>7} {'missing':>7}  rubric"
+        ]
         for t in self.tasks:
             mean = f"{t.mean:6.2f}" if t.mean is not None else "     -"
             std = f"{t.std:5.2f}" if t.std is not None else "    -"
-            lines.append(f"{t.task:<{width}}  {t.behaviour:<22} {t.n:>5} {t.scored:>6} {mean} {std} "
-                         f"{t.invalid:>7} {t.missing:>7}  {t.rubric_sha}")
+            lines.append(
+                f"{t.task:<{width}}  {t.behaviour:<22} {t.n:>5} {t.scored:>6} {mean} {std} "
+                f"{t.invalid:>7} {t.missing:>7}  {t.rubric_sha}"
+            )
         u = self.usage
         unknown = f" (token counts unknown for {u.unknown_usage} calls)" if u.unknown_usage else ""
         lines.append(
@@ -180,8 +184,16 @@ def judge_samples(
     targets = {f: output_path(f, out_dir) if write else None for f in files}
     for folder in dict.fromkeys(t.parent for t in targets.values() if t is not None):
         ensure_writable(folder)
-    be = make_backend(backend, judge_model, base_url=base_url, api_key=api_key, concurrency=concurrency,
-                      timeout=timeout, max_retries=max_retries, batch_size=batch_size)
+    be = make_backend(
+        backend,
+        judge_model,
+        base_url=base_url,
+        api_key=api_key,
+        concurrency=concurrency,
+        timeout=timeout,
+        max_retries=max_retries,
+        batch_size=batch_size,
+    )
     identity = model_identity(be)
     resolved_cache = default_cache_path() if cache_path is DEFAULT_CACHE else cache_path
     usage = Usage()
@@ -241,20 +253,38 @@ def judge_samples(
             if v.score is None and first_error is None:
                 first_error = _why_unscored(v)
             rubric = rubric_map[item.behaviour]
-            rows.append({
-                "doc_id": item.doc_id, "task": item.task, "filter": item.filter, "behaviour": item.behaviour,
-                "question": item.question, "answer": item.answer, "score": v.score, "status": v.status,
-                "judge_reply": v.reply, "p_valid": v.p_valid, "rubric_sha": rubric.sha,
-                "judge_backend": be.name, "judge_model": be.model,
-            })
+            rows.append(
+                {
+                    "doc_id": item.doc_id,
+                    "task": item.task,
+                    "filter": item.filter,
+                    "behaviour": item.behaviour,
+                    "question": item.question,
+                    "answer": item.answer,
+                    "score": v.score,
+                    "status": v.status,
+                    "judge_reply": v.reply,
+                    "p_valid": v.p_valid,
+                    "rubric_sha": rubric.sha,
+                    "judge_backend": be.name,
+                    "judge_model": be.model,
+                }
+            )
         scores = [r["score"] for r in rows if r["score"] is not None]
         mean, std = _mean_std(scores)
         behaviours = sorted({it.behaviour for it in items})
         target = targets[f]
         summary = TaskSummary(
-            task=task_of(f), behaviour=",".join(behaviours), samples_file=str(f),
-            output_file=str(target) if target else None, n=len(rows), scored=len(scores), mean=mean, std=std,
-            invalid=sum(r["status"] == "invalid" for r in rows), missing=len(rows) - len(scores),
+            task=task_of(f),
+            behaviour=",".join(behaviours),
+            samples_file=str(f),
+            output_file=str(target) if target else None,
+            n=len(rows),
+            scored=len(scores),
+            mean=mean,
+            std=std,
+            invalid=sum(r["status"] == "invalid" for r in rows),
+            missing=len(rows) - len(scores),
             rubric_sha=",".join(sorted({rubric_map[b].sha for b in behaviours})),
         )
         usage.missing += summary.missing
@@ -263,9 +293,13 @@ def judge_samples(
             outputs.append((target, rows, summary))
 
     result = JudgeSummary(
-        backend=be.name, judge_model=be.model, tasks=summaries, usage=usage,
+        backend=be.name,
+        judge_model=be.model,
+        tasks=summaries,
+        usage=usage,
         cache_path=str(resolved_cache) if resolved_cache is not None else None,
-        elapsed_s=round(time.perf_counter() - started, 3), first_error=first_error,
+        elapsed_s=round(time.perf_counter() - started, 3),
+        first_error=first_error,
     )
     n = sum(t.n for t in summaries)
     if n and not any(t.scored for t in summaries):

@@ -13,8 +13,15 @@ if TYPE_CHECKING:
     from caa_eval.judge.rubrics import Rubric
 
 __all__ = [
-    "SCORES", "MAX_REPLY_TOKENS", "PROMPT_VERSION", "SYSTEM_PROMPT", "USER_TEMPLATE", "RETRY_PROMPT",
-    "quote", "build_messages", "parse_score",
+    "SCORES",
+    "MAX_REPLY_TOKENS",
+    "PROMPT_VERSION",
+    "SYSTEM_PROMPT",
+    "USER_TEMPLATE",
+    "RETRY_PROMPT",
+    "quote",
+    "build_messages",
+    "parse_score",
 ]
 
 SCORES = tuple(range(11))

@@ -64,8 +64,11 @@ def is_generation(record: Mapping[str, Any]) -> bool:
         record: one line of an lm-eval samples file.
     """
     resps = record.get("resps")
-    return (isinstance(resps, list) and bool(resps)
-            and all(isinstance(r, list) and r and all(isinstance(x, str) for x in r) for r in resps))
+    return (
+        isinstance(resps, list)
+        and bool(resps)
+        and all(isinstance(r, list) and r and all(isinstance(x, str) for x in r) for r in resps)
+    )
 
 
 def _answer_text(record: Mapping[str, Any]) -> str | None:
@@ -127,8 +130,17 @@ def read_items(path: str | Path, rubrics: Mapping[str, Rubric]) -> list[Item]:
                 raise CAAEvalError(
                     f"{where}: no generated text in filtered_resps/resps; rerun lm_eval with --log_samples"
                 )
-            items.append(Item(path, task, record.get("doc_id"), str(record.get("filter", "none")), behaviour,
-                              doc["question"], answer))
+            items.append(
+                Item(
+                    path,
+                    task,
+                    record.get("doc_id"),
+                    str(record.get("filter", "none")),
+                    behaviour,
+                    doc["question"],
+                    answer,
+                )
+            )
     return items
 
 
@@ -227,8 +239,9 @@ def output_path(samples: Path, output_dir: Path | None = None) -> Path:
     return (output_dir or samples.parent) / name
 
 
-def ensure_writable(folder: Path, what: str = "judge outputs",
-                    fix: str = "pass --output-dir with a writable folder") -> None:
+def ensure_writable(
+    folder: Path, what: str = "judge outputs", fix: str = "pass --output-dir with a writable folder"
+) -> None:
     """Create `folder` if needed and prove a file can be written there, before any paid judge call.
 
     Args:

@@ -49,8 +49,10 @@ class GridSetting:
 
     def group(self) -> tuple:
         """Settings that differ only in multiplier share one tail batch (per-row coefficients)."""
-        content = tuple((layer, hashlib.sha1(v.detach().float().cpu().numpy().tobytes()).hexdigest())
-                        for layer, v in sorted(self.vectors.items()))
+        content = tuple(
+            (layer, hashlib.sha1(v.detach().float().cpu().numpy().tobytes()).hexdigest())
+            for layer, v in sorted(self.vectors.items())
+        )
         return (self.site, content)
 
 
@@ -71,8 +73,10 @@ class SteeringGrid:
     def __post_init__(self) -> None:
         bad = [s.key for s in self.settings if s.positions.mode not in _SHAREABLE]
         if bad:
-            raise ValueError(f"positions {sorted({str(s.positions) for s in self.settings})} cannot share a prefix; "
-                             f"use one of {', '.join(_SHAREABLE)}")
+            raise ValueError(
+                f"positions {sorted({str(s.positions) for s in self.settings})} cannot share a prefix; "
+                f"use one of {', '.join(_SHAREABLE)}"
+            )
         self.by_key = {s.key: s for s in self.settings}
 
     def covers(self, key: str) -> bool:
@@ -89,8 +93,15 @@ class SteeringGrid:
         return out
 
     @torch.no_grad()
-    def compute(self, model: torch.nn.Module, tokenizer: Any, rows: Sequence[tuple[list[int], list[int]]],
-                batch_size: int, pad_id: int, softmax_dtype: torch.dtype | None = None) -> None:
+    def compute(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        rows: Sequence[tuple[list[int], list[int]]],
+        batch_size: int,
+        pad_id: int,
+        softmax_dtype: torch.dtype | None = None,
+    ) -> None:
         """Fill `results` for every setting and every (input ids, continuation ids) row.
 
         Args:
@@ -101,7 +112,9 @@ class SteeringGrid:
             pad_id: padding token id (masked out).
             softmax_dtype: dtype of the log-softmax (HFLM's `softmax_dtype`).
         """
-        locator = InstructionLocator(tokenizer) if any(s.positions.needs_chat_structure for s in self.settings) else None
+        locator = (
+            InstructionLocator(tokenizer) if any(s.positions.needs_chat_structure for s in self.settings) else None
+        )
         # requests that share their input (A and B after the same context) share one row, as in HFLM
         conts: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         for inp, cont in rows:
@@ -145,8 +158,14 @@ class SteeringGrid:
                     mask[i] = 0
             cache = DynamicCache()
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache},
-                  logits_to_keep=1)
+            model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_kw: cache},
+                logits_to_keep=1,
+            )
         else:
             mask = torch.zeros((len(batch), 0), dtype=torch.long, device=device)
         # the tails' ids, mask and positions are the same for every setting: built once per batch
@@ -161,8 +180,18 @@ class SteeringGrid:
         per_chunk = max(1, self.max_rows // len(batch))
         for group in groups.values():
             for k0 in range(0, len(group), per_chunk):
-                self._tail(model, batch, tail, prefix_ids, starts, cache, group[k0 : k0 + per_chunk], device,
-                           cache_kw, softmax_dtype)
+                self._tail(
+                    model,
+                    batch,
+                    tail,
+                    prefix_ids,
+                    starts,
+                    cache,
+                    group[k0 : k0 + per_chunk],
+                    device,
+                    cache_kw,
+                    softmax_dtype,
+                )
 
     def _tail(self, model, batch, tail, prefix_ids, starts, cache, chunk, device, cache_kw, softmax_dtype):
         k = len(chunk)
@@ -179,8 +208,13 @@ class SteeringGrid:
             steering = Steering(model, first.vectors, coefficients, first.site, "generated")
             steering.set_batch(prompt_lengths=[s for s in starts for _ in range(k)])
         with steering:
-            logits = model(input_ids=tail_ids, attention_mask=full_mask, position_ids=positions,
-                           use_cache=cache is not None, **kwargs).logits
+            logits = model(
+                input_ids=tail_ids,
+                attention_mask=full_mask,
+                position_ids=positions,
+                use_cache=cache is not None,
+                **kwargs,
+            ).logits
         logp = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
         for b, (inp, conts) in enumerate(batch):
             for cont in conts:
@@ -212,9 +246,19 @@ class SteeringGrid:
         return h.hexdigest()
 
     @torch.no_grad()
-    def generate(self, run: Any, model: torch.nn.Module, tokenizer: Any, key: str, context: torch.Tensor,
-                 max_length: int, stop: list[str], kwargs: dict[str, Any], tasks: frozenset[str],
-                 layers_path: str | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        run: Any,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        key: str,
+        context: torch.Tensor,
+        max_length: int,
+        stop: list[str],
+        kwargs: dict[str, Any],
+        tasks: frozenset[str],
+        layers_path: str | None = None,
+    ) -> torch.Tensor:
         """The generated ids of setting `key` for this batch of prompts (as `model.generate` returns them).
 
         Args:
@@ -231,15 +275,19 @@ class SteeringGrid:
         """
         signature = self._signature(context, max_length, stop, kwargs)
         if (key, signature) not in self.generated:
-            wanted = [s for s in self.settings if (s.key, signature) not in self.generated
-                      and (s.key == key or s.tasks is None or s.tasks & tasks)]
+            wanted = [
+                s
+                for s in self.settings
+                if (s.key, signature) not in self.generated and (s.key == key or s.tasks is None or s.tasks & tasks)
+            ]
             batch = context.shape[0]
             per_chunk = max(1, self.max_rows // batch)
             for group in self._generation_groups(wanted):
                 for k0 in range(0, len(group), per_chunk):
                     chunk = group[k0 : k0 + per_chunk]
-                    out = self._generate_chunk(run, model, tokenizer, chunk, context, max_length, stop, kwargs,
-                                               layers_path)
+                    out = self._generate_chunk(
+                        run, model, tokenizer, chunk, context, max_length, stop, kwargs, layers_path
+                    )
                     for j, setting in enumerate(chunk):
                         self.generated[(setting.key, signature)] = out[j * batch : (j + 1) * batch]
         return self.generated[(key, signature)]
@@ -268,9 +316,17 @@ class SteeringGrid:
         steering: Any = contextlib.nullcontext()
         if steered is not None:
             coefficients = torch.tensor([s.multiplier for s in chunk], dtype=torch.float32).repeat_interleave(
-                context.shape[0])
-            steering = Steering(model, steered.vectors, coefficients, steered.site, steered.positions,
-                                tokenizer=tokenizer, layers_path=layers_path)
+                context.shape[0]
+            )
+            steering = Steering(
+                model,
+                steered.vectors,
+                coefficients,
+                steered.site,
+                steered.positions,
+                tokenizer=tokenizer,
+                layers_path=layers_path,
+            )
             steering.set_batch()
         with steering:
             return run(context=context.repeat(k, 1), max_length=max_length, stop=stop, **rows)

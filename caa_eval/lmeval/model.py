@@ -29,11 +29,32 @@ __all__ = ["SteeredHFLM", "STEERING_ARGS"]
 
 log = logging.getLogger(__name__)
 
-STEERING_ARGS = ("vector", "layers", "multiplier", "site", "positions", "allow_fingerprint_mismatch", "layers_path", "vector_layer")
+STEERING_ARGS = (
+    "vector",
+    "layers",
+    "multiplier",
+    "site",
+    "positions",
+    "allow_fingerprint_mismatch",
+    "layers_path",
+    "vector_layer",
+)
 # Extra kwargs HFLM forwards to `from_pretrained`; anything else unknown is almost surely a typo.
-FROM_PRETRAINED_ARGS = ("attn_implementation", "low_cpu_mem_usage", "device_map", "quantization_config",
-                        "load_in_8bit", "load_in_4bit", "torch_dtype", "cache_dir", "local_files_only", "token",
-                        "use_safetensors", "offload_state_dict", "variant")
+FROM_PRETRAINED_ARGS = (
+    "attn_implementation",
+    "low_cpu_mem_usage",
+    "device_map",
+    "quantization_config",
+    "load_in_8bit",
+    "load_in_4bit",
+    "torch_dtype",
+    "cache_dir",
+    "local_files_only",
+    "token",
+    "use_safetensors",
+    "offload_state_dict",
+    "variant",
+)
 
 
 def _as_bool(value: Any, name: str = "value") -> bool:
@@ -65,10 +86,19 @@ class SteeredHFLM(HFLM):
         **kwargs: every other `HFLM` argument (batch_size, device, dtype, peft, parallelize, …).
     """
 
-    def __init__(self, pretrained: Any = DEFAULT_MODEL, vector: str | None = None, layers: Any = None,
-                 multiplier: float | int | str = 1.0, site: str | None = None,
-                 positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False,
-                 layers_path: str | None = None, vector_layer: Any = None, **kwargs: Any):
+    def __init__(
+        self,
+        pretrained: Any = DEFAULT_MODEL,
+        vector: str | None = None,
+        layers: Any = None,
+        multiplier: float | int | str = 1.0,
+        site: str | None = None,
+        positions: str = "after_instruction",
+        allow_fingerprint_mismatch: Any = False,
+        layers_path: str | None = None,
+        vector_layer: Any = None,
+        **kwargs: Any,
+    ):
         _reject_unknown(kwargs)
         # every steering argument is checked before the (possibly long) model load
         checked = _check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch)
@@ -120,10 +150,16 @@ class SteeredHFLM(HFLM):
             self._adapter_cache = adapter_summary(self.peft, self.model_fingerprint)
         return {"adapter": self._adapter_cache}
 
-    def set_steering(self, vector: str | vector_files.SteeringVector | None = None, layers: Any = None,
-                     multiplier: float | int | str = 1.0, site: str | None = None,
-                     positions: str = "after_instruction", allow_fingerprint_mismatch: Any = False,
-                     vector_layer: Any = None) -> None:
+    def set_steering(
+        self,
+        vector: str | vector_files.SteeringVector | None = None,
+        layers: Any = None,
+        multiplier: float | int | str = 1.0,
+        site: str | None = None,
+        positions: str = "after_instruction",
+        allow_fingerprint_mismatch: Any = False,
+        vector_layer: Any = None,
+    ) -> None:
         """(Re)configure steering in place: sweeps change layer/multiplier/site without reloading the model.
 
         Everything is checked before anything changes: a refused setting leaves the previous one in place.
@@ -146,9 +182,14 @@ class SteeredHFLM(HFLM):
         """Resolve checked arguments against the loaded model; assign only when everything fits."""
         multiplier, positions_rule, sv = args["multiplier"], Positions.parse(args["positions"]), args["vector"]
         if sv is None:
-            config: dict[str, Any] = {"vector": None, "layers": [], "multiplier": multiplier,
-                                      "site": args["site"] or "residual", "positions": str(positions_rule),
-                                      **self._adapter()}
+            config: dict[str, Any] = {
+                "vector": None,
+                "layers": [],
+                "multiplier": multiplier,
+                "site": args["site"] or "residual",
+                "positions": str(positions_rule),
+                **self._adapter(),
+            }
             self._steering, self.steering_config, self.steering_fingerprint = None, config, ""
             _record(config, "")
             return
@@ -157,32 +198,64 @@ class SteeredHFLM(HFLM):
         layer_list = parse_layers(args["layers"], n_layers) if args["layers"] is not None else None
         if layer_list is None:
             if len(sv.layers) != 1:
-                raise CAAEvalError(f"{source} holds layers {vector_files.ranges(sv.layers)}; choose with layers=13 "
-                                   "or layers=[12,13]")
+                raise CAAEvalError(
+                    f"{source} holds layers {vector_files.ranges(sv.layers)}; choose with layers=13 or layers=[12,13]"
+                )
             layer_list = sv.layers
         site = args["site"] or sv.site
         vector_layer = args.get("vector_layer")
         read_layers = [vector_layer] if vector_layer is not None else layer_list
-        vector_files.validate_for_model(sv, hidden_size(self.model), self.model_fingerprint if sv.model_fingerprint else "",
-                                        read_layers, n_layers, args["allow_fingerprint_mismatch"], source)
+        vector_files.validate_for_model(
+            sv,
+            hidden_size(self.model),
+            self.model_fingerprint if sv.model_fingerprint else "",
+            read_layers,
+            n_layers,
+            args["allow_fingerprint_mismatch"],
+            source,
+        )
         if vector_layer is not None:  # one layer's vector added at every steered layer (layer transfer, §8.2)
             vectors = {layer: sv.select([vector_layer], source)[vector_layer] for layer in layer_list}
         else:
             vectors = sv.select(layer_list, source)
         steering = None
         if multiplier != 0:  # multiplier 0 is exactly the unsteered model: no hooks at all
-            steering = Steering(self.model, vectors, multiplier, site, positions_rule,
-                                tokenizer=self.tokenizer, layers_path=self.layers_path)
+            steering = Steering(
+                self.model,
+                vectors,
+                multiplier,
+                site,
+                positions_rule,
+                tokenizer=self.tokenizer,
+                layers_path=self.layers_path,
+            )
         if site != sv.site:
             log.warning("vector was read at site %r but is applied at site %r", sv.site, site)
-        scale = (f"CAA-normalised ({sv.normalization.get('method')}): multipliers are on CAA's published scale"
-                 if sv.normalization else "raw (not normalised): multipliers are relative to this vector's own norm")
-        log.info("steering with %s, layers %s, multiplier %g, site %s, positions %s; vector %s",
-                 source, layer_list, multiplier, site, positions_rule, scale)
+        scale = (
+            f"CAA-normalised ({sv.normalization.get('method')}): multipliers are on CAA's published scale"
+            if sv.normalization
+            else "raw (not normalised): multipliers are relative to this vector's own norm"
+        )
+        log.info(
+            "steering with %s, layers %s, multiplier %g, site %s, positions %s; vector %s",
+            source,
+            layer_list,
+            multiplier,
+            site,
+            positions_rule,
+            scale,
+        )
         config = {
-            "vector": source, "vector_sha256": sv.sha256(), "behaviour": sv.behaviour, "layers": layer_list,
-            "multiplier": multiplier, "site": site, "positions": str(positions_rule),
-            "vector_model": sv.model, "normalization": sv.normalization, **self._adapter(),
+            "vector": source,
+            "vector_sha256": sv.sha256(),
+            "behaviour": sv.behaviour,
+            "layers": layer_list,
+            "multiplier": multiplier,
+            "site": site,
+            "positions": str(positions_rule),
+            "vector_model": sv.model,
+            "normalization": sv.normalization,
+            **self._adapter(),
             **({"vector_layer": vector_layer} if vector_layer is not None else {}),
         }
         fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -191,8 +264,9 @@ class SteeredHFLM(HFLM):
 
     # ------------------------------------------------------------------ one pass for a grid of settings
 
-    def plan_grid(self, configs: list[dict[str, Any]], max_rows: int = 256,
-                  tasks: list[list[str] | None] | None = None) -> None:
+    def plan_grid(
+        self, configs: list[dict[str, Any]], max_rows: int = 256, tasks: list[list[str] | None] | None = None
+    ) -> None:
         """Announce every steering config a sweep will run, so log-likelihoods are computed for all of them in one
         pass (shared unsteered prefix, one short tail per config) and greedy generations in one `generate` call
         per batch of prompts (see `caa_eval.lmeval.grid`). Cells are still run one by one with `set_steering`;
@@ -211,12 +285,16 @@ class SteeredHFLM(HFLM):
             self.set_steering(**config)
             steering = self._steering
             wanted = tasks[i] if tasks is not None else None
-            settings.append(GridSetting(
-                key=self.steering_fingerprint or "unsteered",
-                vectors=dict(steering.vectors) if steering is not None else {},
-                multiplier=float(self.steering_config["multiplier"]),
-                site=self.steering_config["site"], positions=Positions.parse(self.steering_config["positions"]),
-                tasks=frozenset(wanted) if wanted is not None else None))
+            settings.append(
+                GridSetting(
+                    key=self.steering_fingerprint or "unsteered",
+                    vectors=dict(steering.vectors) if steering is not None else {},
+                    multiplier=float(self.steering_config["multiplier"]),
+                    site=self.steering_config["site"],
+                    positions=Positions.parse(self.steering_config["positions"]),
+                    tasks=frozenset(wanted) if wanted is not None else None,
+                )
+            )
         self.grid = SteeringGrid(settings, max_rows=max_rows)
 
     def clear_grid(self) -> None:
@@ -227,7 +305,7 @@ class SteeredHFLM(HFLM):
         key = self.steering_fingerprint or "unsteered"
         if grid is None or not grid.covers(key):
             return None
-        rows = [((ctx + cont)[-(self.max_length + 1):][:-1], cont) for _, ctx, cont in requests]
+        rows = [((ctx + cont)[-(self.max_length + 1) :][:-1], cont) for _, ctx, cont in requests]
         found = grid.lookup(key, rows)
         if found is None:
             batch = int(self.batch_size) if str(self.batch_size).isdigit() else 8
@@ -249,7 +327,7 @@ class SteeredHFLM(HFLM):
         # HFLM right-pads these rows with zeros and no mask; remember each row's real length and context length
         self._known_rows = {}
         for _, context_enc, continuation_enc in requests:
-            row = (context_enc + continuation_enc)[-(self.max_length + 1):][:-1]
+            row = (context_enc + continuation_enc)[-(self.max_length + 1) :][:-1]
             self._known_rows[tuple(row)] = len(row) - (len(continuation_enc) - 1)
         try:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
@@ -263,13 +341,17 @@ class SteeredHFLM(HFLM):
             n = len(row)
             while tuple(row[:n]) not in self._known_rows:
                 if n == 0 or row[n - 1] != 0:
-                    raise RuntimeError("steered-hf: a batch row does not match any request (lm-eval internals changed?)")
+                    raise RuntimeError(
+                        "steered-hf: a batch row does not match any request (lm-eval internals changed?)"
+                    )
                 n -= 1
             lengths.append(n)
             prompts.append(self._known_rows[tuple(row[:n])])
         return lengths, prompts
 
-    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+    def _model_call(
+        self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ):
         if self._steering is None or self._known_rows is None:  # unsteered, or HFLM's batch-size probe
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
         lengths, prompts = self._row_lengths(inps)
@@ -286,8 +368,18 @@ class SteeredHFLM(HFLM):
         grid = getattr(self, "grid", None)
         key = self.steering_fingerprint or "unsteered"
         if grid is not None and grid.covers(key) and grid.shares_generation(generation_kwargs):
-            return grid.generate(super()._model_generate, self.model, self.tokenizer, key, context, max_length, stop,
-                                 generation_kwargs, getattr(self, "_request_tasks", frozenset()), self.layers_path)
+            return grid.generate(
+                super()._model_generate,
+                self.model,
+                self.tokenizer,
+                key,
+                context,
+                max_length,
+                stop,
+                generation_kwargs,
+                getattr(self, "_request_tasks", frozenset()),
+                self.layers_path,
+            )
         if self._steering is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         self._steering.set_batch()
@@ -310,13 +402,15 @@ class SteeredHFLM(HFLM):
                     self._scale_probe = ScaleProbe(self.model, self.tokenizer, layers_path=self.layers_path)
                 config = self.steering_config
                 self._scale_cache[key] = self._scale_probe.setting(
-                    dict(self._steering.vectors), float(config["multiplier"]), config["site"], config["positions"])
+                    dict(self._steering.vectors), float(config["multiplier"]), config["site"], config["positions"]
+                )
         return self._scale_cache[key]
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
-        info["steering"] = dict(self.steering_config, fingerprint=self.steering_fingerprint,
-                                model_fingerprint=self.model_fingerprint)
+        info["steering"] = dict(
+            self.steering_config, fingerprint=self.steering_fingerprint, model_fingerprint=self.model_fingerprint
+        )
         try:
             info["steering"]["scale"] = self.steering_scale()
         except Exception as exc:  # the evaluation's results are worth more than their scale note: keep them
@@ -325,8 +419,9 @@ class SteeredHFLM(HFLM):
         return info
 
 
-def _check_steering_args(vector: Any, layers: Any, multiplier: Any, site: Any, positions: Any,
-                         allow_fingerprint_mismatch: Any) -> dict[str, Any]:
+def _check_steering_args(
+    vector: Any, layers: Any, multiplier: Any, site: Any, positions: Any, allow_fingerprint_mismatch: Any
+) -> dict[str, Any]:
     """Every steering argument checked without the model (the model-dependent checks follow in set_steering).
 
     Returns `set_steering` keywords with the vector file loaded, the multiplier a float and the layer spec's
@@ -335,25 +430,37 @@ def _check_steering_args(vector: Any, layers: Any, multiplier: Any, site: Any, p
     m = parse_multiplier(multiplier)
     Positions.parse(positions)
     if site is not None and site not in SITES:
-        raise CAAEvalError(f"site={site!r} not understood; write one of {', '.join(SITES)} (or leave it out: the "
-                           "vector's own site)")
+        raise CAAEvalError(
+            f"site={site!r} not understood; write one of {', '.join(SITES)} (or leave it out: the vector's own site)"
+        )
     if layers is not None:
         parse_layers(layers)
     allow = _as_bool(allow_fingerprint_mismatch, "allow_fingerprint_mismatch")
     if isinstance(vector, str) and not vector.strip():
-        raise CAAEvalError("vector= is empty; write vector=FILE.safetensors, or leave vector out (with "
-                           "multiplier=0) for the unsteered model")
+        raise CAAEvalError(
+            "vector= is empty; write vector=FILE.safetensors, or leave vector out (with "
+            "multiplier=0) for the unsteered model"
+        )
     if vector is None:
         if m != 0:
-            raise CAAEvalError(f"multiplier={format_multiplier(m)} needs a vector: add vector=FILE.safetensors, or "
-                               "write multiplier=0 for the unsteered model (the default multiplier is 1)")
+            raise CAAEvalError(
+                f"multiplier={format_multiplier(m)} needs a vector: add vector=FILE.safetensors, or "
+                "write multiplier=0 for the unsteered model (the default multiplier is 1)"
+            )
         sv, source = None, None
     elif isinstance(vector, vector_files.SteeringVector):
         sv, source = vector, f"{vector.behaviour} vector"
     else:
         sv, source = vector_files.load(vector), str(vector)
-    return {"vector": sv, "source": source, "layers": layers, "multiplier": m, "site": site,
-            "positions": positions, "allow_fingerprint_mismatch": allow}
+    return {
+        "vector": sv,
+        "source": source,
+        "layers": layers,
+        "multiplier": m,
+        "site": site,
+        "positions": positions,
+        "allow_fingerprint_mismatch": allow,
+    }
 
 
 def _record(config: dict[str, Any], fingerprint: str) -> None:

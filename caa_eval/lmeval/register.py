@@ -18,8 +18,9 @@ from typing import Any
 MODEL_NAME = "steered-hf"
 MODEL_TARGET = "caa_eval.lmeval.model:SteeredHFLM"
 # lm-eval modules patched once they have finished importing (read by the startup hook caa_eval_autoregister)
-WATCHED = frozenset({"lm_eval.models", "lm_eval.tasks", "lm_eval.loggers.evaluation_tracker", "lm_eval.api.model",
-                     "lm_eval._cli.utils"})
+WATCHED = frozenset(
+    {"lm_eval.models", "lm_eval.tasks", "lm_eval.loggers.evaluation_tracker", "lm_eval.api.model", "lm_eval._cli.utils"}
+)
 
 
 def on_import(name: str, module: Any) -> None:
@@ -49,9 +50,13 @@ def _debugging() -> bool:
     import os
 
     argv = [a.upper() for a in sys.argv]
-    flag = any(a in ("-V", "--VERBOSITY") and argv[i + 1:i + 2] == ["DEBUG"] for i, a in enumerate(argv))
-    return flag or "--VERBOSITY=DEBUG" in argv or os.environ.get("LMEVAL_LOG_LEVEL", "").upper() == "DEBUG" \
+    flag = any(a in ("-V", "--VERBOSITY") and argv[i + 1 : i + 2] == ["DEBUG"] for i, a in enumerate(argv))
+    return (
+        flag
+        or "--VERBOSITY=DEBUG" in argv
+        or os.environ.get("LMEVAL_LOG_LEVEL", "").upper() == "DEBUG"
         or logging.getLogger("lm_eval").isEnabledFor(logging.DEBUG)
+    )
 
 
 def _one_line_errors() -> None:
@@ -85,7 +90,7 @@ def _list_hint(text: str, bare: str) -> str:
     if j <= 0:
         return ""
     key, _, first = items[j - 1].partition("=")
-    values = [first, *items[j:i + 1]]
+    values = [first, *items[j : i + 1]]
     k = i + 1
     while k < len(items) and "=" not in items[k]:
         values.append(items[k])
@@ -129,7 +134,13 @@ def _patch_task_manager(module: Any) -> None:
             from caa_eval.paths import tasks_dir
 
             ours = str(tasks_dir())
-            paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+            paths = (
+                []
+                if include_path is None
+                else list(include_path)
+                if isinstance(include_path, (list, tuple))
+                else [include_path]
+            )
             if ours not in [str(p) for p in paths]:
                 paths.insert(0, ours)  # user paths come later and win on name clashes
             original(self, *args, include_path=paths, **kwargs)
@@ -153,8 +164,10 @@ def steering_slug(config: dict[str, Any] | None, model_args: Any = None) -> str:
     if config is None:
         digest = hashlib.sha256(json.dumps(model_args, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"steer_unresolved_{digest}"
-    digest = (config.get("fingerprint") or hashlib.sha256(
-        json.dumps(config, sort_keys=True, default=str).encode()).hexdigest())[:8]
+    digest = (
+        config.get("fingerprint")
+        or hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    )[:8]
     layers = "+".join(str(x) for x in config.get("layers") or []) or "none"
     mult = f"{float(config.get('multiplier', 0)):g}"
     site = config.get("site") or "residual"

@@ -27,8 +27,15 @@ def default_task_manager() -> Any:
     return TaskManager()
 
 
-def evaluate_to_folder(lm: Any, tasks: list[str], folder: Path, *, task_manager: Any = None,
-                       model_args: dict[str, Any] | None = None, **evaluate_kwargs: Any) -> tuple[dict[str, Any], list[Path]]:
+def evaluate_to_folder(
+    lm: Any,
+    tasks: list[str],
+    folder: Path,
+    *,
+    task_manager: Any = None,
+    model_args: dict[str, Any] | None = None,
+    **evaluate_kwargs: Any,
+) -> tuple[dict[str, Any], list[Path]]:
     """`lm_eval.simple_evaluate` with the chat template and samples, saved by lm-eval's EvaluationTracker.
 
     Args:
@@ -52,9 +59,16 @@ def evaluate_to_folder(lm: Any, tasks: list[str], folder: Path, *, task_manager:
         task_manager = default_task_manager()
     folder.mkdir(parents=True, exist_ok=True)
     tracker = EvaluationTracker(output_path=str(folder / "results.json"))  # -> folder/results_<date>.json
-    results = lm_eval.simple_evaluate(model=lm, model_args=model_args or {}, tasks=list(tasks), task_manager=task_manager,
-                                      apply_chat_template=True, log_samples=True, evaluation_tracker=tracker,
-                                      **evaluate_kwargs)
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        model_args=model_args or {},
+        tasks=list(tasks),
+        task_manager=task_manager,
+        apply_chat_template=True,
+        log_samples=True,
+        evaluation_tracker=tracker,
+        **evaluate_kwargs,
+    )
     if results is None:
         raise CAAEvalError(f"{folder}: lm-eval returned no results (non-zero rank?)")
     samples = results.pop("samples")
@@ -63,7 +77,8 @@ def evaluate_to_folder(lm: Any, tasks: list[str], folder: Path, *, task_manager:
         tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
     # the tracker only logs write failures: check that every file is there before anyone calls the run done
     expected = [folder / f"results_{tracker.date_id}.json"] + [
-        folder / f"samples_{t}_{tracker.date_id}.jsonl" for t in results["configs"]]
+        folder / f"samples_{t}_{tracker.date_id}.jsonl" for t in results["configs"]
+    ]
     absent = [p.name for p in expected if not p.is_file()]
     if absent:
         raise CAAEvalError(f"{folder}: lm-eval did not write {', '.join(absent)} (disk full or not writable?)")

@@ -64,7 +64,9 @@ class CAATask(ConfigurableTask):
         """Zero-shot chat prompts come from caa_eval.core.prompts, the rule extraction uses too."""
         render = kwargs.get("chat_template")
         if kwargs.get("apply_chat_template") and render and num_fewshot == 0 and not self.config.description:
-            return render_prompt(render, self.doc_to_text(doc), kwargs.get("system_instruction"), kwargs.get("gen_prefix"))
+            return render_prompt(
+                render, self.doc_to_text(doc), kwargs.get("system_instruction"), kwargs.get("gen_prefix")
+            )
         return super().fewshot_context(doc, num_fewshot=num_fewshot, **kwargs)
 
     def fewshot_context(self, doc: dict, num_fewshot: int, **kwargs: Any) -> str | list[str]:
@@ -108,8 +110,14 @@ def user_data_file(path: str, config_source: str | None) -> Path:
     return p
 
 
-def _source(behaviour: str | None, test_file: str | None, split: str, caa_data_dir: str | None,
-            config_source: str | None, pairs_file: str | None) -> tuple[Path, str]:
+def _source(
+    behaviour: str | None,
+    test_file: str | None,
+    split: str,
+    caa_data_dir: str | None,
+    config_source: str | None,
+    pairs_file: str | None,
+) -> tuple[Path, str]:
     if test_file:
         path = user_data_file(test_file, config_source)
         if pairs_file:
@@ -120,24 +128,42 @@ def _source(behaviour: str | None, test_file: str | None, split: str, caa_data_d
     return data.resolve_behaviour_pairs(behaviour, split=split, data_dir=caa_data_dir), caa_behaviour(behaviour)
 
 
-def load_ab(caa_behaviour: str | None = None, test_file: str | None = None, caa_data_dir: str | None = None,
-            caa_non_ab: str = "exclude", config_source: str | None = None, pairs_file: str | None = None,
-            **_: Any) -> datasets.DatasetDict:
+def load_ab(
+    caa_behaviour: str | None = None,
+    test_file: str | None = None,
+    caa_data_dir: str | None = None,
+    caa_non_ab: str = "exclude",
+    config_source: str | None = None,
+    pairs_file: str | None = None,
+    **_: Any,
+) -> datasets.DatasetDict:
     """`custom_dataset` of caa_ab_*: CAA's A/B test set of `behaviour`, or the user's `test_file`."""
     path, name = _source(caa_behaviour, test_file, "test", caa_data_dir, config_source, pairs_file)
     return _as_dataset(data.load_ab_items(path, name, non_ab=caa_non_ab).rows)
 
 
-def load_ab_balanced(caa_behaviour: str | None = None, test_file: str | None = None, caa_data_dir: str | None = None,
-                     caa_non_ab: str = "exclude", config_source: str | None = None, pairs_file: str | None = None,
-                     **_: Any) -> datasets.DatasetDict:
+def load_ab_balanced(
+    caa_behaviour: str | None = None,
+    test_file: str | None = None,
+    caa_data_dir: str | None = None,
+    caa_non_ab: str = "exclude",
+    config_source: str | None = None,
+    pairs_file: str | None = None,
+    **_: Any,
+) -> datasets.DatasetDict:
     """`custom_dataset` of caa_ab_balanced_*: as load_ab, each doc also carrying the letter-swapped prompt."""
     path, name = _source(caa_behaviour, test_file, "test", caa_data_dir, config_source, pairs_file)
     return _as_dataset(data.load_ab_items(path, name, non_ab=caa_non_ab, balanced=True).rows)
 
 
-def load_open(caa_behaviour: str | None = None, test_file: str | None = None, caa_data_dir: str | None = None,
-              config_source: str | None = None, pairs_file: str | None = None, **_: Any) -> datasets.DatasetDict:
+def load_open(
+    caa_behaviour: str | None = None,
+    test_file: str | None = None,
+    caa_data_dir: str | None = None,
+    config_source: str | None = None,
+    pairs_file: str | None = None,
+    **_: Any,
+) -> datasets.DatasetDict:
     """`custom_dataset` of caa_open_*: the open-ended questions (`question` + `behaviour` in every doc)."""
     path, name = _source(caa_behaviour, test_file, "open_ended", caa_data_dir, config_source, None)
     return _as_dataset(data.load_open_items(path, name))
@@ -148,8 +174,9 @@ def load_mmlu_2opt(mmlu_subject: str, mmlu_dir: str | None = None, **_: Any) -> 
     return _as_dataset(data.mmlu_subset_rows(mmlu_subject, mmlu_dir))
 
 
-def load_mmlu_2opt_full(mmlu_subject: str, mmlu_dir: str | None = None, mmlu_seed: int = 0,
-                        **_: Any) -> datasets.DatasetDict:
+def load_mmlu_2opt_full(
+    mmlu_subject: str, mmlu_dir: str | None = None, mmlu_seed: int = 0, **_: Any
+) -> datasets.DatasetDict:
     """`custom_dataset` of caa_mmlu_2opt_full_<subject>: all test questions, seeded wrong option and letters."""
     return _as_dataset(data.mmlu_full_rows(mmlu_subject, int(mmlu_seed), mmlu_dir))
 

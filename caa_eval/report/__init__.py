@@ -11,5 +11,13 @@ from caa_eval.report.build import build_report, render_markdown
 from caa_eval.report.figures import dose_figures, layer_figures
 from caa_eval.report.tables import cells_markdown, dose_markdown, pivot_tables, table_markdown
 
-__all__ = ["build_report", "render_markdown", "table_markdown", "pivot_tables", "cells_markdown", "dose_markdown",
-           "dose_figures", "layer_figures"]
+__all__ = [
+    "build_report",
+    "render_markdown",
+    "table_markdown",
+    "pivot_tables",
+    "cells_markdown",
+    "dose_markdown",
+    "dose_figures",
+    "layer_figures",
+]

@@ -20,11 +20,23 @@ from caa_eval.report.figures import dose_figures, layer_figures
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
 from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
-    cells_markdown, diagnostics_markdown, dose_markdown, pivot_tables, table_markdown,
+    cells_markdown,
+    diagnostics_markdown,
+    dose_markdown,
+    pivot_tables,
+    table_markdown,
 )
 from caa_eval.stats import (
-    CELL_KEY, compute_dose_response, compute_stats, load_long_table, long_table_from_runs, macro_mean, steering_scales,
-    SCALE_COLUMNS, to_records, validate_long_table,
+    CELL_KEY,
+    SCALE_COLUMNS,
+    compute_dose_response,
+    compute_stats,
+    load_long_table,
+    long_table_from_runs,
+    macro_mean,
+    steering_scales,
+    to_records,
+    validate_long_table,
 )
 from caa_eval.vocab import primary_metric
 
@@ -39,8 +51,11 @@ def _load(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     path = Path(source)
     if path.is_dir():
         table = long_table_from_runs(path, metrics="all")
-        primary = pd.Series([primary_metric(t) in (None, m) for t, m in zip(table["task"], table["metric"])],
-                            index=table.index, dtype=bool)
+        primary = pd.Series(
+            [primary_metric(t) in (None, m) for t, m in zip(table["task"], table["metric"])],
+            index=table.index,
+            dtype=bool,
+        )
         return table[primary].reset_index(drop=True), table[~primary], str(path), list(table.attrs.get("warnings", []))
     return load_long_table(path), pd.DataFrame(), str(path), []
 
@@ -55,11 +70,13 @@ def _default_out(source: str | Path | pd.DataFrame) -> Path:
 def _diagnostics(diag: pd.DataFrame) -> list[dict[str, Any]]:
     """Mean (per-subject macro mean where items have subjects) and item count of each secondary-metric cell."""
     rows = []
-    for key, part in ([] if diag.empty else diag.groupby(CELL_KEY, sort=True)):
+    for key, part in [] if diag.empty else diag.groupby(CELL_KEY, sort=True):
         valid = part[part["score"].notna()]
         subjects = None if (valid["subject"] == "").all() else valid["subject"].to_numpy()
-        rows.append(dict(zip(CELL_KEY, key)) | {"mean": macro_mean(valid["score"].to_numpy(dtype=float), subjects),
-                                                "count": len(valid)})
+        rows.append(
+            dict(zip(CELL_KEY, key))
+            | {"mean": macro_mean(valid["score"].to_numpy(dtype=float), subjects), "count": len(valid)}
+        )
     return to_records(pd.DataFrame(rows))
 
 
@@ -82,16 +99,27 @@ def _vector_layer(source: Any) -> int | None:
 def _scales(source: Any) -> tuple[pd.DataFrame, str]:
     """The steering scale steered-hf recorded per setting, and what to say when there is none."""
     if isinstance(source, pd.DataFrame) or not Path(source).is_dir():
-        return pd.DataFrame(columns=SCALE_COLUMNS), ("Not available for a long table (it carries no steering settings); a report "
-                                         "built from the run or sweep folder states it.")
-    return steering_scales(source), ("No results file here records it: steered-hf writes `config.steering.scale` "
-                                     "into every results file (runs made by plain `hf` or by an older caa-eval do not "
-                                     "have it; rerun them with `--model steered-hf`).")
+        return pd.DataFrame(columns=SCALE_COLUMNS), (
+            "Not available for a long table (it carries no steering settings); a report "
+            "built from the run or sweep folder states it."
+        )
+    return steering_scales(source), (
+        "No results file here records it: steered-hf writes `config.steering.scale` "
+        "into every results file (runs made by plain `hf` or by an older caa-eval do not "
+        "have it; rerun them with `--model steered-hf`)."
+    )
 
 
-def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None = None, *, alpha: float = 0.05,
-                 seed: int = 0, n_resamples: int = 2000, n_permutations: int = 9999,
-                 primary_test: str = "wilcoxon") -> Path:
+def build_report(
+    source: str | Path | pd.DataFrame,
+    out_dir: str | Path | None = None,
+    *,
+    alpha: float = 0.05,
+    seed: int = 0,
+    n_resamples: int = 2000,
+    n_permutations: int = 9999,
+    primary_test: str = "wilcoxon",
+) -> Path:
     """Write report.md, report.json and PNG figures into out_dir; returns the path of report.md.
 
     Args:
@@ -105,21 +133,35 @@ def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None =
     """
     table, diag, label, warnings_ = _load(source)
     out = Path(out_dir) if out_dir is not None else _default_out(source)
-    cells = compute_stats(table, alpha=alpha, seed=seed, n_resamples=n_resamples, n_permutations=n_permutations,
-                          primary_test=primary_test)
+    cells = compute_stats(
+        table, alpha=alpha, seed=seed, n_resamples=n_resamples, n_permutations=n_permutations, primary_test=primary_test
+    )
     dose = compute_dose_response(table, seed=seed, n_resamples=n_resamples)
     tables = pivot_tables(cells, alpha)
-    order, plain = (sweep_conditions(source) if not isinstance(source, pd.DataFrame) and Path(source).is_dir()
-                    else None) or (None, None)
-    table4 = table4_tables(table, cells, alpha, plain=plain, order=order, primary_test=primary_test, seed=seed,
-                           n_resamples=n_resamples, n_permutations=n_permutations)  # with >= 2 conditions only
+    order, plain = (
+        sweep_conditions(source) if not isinstance(source, pd.DataFrame) and Path(source).is_dir() else None
+    ) or (None, None)
+    table4 = table4_tables(
+        table,
+        cells,
+        alpha,
+        plain=plain,
+        order=order,
+        primary_test=primary_test,
+        seed=seed,
+        n_resamples=n_resamples,
+        n_permutations=n_permutations,
+    )  # with >= 2 conditions only
     notes = list(warnings_)
     out.mkdir(parents=True, exist_ok=True)
     old_figures = _previous_figures(out)
     scales, why_no_scale = _scales(source)
     per_kl = effect_per_kl(cells, scales)
-    figures = (dose_figures(cells, out, notes) + layer_figures(cells, out, _vector_layer(source))
-               + scale_figures(per_kl, out, notes))
+    figures = (
+        dose_figures(cells, out, notes)
+        + layer_figures(cells, out, _vector_layer(source))
+        + scale_figures(per_kl, out, notes)
+    )
     for stale in old_figures - {f["file"] for f in figures}:
         (out / stale).unlink(missing_ok=True)
 
@@ -127,28 +169,49 @@ def build_report(source: str | Path | pd.DataFrame, out_dir: str | Path | None =
     for rec in records:
         rec["sources"] = [s for s in (rec["sources"] or "").split(";") if s]
         rec["baseline_sources"] = [s for s in (rec["baseline_sources"] or "").split(";") if s]
-    settings = {"alpha": alpha, "seed": seed, "n_resamples": n_resamples, "n_permutations": n_permutations,
-                "primary_test": primary_test, "confidence": 0.95}
+    settings = {
+        "alpha": alpha,
+        "seed": seed,
+        "n_resamples": n_resamples,
+        "n_permutations": n_permutations,
+        "primary_test": primary_test,
+        "confidence": 0.95,
+    }
     report = {
-        "caa_eval_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "input": label, "settings": settings,
-        "correction": {"family": "all cell-vs-multiplier-0 tests in this report", "n_tests": int(cells.attrs["n_tests"]),
-                       "methods": {"p_holm": "Holm (family-wise error)", "p_bh": "Benjamini-Hochberg (false discovery rate)"},
-                       "applied_to": f"p_{primary_test}", "mark": {"*": f"p_holm < {alpha}", "†": f"p_bh < {alpha} only"}},
-        "n_items_total": int(table["item_id"].nunique()), "n_rows": int(len(table)),
-        "cells": records, "dose_response": to_records(dose), "tables": tables, "table4": table4,
-        "diagnostics": _diagnostics(diag), "figures": figures, "warnings": notes,
+        "caa_eval_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": label,
+        "settings": settings,
+        "correction": {
+            "family": "all cell-vs-multiplier-0 tests in this report",
+            "n_tests": int(cells.attrs["n_tests"]),
+            "methods": {"p_holm": "Holm (family-wise error)", "p_bh": "Benjamini-Hochberg (false discovery rate)"},
+            "applied_to": f"p_{primary_test}",
+            "mark": {"*": f"p_holm < {alpha}", "†": f"p_bh < {alpha} only"},
+        },
+        "n_items_total": int(table["item_id"].nunique()),
+        "n_rows": int(len(table)),
+        "cells": records,
+        "dose_response": to_records(dose),
+        "tables": tables,
+        "table4": table4,
+        "diagnostics": _diagnostics(diag),
+        "figures": figures,
+        "warnings": notes,
         "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
-    return write_atomic(out / "report.md", render_markdown(report, cells, dose, alpha, scale_markdown(
-        scales, per_kl, alpha, why_no_scale)))
+    return write_atomic(
+        out / "report.md",
+        render_markdown(report, cells, dose, alpha, scale_markdown(scales, per_kl, alpha, why_no_scale)),
+    )
 
 
 def _method_lines(report: dict[str, Any], alpha: float) -> list[str]:
     s, n_tests = report["settings"], report["correction"]["n_tests"]
     return [
-        "## How the numbers were computed", "",
+        "## How the numbers were computed",
+        "",
         "- **Cells.** A cell is one (behaviour, task, metric, layer, site, positions, condition, multiplier). "
         "Its *mean* is the mean score over its items with a score; for MMLU it is the mean per subject, then the "
         "unweighted mean over subjects. The interval is a 95% bootstrap CI "
@@ -175,12 +238,14 @@ def _method_lines(report: dict[str, Any], alpha: float) -> list[str]:
         "bootstrap CI; Page's L trend test (items as blocks, multipliers ordered) reported two-sided, Holm over "
         "its own family of configurations.",
         "- Every number is traceable: `report.json` lists for each cell its source files, baseline files and item "
-        "counts. Definitions: docs/statistics.md.", "",
+        "counts. Definitions: docs/statistics.md.",
+        "",
     ]
 
 
-def render_markdown(report: dict[str, Any], cells: pd.DataFrame, dose: pd.DataFrame, alpha: float,
-                    scale_lines: list[str] | None = None) -> str:
+def render_markdown(
+    report: dict[str, Any], cells: pd.DataFrame, dose: pd.DataFrame, alpha: float, scale_lines: list[str] | None = None
+) -> str:
     """report.md from the report.json content and the statistics tables.
 
     Args:
@@ -193,33 +258,46 @@ def render_markdown(report: dict[str, Any], cells: pd.DataFrame, dose: pd.DataFr
     s = report["settings"]
     n_sig = int(cells["significant"].sum())
     lines = [
-        "# CAA steering report", "",
+        "# CAA steering report",
+        "",
         f"Input: `{report['input']}` · {report['n_rows']} per-item scores · caa-eval {report['caa_eval_version']} · "
-        f"{report['created']}", "",
+        f"{report['created']}",
+        "",
         f"**{n_sig} of {report['correction']['n_tests']} steered cells differ significantly from multiplier 0** "
-        f"(two-sided {s['primary_test']} test, Holm-corrected over all of them, α = {alpha}).", "",
+        f"(two-sided {s['primary_test']} test, Holm-corrected over all of them, α = {alpha}).",
+        "",
         *_method_lines(report, alpha),
     ]
     behaviour_tables = [t for t in report["tables"] if t["kind"] == "behaviour"]
     mmlu_tables = [t for t in report["tables"] if t["kind"] == "mmlu"]
     if behaviour_tables:
-        lines += ["## Behaviour scores by multiplier (Table 4 shape)", "",
-                  "Mean [95% CI]; `*` significant after Holm, `†` after BH only.", ""]
+        lines += [
+            "## Behaviour scores by multiplier (Table 4 shape)",
+            "",
+            "Mean [95% CI]; `*` significant after Holm, `†` after BH only.",
+            "",
+        ]
         for t in behaviour_tables:
             lines += [f"### {t['title']}", "", table_markdown(t), ""]
     lines += table4_section(report.get("table4") or [], alpha)
     if mmlu_tables:
-        lines += ["## MMLU p(correct) by behaviour vector and multiplier (Table 5 shape)", "",
-                  "Mean p(correct) per subject, then the unweighted mean over subjects (CAA's average); "
-                  "[95% CI] from resampling items within subjects.", ""]
+        lines += [
+            "## MMLU p(correct) by behaviour vector and multiplier (Table 5 shape)",
+            "",
+            "Mean p(correct) per subject, then the unweighted mean over subjects (CAA's average); "
+            "[95% CI] from resampling items within subjects.",
+            "",
+        ]
         for t in mmlu_tables:
             lines += [f"### {t['title']}", "", table_markdown(t), ""]
     if report["figures"]:
         lines += ["## Figures", ""]
         for f in report["figures"]:
-            kind = {"dose_response": "Dose-response (behaviour and MMLU together)", "layer_sweep": "Layer sweep",
-                    "effect_vs_kl": "Effect per unit of KL"}.get(
-                f["kind"], f"Layer transfer (the layer-{f.get('vector_layer')} vector at every layer)")
+            kind = {
+                "dose_response": "Dose-response (behaviour and MMLU together)",
+                "layer_sweep": "Layer sweep",
+                "effect_vs_kl": "Effect per unit of KL",
+            }.get(f["kind"], f"Layer transfer (the layer-{f.get('vector_layer')} vector at every layer)")
             lines += [f"**{kind}: {f['title']}**", "", f"![{kind}]({f['file']})", ""]
     lines += scale_lines or []
     if not dose.empty:

@@ -17,8 +17,13 @@ from caa_eval.vocab import JUDGE_METRIC, behaviour_of_task, format_multiplier, p
 
 __all__ = ["SERIES_COLOURS", "MAX_DOSE_FIGURES", "new_figure", "save_png", "dose_figures", "layer_figures"]
 
-SERIES_COLOURS = {"caa_ab": "tab:blue", "caa_ab_balanced": "tab:purple", "caa_open": "tab:green",
-                  MMLU_FAMILY: "tab:red", "caa_mmlu_2opt_full": "tab:orange"}
+SERIES_COLOURS = {
+    "caa_ab": "tab:blue",
+    "caa_ab_balanced": "tab:purple",
+    "caa_open": "tab:green",
+    MMLU_FAMILY: "tab:red",
+    "caa_mmlu_2opt_full": "tab:orange",
+}
 MAX_DOSE_FIGURES = 12
 
 
@@ -68,10 +73,14 @@ def dose_figures(cells: pd.DataFrame, out_dir: Path, notes: list[str]) -> list[d
         notes: report warnings; a note is added when not every configuration gets a figure.
     """
     steered = cells[~cells["is_baseline"]]
-    configs = steered.groupby(PANEL_CONFIG, sort=True)["multiplier"].nunique().sort_values(ascending=False, kind="stable")
+    configs = (
+        steered.groupby(PANEL_CONFIG, sort=True)["multiplier"].nunique().sort_values(ascending=False, kind="stable")
+    )
     if len(configs) > MAX_DOSE_FIGURES:
-        notes.append(f"dose-response figures drawn for the {MAX_DOSE_FIGURES} configurations with most multipliers "
-                     f"of {len(configs)}; all numbers are in the tables")
+        notes.append(
+            f"dose-response figures drawn for the {MAX_DOSE_FIGURES} configurations with most multipliers "
+            f"of {len(configs)}; all numbers are in the tables"
+        )
     figures = []
     for number, config in enumerate(configs.index[:MAX_DOSE_FIGURES], 1):
         part = steered[(steered[PANEL_CONFIG] == pd.Series(config, index=PANEL_CONFIG)).all(axis=1)]
@@ -83,7 +92,9 @@ def dose_figures(cells: pd.DataFrame, out_dir: Path, notes: list[str]) -> list[d
         fig.suptitle(f"Dose-response with 95% bootstrap CI\n{label}", fontsize=10)
         name = f"dose_{number:02d}.png"
         save_png(fig, out_dir / name)
-        figures.append({"file": name, "kind": "dose_response", "config": dict(zip(PANEL_CONFIG, config)), "title": label})
+        figures.append(
+            {"file": name, "kind": "dose_response", "config": dict(zip(PANEL_CONFIG, config)), "title": label}
+        )
     return figures
 
 
@@ -100,8 +111,14 @@ def _dose_panel(ax: Any, cells: pd.DataFrame, mine: pd.DataFrame, behaviour: str
         target = twin if judge else ax
         family = family_of(task, metric)
         colour = SERIES_COLOURS.get(family) if metric == primary_metric(family) else None
-        line, = target.plot(pts["multiplier"], pts["mean"], marker="o", color=colour,
-                            linestyle="--" if judge else "-", label=_label(task, metric, behaviour))
+        (line,) = target.plot(
+            pts["multiplier"],
+            pts["mean"],
+            marker="o",
+            color=colour,
+            linestyle="--" if judge else "-",
+            label=_label(task, metric, behaviour),
+        )
         target.fill_between(pts["multiplier"], pts["ci_low"], pts["ci_high"], alpha=0.2, color=line.get_color())
     ax.axvline(0, color="grey", linewidth=0.5)
     ax.set_title(behaviour)
@@ -136,11 +153,21 @@ def layer_figures(cells: pd.DataFrame, out_dir: Path, vector_layer: int | None =
             mine = part[(part["behaviour"] == behaviour) & (part["task"] == task)]
             for multiplier, series in mine.groupby("multiplier", sort=True):
                 series = series.assign(x=series["layer"].astype(int)).sort_values("x")
-                line, = ax.plot(series["x"], series["mean"], marker="o", markersize=3, label=format_multiplier(multiplier))
-                ax.fill_between(series["x"], series["ci_low"].astype(float), series["ci_high"].astype(float), alpha=0.2,
-                                color=line.get_color())
-            base = [(int(c["layer"]), b["mean"]) for _, c in mine.drop_duplicates("layer").iterrows()
-                    if (b := baseline_row(cells, c)) is not None]
+                (line,) = ax.plot(
+                    series["x"], series["mean"], marker="o", markersize=3, label=format_multiplier(multiplier)
+                )
+                ax.fill_between(
+                    series["x"],
+                    series["ci_low"].astype(float),
+                    series["ci_high"].astype(float),
+                    alpha=0.2,
+                    color=line.get_color(),
+                )
+            base = [
+                (int(c["layer"]), b["mean"])
+                for _, c in mine.drop_duplicates("layer").iterrows()
+                if (b := baseline_row(cells, c)) is not None
+            ]
             if base:
                 xs, ys = zip(*sorted(base))
                 ax.plot(xs, ys, color="black", linestyle=":", label="0 (baseline)")
@@ -151,12 +178,22 @@ def layer_figures(cells: pd.DataFrame, out_dir: Path, vector_layer: int | None =
             ax.set_ylabel(_label(task, key[1], behaviour))
             ax.legend(title="multiplier", fontsize=7)
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, key) if v)
-        what = ("Layer sweep" if vector_layer is None
-                else f"Layer transfer: the layer-{vector_layer} vector added at each layer")
+        what = (
+            "Layer sweep"
+            if vector_layer is None
+            else f"Layer transfer: the layer-{vector_layer} vector added at each layer"
+        )
         fig.suptitle(f"{what}, 95% bootstrap CI\n{label}", fontsize=10)
         number += 1
         name = f"layers_{number:02d}.png"
         save_png(fig, out_dir / name)
-        figures.append({"file": name, "kind": "layer_sweep" if vector_layer is None else "layer_transfer",
-                        "config": dict(zip(keys, key)), "title": label, "vector_layer": vector_layer})
+        figures.append(
+            {
+                "file": name,
+                "kind": "layer_sweep" if vector_layer is None else "layer_transfer",
+                "config": dict(zip(keys, key)),
+                "title": label,
+                "vector_layer": vector_layer,
+            }
+        )
     return figures

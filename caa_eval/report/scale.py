@@ -49,14 +49,18 @@ def effect_per_kl(cells: pd.DataFrame, scales: pd.DataFrame) -> pd.DataFrame:
     """
     columns = [*cells.columns, "norm_fraction", "kl", "diff_per_kl"]
     steered = cells[~cells["is_baseline"]]
-    steered = steered[[primary_metric(family_of(t, m)) in (None, m) for t, m in zip(steered["task"], steered["metric"])]]
+    steered = steered[
+        [primary_metric(family_of(t, m)) in (None, m) for t, m in zip(steered["task"], steered["metric"])]
+    ]
     if steered.empty or scales.empty:
         return pd.DataFrame(columns=columns)
     labelled = _vector_labels(steered)
     right = scales[[*SCALE_KEY, "norm_fraction", "kl"]].rename(
-        columns={"condition": "scale_condition", "behaviour": "scale_behaviour"})
-    merged = labelled.merge(right, how="inner",
-                            on=["scale_condition", "scale_behaviour", "layer", "site", "positions", "multiplier"])
+        columns={"condition": "scale_condition", "behaviour": "scale_behaviour"}
+    )
+    merged = labelled.merge(
+        right, how="inner", on=["scale_condition", "scale_behaviour", "layer", "site", "positions", "multiplier"]
+    )
     kl = merged["kl"].astype(float)
     merged["diff_per_kl"] = np.where(kl > 0, merged["diff_vs_0"].astype(float) / kl.where(kl > 0, 1.0), np.nan)
     return merged.drop(columns=["scale_condition", "scale_behaviour"])[columns].reset_index(drop=True)
@@ -83,39 +87,83 @@ def scale_markdown(scales: pd.DataFrame, per_kl: pd.DataFrame, alpha: float, why
         "Each steered setting's multiplier as **‖m·v‖ / ‖h‖**, the added vector's norm as a fraction of the mean "
         "residual-stream norm at the steered layer(s), and as **KL**, the mean KL divergence (nats) of the "
         f"next-token distribution at the end of {n_prompts} (ordinary questions, chat template), steered vs "
-        "unsteered, with the setting's own site and positions. Recorded by steered-hf in each results file.", ""]
+        "unsteered, with the setting's own site and positions. Recorded by steered-hf in each results file.",
+        "",
+    ]
     multipliers = sorted(set(scales["multiplier"]))
     rows = []
     for key, part in scales.groupby(_CONFIG, sort=True):
         by_m = {m: r for m, r in zip(part["multiplier"], part.itertuples())}
-        rows.append([str(k) or "–" for k in key] + [
-            (f"{_num(r.norm_fraction, '.3f')} · KL {_num(r.kl, '.3g')}" if (r := by_m.get(m)) is not None else "–")
-            for m in multipliers])
-    lines += [md_table([*_CONFIG[:1], "vector", *_CONFIG[2:], *(format_multiplier(m) for m in multipliers)], rows,
-                       len(_CONFIG)), ""]
+        rows.append(
+            [str(k) or "–" for k in key]
+            + [
+                (f"{_num(r.norm_fraction, '.3f')} · KL {_num(r.kl, '.3g')}" if (r := by_m.get(m)) is not None else "–")
+                for m in multipliers
+            ]
+        )
+    lines += [
+        md_table(
+            [*_CONFIG[:1], "vector", *_CONFIG[2:], *(format_multiplier(m) for m in multipliers)], rows, len(_CONFIG)
+        ),
+        "",
+    ]
     errors = scales[scales["error"].astype(str) != ""]
     for _, r in errors.iterrows():
-        lines.append(f"- scale not measured for {r['behaviour']} layer {r['layer']} × {format_multiplier(r['multiplier'])}: "
-                     f"{r['error']}")
+        lines.append(
+            f"- scale not measured for {r['behaviour']} layer {r['layer']} × {format_multiplier(r['multiplier'])}: "
+            f"{r['error']}"
+        )
     lines += ["## Effect per unit of KL (sites and positions compared fairly)", ""]
     if per_kl.empty:
         return lines + ["No steered cell could be matched with a recorded scale.", ""]
-    lines += ["Each steered cell's difference from multiplier 0 next to the KL its setting causes on neutral prompts; "
-              "*diff / KL* is the effect per nat of disruption. Settings (sites, positions, layers) that reach the "
-              "same effect at a smaller KL steer more selectively. `*` / `†` as in the tables above.", ""]
+    lines += [
+        "Each steered cell's difference from multiplier 0 next to the KL its setting causes on neutral prompts; "
+        "*diff / KL* is the effect per nat of disruption. Settings (sites, positions, layers) that reach the "
+        "same effect at a smaller KL steer more selectively. `*` / `†` as in the tables above.",
+        "",
+    ]
     metric = ["metric"] if per_kl["metric"].nunique() > 1 else []  # tasks without a primary metric show them all
-    head = ["behaviour", "task", *metric, "condition", "layer", "site", "positions", "mult", "‖m·v‖/‖h‖", "KL (nats)",
-            "diff vs 0 [95% CI]", "diff / KL"]
+    head = [
+        "behaviour",
+        "task",
+        *metric,
+        "condition",
+        "layer",
+        "site",
+        "positions",
+        "mult",
+        "‖m·v‖/‖h‖",
+        "KL (nats)",
+        "diff vs 0 [95% CI]",
+        "diff / KL",
+    ]
     body = []
     ordered = per_kl.assign(_abs=per_kl["multiplier"].abs()).sort_values(
-        ["behaviour", "task", "metric", "condition", "_abs", "multiplier", "site", "positions", "layer"], kind="stable")
+        ["behaviour", "task", "metric", "condition", "_abs", "multiplier", "site", "positions", "layer"], kind="stable"
+    )
     for _, c in ordered.iterrows():
         d = digits(c["metric"])
-        diff = (f"{c['diff_vs_0']:+.{d}f}{mark(c, alpha)} [{c['diff_ci_low']:+.{d}f}, {c['diff_ci_high']:+.{d}f}]"
-                if math.isfinite(c["diff_vs_0"]) else "–")
-        body.append([c["behaviour"], c["task"], *(c[m] for m in metric), c["condition"] or "–", c["layer"] or "–",
-                     c["site"] or "–", c["positions"] or "–", format_multiplier(c["multiplier"]),
-                     _num(c["norm_fraction"], ".3f"), _num(c["kl"], ".3g"), diff, _num(c["diff_per_kl"], "+.3g")])
+        diff = (
+            f"{c['diff_vs_0']:+.{d}f}{mark(c, alpha)} [{c['diff_ci_low']:+.{d}f}, {c['diff_ci_high']:+.{d}f}]"
+            if math.isfinite(c["diff_vs_0"])
+            else "–"
+        )
+        body.append(
+            [
+                c["behaviour"],
+                c["task"],
+                *(c[m] for m in metric),
+                c["condition"] or "–",
+                c["layer"] or "–",
+                c["site"] or "–",
+                c["positions"] or "–",
+                format_multiplier(c["multiplier"]),
+                _num(c["norm_fraction"], ".3f"),
+                _num(c["kl"], ".3g"),
+                diff,
+                _num(c["diff_per_kl"], "+.3g"),
+            ]
+        )
     return lines + [md_table(head, body, 7 + len(metric)), ""]
 
 
@@ -133,8 +181,10 @@ def scale_figures(per_kl: pd.DataFrame, out_dir: Path, notes: list[str]) -> list
         return []
     panels = sorted(set(zip(usable["behaviour"], usable["task"], usable["metric"])))
     if len(panels) > MAX_KL_PANELS:
-        notes.append(f"effect-per-KL figure drawn for {MAX_KL_PANELS} of {len(panels)} behaviour/task panels; "
-                     "all numbers are in the table")
+        notes.append(
+            f"effect-per-KL figure drawn for {MAX_KL_PANELS} of {len(panels)} behaviour/task panels; "
+            "all numbers are in the table"
+        )
         panels = panels[:MAX_KL_PANELS]
     fig, axes = new_figure(len(panels))
     for ax, (behaviour, task, metric) in zip(axes, panels):
@@ -143,11 +193,22 @@ def scale_figures(per_kl: pd.DataFrame, out_dir: Path, notes: list[str]) -> list
             x = np.sign(series["multiplier"].astype(float)) * series["kl"].astype(float)
             order = np.argsort(x.to_numpy())
             y = series["diff_vs_0"].astype(float).to_numpy()[order]
-            err = np.vstack([y - series["diff_ci_low"].astype(float).to_numpy()[order],
-                             series["diff_ci_high"].astype(float).to_numpy()[order] - y])
+            err = np.vstack(
+                [
+                    y - series["diff_ci_low"].astype(float).to_numpy()[order],
+                    series["diff_ci_high"].astype(float).to_numpy()[order] - y,
+                ]
+            )
             label = ", ".join(str(k) for k in key if k)
-            ax.errorbar(np.concatenate([[0.0], x.to_numpy()[order]]), np.concatenate([[0.0], y]),
-                        yerr=np.hstack([[[0.0], [0.0]], err]), marker="o", markersize=3, capsize=2, label=label)
+            ax.errorbar(
+                np.concatenate([[0.0], x.to_numpy()[order]]),
+                np.concatenate([[0.0], y]),
+                yerr=np.hstack([[[0.0], [0.0]], err]),
+                marker="o",
+                markersize=3,
+                capsize=2,
+                label=label,
+            )
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.axvline(0, color="grey", linewidth=0.5)
         smallest = mine["kl"].astype(float)
@@ -168,8 +229,18 @@ def scale_figures(per_kl: pd.DataFrame, out_dir: Path, notes: list[str]) -> list
 
 def scale_records(scales: pd.DataFrame, per_kl: pd.DataFrame) -> dict[str, Any]:
     """report.json's `scale` entry: the per-setting rows and the per-cell effect per KL."""
-    keep = [*SCALE_KEY, "task", "metric", "diff_vs_0", "diff_ci_low", "diff_ci_high", "norm_fraction", "kl",
-            "diff_per_kl", "significant"]
+    keep = [
+        *SCALE_KEY,
+        "task",
+        "metric",
+        "diff_vs_0",
+        "diff_ci_low",
+        "diff_ci_high",
+        "norm_fraction",
+        "kl",
+        "diff_per_kl",
+        "significant",
+    ]
     settings = to_records(scales)
     for row in settings:
         row["sources"] = [f for f in str(row["sources"] or "").split(";") if f]

@@ -23,8 +23,17 @@ from caa_eval.report.tables import FAMILY_TITLES, SHARED_FAMILIES, baseline_row,
 from caa_eval.stats import GROUP_KEY, NOISE, Baselines, adjust_pvalues, mean_ci, paired_tests, seeded_rng
 from caa_eval.vocab import format_multiplier
 
-__all__ = ["VS_ZERO_MARK", "VS_REFERENCE_MARK", "REFERENCE_NAMES", "sweep_conditions", "reference_condition",
-           "table4_tables", "table4_markdown", "comparisons_markdown", "table4_section"]
+__all__ = [
+    "VS_ZERO_MARK",
+    "VS_REFERENCE_MARK",
+    "REFERENCE_NAMES",
+    "sweep_conditions",
+    "reference_condition",
+    "table4_tables",
+    "table4_markdown",
+    "comparisons_markdown",
+    "table4_section",
+]
 
 VS_ZERO_MARK = "*"
 VS_REFERENCE_MARK = "§"
@@ -44,8 +53,10 @@ def sweep_conditions(run_dir: str | Path) -> tuple[list[str], list[str]] | None:
     try:
         config = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))["config"]
         conditions = list(config.get("conditions") or [])
-        return ([c["name"] for c in conditions],
-                [c["name"] for c in conditions if not (c.get("finetune") or c.get("peft") or c.get("pretrained"))])
+        return (
+            [c["name"] for c in conditions],
+            [c["name"] for c in conditions if not (c.get("finetune") or c.get("peft") or c.get("pretrained"))],
+        )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -88,9 +99,20 @@ def _num(v: Any) -> float | None:
     return float(v) if v is not None and np.isfinite(v) else None
 
 
-def table4_tables(table: pd.DataFrame, cells: pd.DataFrame, alpha: float = 0.05, *, reference: str | None = None,
-                  plain: list[str] | None = None, order: list[str] | None = None, primary_test: str = "wilcoxon", seed: int = 0,
-                  n_resamples: int = 2000, n_permutations: int = 9999, confidence: float = 0.95) -> list[dict[str, Any]]:
+def table4_tables(
+    table: pd.DataFrame,
+    cells: pd.DataFrame,
+    alpha: float = 0.05,
+    *,
+    reference: str | None = None,
+    plain: list[str] | None = None,
+    order: list[str] | None = None,
+    primary_test: str = "wilcoxon",
+    seed: int = 0,
+    n_resamples: int = 2000,
+    n_permutations: int = 9999,
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
     """One Table-4 pivot per behaviour family and metric that has two or more conditions.
 
     Args:
@@ -106,8 +128,12 @@ def table4_tables(table: pd.DataFrame, cells: pd.DataFrame, alpha: float = 0.05,
         n_permutations: random sign flips per permutation test.
         confidence: coverage of the CIs.
     """
-    settings = {"primary_test": primary_test, "n_resamples": n_resamples, "n_permutations": n_permutations,
-                "confidence": confidence}
+    settings = {
+        "primary_test": primary_test,
+        "n_resamples": n_resamples,
+        "n_permutations": n_permutations,
+        "confidence": confidence,
+    }
     steered = cells[~cells["is_baseline"]].copy()
     if steered.empty:
         return []
@@ -138,11 +164,18 @@ def table4_tables(table: pd.DataFrame, cells: pd.DataFrame, alpha: float = 0.05,
                     cell = base if m == 0 else next((c for _, c in mine.iterrows() if c["multiplier"] == m), None)
                     if cell is None:
                         continue
-                    entry = {"mean": _num(cell["mean"]), "ci_low": _num(cell["ci_low"]), "ci_high": _num(cell["ci_high"]),
-                             "n": int(cell["n"])}
+                    entry = {
+                        "mean": _num(cell["mean"]),
+                        "ci_low": _num(cell["ci_low"]),
+                        "ci_high": _num(cell["ci_high"]),
+                        "n": int(cell["n"]),
+                    }
                     if m != 0:
-                        entry |= {"diff_vs_0": _num(cell["diff_vs_0"]), "p_vs_0": _num(cell[f"p_{primary_test}"]),
-                                  "diff_vs_0_ci": [_num(cell["diff_ci_low"]), _num(cell["diff_ci_high"])]}
+                        entry |= {
+                            "diff_vs_0": _num(cell["diff_vs_0"]),
+                            "p_vs_0": _num(cell[f"p_{primary_test}"]),
+                            "diff_vs_0_ci": [_num(cell["diff_ci_low"]), _num(cell["diff_ci_high"])],
+                        }
                         tests.append((entries, format_multiplier(m), "vs_0", entry["p_vs_0"]))
                     entries[format_multiplier(m)] = entry
             ref_key = None
@@ -157,9 +190,15 @@ def table4_tables(table: pd.DataFrame, cells: pd.DataFrame, alpha: float = 0.05,
                     if label not in values[cond] or label not in values[ref]:
                         continue
                     rng = seeded_rng(seed, ("table4", *key, cond, m))
-                    vs = _versus(_scores(table, baselines, mine_key, m), _scores(table, baselines, ref_key, m), rng, settings)
-                    values[cond][label] |= {"diff_vs_ref": _num(vs["diff"]), "diff_vs_ref_ci": [_num(vs["ci_low"]),
-                                            _num(vs["ci_high"])], "n_vs_ref": vs["n"], "p_vs_ref": _num(vs["p"])}
+                    vs = _versus(
+                        _scores(table, baselines, mine_key, m), _scores(table, baselines, ref_key, m), rng, settings
+                    )
+                    values[cond][label] |= {
+                        "diff_vs_ref": _num(vs["diff"]),
+                        "diff_vs_ref_ci": [_num(vs["ci_low"]), _num(vs["ci_high"])],
+                        "n_vs_ref": vs["n"],
+                        "p_vs_ref": _num(vs["p"]),
+                    }
                     tests.append((values[cond], label, "vs_ref", values[cond][label]["p_vs_ref"]))
             rows.append({"index": dict(zip(index, key)), "values": values})
         raw = np.array([np.nan if p is None else p for *_, p in tests], dtype=float)
@@ -169,12 +208,24 @@ def table4_tables(table: pd.DataFrame, cells: pd.DataFrame, alpha: float = 0.05,
         for row in rows:
             for entries in row["values"].values():
                 for entry in entries.values():
-                    entry["mark"] = ((VS_ZERO_MARK if (entry.get("p_vs_0_holm") or 1.0) < alpha else "")
-                                     + (VS_REFERENCE_MARK if (entry.get("p_vs_ref_holm") or 1.0) < alpha else ""))
-        out.append({"family": family, "metric": metric, "title": FAMILY_TITLES.get(family, f"{family} — {metric}"),
-                    "index": index, "reference": ref, "conditions": conditions,
-                    "multipliers": [format_multiplier(m) for m in multipliers], "digits": digits(metric),
-                    "n_tests": int(np.isfinite(raw).sum()), "primary_test": primary_test, "rows": rows})
+                    entry["mark"] = (VS_ZERO_MARK if (entry.get("p_vs_0_holm") or 1.0) < alpha else "") + (
+                        VS_REFERENCE_MARK if (entry.get("p_vs_ref_holm") or 1.0) < alpha else ""
+                    )
+        out.append(
+            {
+                "family": family,
+                "metric": metric,
+                "title": FAMILY_TITLES.get(family, f"{family} — {metric}"),
+                "index": index,
+                "reference": ref,
+                "conditions": conditions,
+                "multipliers": [format_multiplier(m) for m in multipliers],
+                "digits": digits(metric),
+                "n_tests": int(np.isfinite(raw).sum()),
+                "primary_test": primary_test,
+                "rows": rows,
+            }
+        )
     return out
 
 
@@ -221,13 +272,34 @@ def comparisons_markdown(t: dict[str, Any]) -> str:
                     continue
                 if "p_vs_0" in e:
                     low, high = e["diff_vs_0_ci"]
-                    rows.append([*label, c, m, f"{c} 0", f"{fmt(e['diff_vs_0'])} [{fmt(low)}, {fmt(high)}]", str(e["n"]),
-                                 p(e["p_vs_0"]),
-                                 p(e.get("p_vs_0_holm")), p(e.get("p_vs_0_bh"))])
+                    rows.append(
+                        [
+                            *label,
+                            c,
+                            m,
+                            f"{c} 0",
+                            f"{fmt(e['diff_vs_0'])} [{fmt(low)}, {fmt(high)}]",
+                            str(e["n"]),
+                            p(e["p_vs_0"]),
+                            p(e.get("p_vs_0_holm")),
+                            p(e.get("p_vs_0_bh")),
+                        ]
+                    )
                 if "p_vs_ref" in e:
                     low, high = e["diff_vs_ref_ci"]
-                    rows.append([*label, c, m, f"{t['reference']} {m}", f"{fmt(e['diff_vs_ref'])} [{fmt(low)}, {fmt(high)}]",
-                                 str(e["n_vs_ref"]), p(e["p_vs_ref"]), p(e.get("p_vs_ref_holm")), p(e.get("p_vs_ref_bh"))])
+                    rows.append(
+                        [
+                            *label,
+                            c,
+                            m,
+                            f"{t['reference']} {m}",
+                            f"{fmt(e['diff_vs_ref'])} [{fmt(low)}, {fmt(high)}]",
+                            str(e["n_vs_ref"]),
+                            p(e["p_vs_ref"]),
+                            p(e.get("p_vs_ref_holm")),
+                            p(e.get("p_vs_ref_bh")),
+                        ]
+                    )
     return md_table(head, rows, len(t["index"]) + 3)
 
 
@@ -240,13 +312,24 @@ def table4_section(tables: list[dict[str, Any]], alpha: float) -> list[str]:
     """
     if not tables:
         return []
-    lines = ["## Steering × finetuning (the paper's Table 4)", "",
-             f"Rows behaviour, columns condition × multiplier; mean score. `{VS_ZERO_MARK}` differs from multiplier 0 "
-             f"of the same condition, `{VS_REFERENCE_MARK}` differs from the reference (unfinetuned) condition at the "
-             f"same multiplier: paired tests on the same items, Holm over all tests of the table (its own family), "
-             f"α = {alpha}.", ""]
+    lines = [
+        "## Steering × finetuning (the paper's Table 4)",
+        "",
+        f"Rows behaviour, columns condition × multiplier; mean score. `{VS_ZERO_MARK}` differs from multiplier 0 "
+        f"of the same condition, `{VS_REFERENCE_MARK}` differs from the reference (unfinetuned) condition at the "
+        f"same multiplier: paired tests on the same items, Holm over all tests of the table (its own family), "
+        f"α = {alpha}.",
+        "",
+    ]
     for t in tables:
-        lines += [f"### {t['title']} — reference condition: {t['reference']}", "", table4_markdown(t), "",
-                  f"{t['n_tests']} tests ({t['primary_test']}), Holm and BH over this table:", "",
-                  comparisons_markdown(t), ""]
+        lines += [
+            f"### {t['title']} — reference condition: {t['reference']}",
+            "",
+            table4_markdown(t),
+            "",
+            f"{t['n_tests']} tests ({t['primary_test']}), Holm and BH over this table:",
+            "",
+            comparisons_markdown(t),
+            "",
+        ]
     return lines

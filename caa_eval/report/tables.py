@@ -16,9 +16,21 @@ from caa_eval.stats.table import GROUP_KEY
 from caa_eval.vocab import JUDGE_METRIC, TASK_FAMILIES, format_multiplier, primary_metric, task_family
 
 __all__ = [
-    "MMLU_FAMILY", "SHARED_FAMILIES", "FAMILY_TITLES", "FAMILY_LABELS", "PANEL_CONFIG", "family_of", "digits",
-    "mark", "baseline_row", "pivot_tables", "table_markdown", "cells_markdown", "dose_markdown",
-    "diagnostics_markdown", "md_table",
+    "MMLU_FAMILY",
+    "SHARED_FAMILIES",
+    "FAMILY_TITLES",
+    "FAMILY_LABELS",
+    "PANEL_CONFIG",
+    "family_of",
+    "digits",
+    "mark",
+    "baseline_row",
+    "pivot_tables",
+    "table_markdown",
+    "cells_markdown",
+    "dose_markdown",
+    "diagnostics_markdown",
+    "md_table",
 ]
 
 MMLU_FAMILY = "caa_mmlu_2opt"
@@ -32,8 +44,11 @@ FAMILY_TITLES = {
     "caa_mmlu_2opt_full": "Two-option MMLU, all test questions — p(correct)",
 }
 FAMILY_LABELS = {  # short names for figure legends and axes
-    "caa_ab": "A/B p(match)", "caa_ab_balanced": "A/B balanced p(match)", "caa_open": "open-ended judge (0–10)",
-    MMLU_FAMILY: "MMLU p(correct)", "caa_mmlu_2opt_full": "MMLU full p(correct)",
+    "caa_ab": "A/B p(match)",
+    "caa_ab_balanced": "A/B balanced p(match)",
+    "caa_open": "open-ended judge (0–10)",
+    MMLU_FAMILY: "MMLU p(correct)",
+    "caa_mmlu_2opt_full": "MMLU full p(correct)",
 }
 PANEL_CONFIG = ["condition", "layer", "site", "positions"]
 
@@ -70,20 +85,33 @@ def baseline_row(cells: pd.DataFrame, cell: pd.Series) -> pd.Series | None:
         cells: compute_stats output.
         cell: one steered row of it.
     """
-    match = cells[cells["is_baseline"]
-                  & (cells["behaviour"] == cell["behaviour"]) & (cells["task"] == cell["task"])
-                  & (cells["metric"] == cell["metric"]) & (cells["condition"] == cell["condition"])
-                  & (cells["layer"] == cell["baseline_layer"]) & (cells["site"] == cell["baseline_site"])
-                  & (cells["positions"] == cell["baseline_positions"])]
+    match = cells[
+        cells["is_baseline"]
+        & (cells["behaviour"] == cell["behaviour"])
+        & (cells["task"] == cell["task"])
+        & (cells["metric"] == cell["metric"])
+        & (cells["condition"] == cell["condition"])
+        & (cells["layer"] == cell["baseline_layer"])
+        & (cells["site"] == cell["baseline_site"])
+        & (cells["positions"] == cell["baseline_positions"])
+    ]
     return None if match.empty else match.iloc[0]
 
 
 def _entry(cell: pd.Series, alpha: float) -> dict[str, Any]:
     def num(v: Any) -> float | None:
         return float(v) if v is not None and np.isfinite(v) else None
-    return {"mean": num(cell["mean"]), "ci_low": num(cell["ci_low"]), "ci_high": num(cell["ci_high"]),
-            "n": int(cell["n"]), "diff_vs_0": num(cell["diff_vs_0"]), "p_holm": num(cell["p_holm"]),
-            "p_bh": num(cell["p_bh"]), "mark": mark(cell, alpha)}
+
+    return {
+        "mean": num(cell["mean"]),
+        "ci_low": num(cell["ci_low"]),
+        "ci_high": num(cell["ci_high"]),
+        "n": int(cell["n"]),
+        "diff_vs_0": num(cell["diff_vs_0"]),
+        "p_holm": num(cell["p_holm"]),
+        "p_bh": num(cell["p_bh"]),
+        "mark": mark(cell, alpha),
+    }
 
 
 def pivot_tables(cells: pd.DataFrame, alpha: float) -> list[dict[str, Any]]:
@@ -117,9 +145,18 @@ def pivot_tables(cells: pd.DataFrame, alpha: float) -> list[dict[str, Any]]:
         title = FAMILY_TITLES.get(family, f"{family or 'score'} — {metric}")
         if family and metric != primary_metric(family):
             title = f"{title.split(' — ')[0]} — {metric}"
-        tables.append({"family": family, "metric": metric, "kind": "mmlu" if family in SHARED_FAMILIES else "behaviour",
-                       "title": title, "index": index, "multipliers": [format_multiplier(m) for m in multipliers],
-                       "digits": digits(metric), "rows": rows})
+        tables.append(
+            {
+                "family": family,
+                "metric": metric,
+                "kind": "mmlu" if family in SHARED_FAMILIES else "behaviour",
+                "title": title,
+                "index": index,
+                "multipliers": [format_multiplier(m) for m in multipliers],
+                "digits": digits(metric),
+                "rows": rows,
+            }
+        )
     tables.sort(key=lambda t: (t["kind"] == "mmlu", t["family"], t["metric"]))
     return tables
 
@@ -143,9 +180,11 @@ def table_markdown(table: dict[str, Any]) -> str:
     Args:
         table: a pivot dict with index, multipliers, digits and rows.
     """
-    rows = [[str(row["index"][c]) or "–" for c in table["index"]]
-            + [_cell_text(row["values"].get(m), table["digits"]) for m in table["multipliers"]]
-            for row in table["rows"]]
+    rows = [
+        [str(row["index"][c]) or "–" for c in table["index"]]
+        + [_cell_text(row["values"].get(m), table["digits"]) for m in table["multipliers"]]
+        for row in table["rows"]
+    ]
     return md_table([*table["index"], *table["multipliers"]], rows, len(table["index"]))
 
 
@@ -161,8 +200,9 @@ def _p(v: Any) -> str:
 
 def _label_columns(df: pd.DataFrame) -> list[str]:
     """Key columns worth showing: not always empty, and task only when it is not just the behaviour."""
-    return [c for c in GROUP_KEY
-            if not (df[c] == "").all() and not (c == "task" and (df["task"] == df["behaviour"]).all())]
+    return [
+        c for c in GROUP_KEY if not (df[c] == "").all() and not (c == "task" and (df["task"] == df["behaviour"]).all())
+    ]
 
 
 def cells_markdown(cells: pd.DataFrame, alpha: float) -> str:
@@ -173,19 +213,52 @@ def cells_markdown(cells: pd.DataFrame, alpha: float) -> str:
         alpha: level of the marks.
     """
     cols = _label_columns(cells)
-    head = [*cols, "mult", "n", "mean [95% CI]", "diff vs 0 [95% CI]", "p Wilcoxon", "p perm.", "p Holm", "p BH",
-            "dz", "wrong way", "MDE", "missing", "note"]
+    head = [
+        *cols,
+        "mult",
+        "n",
+        "mean [95% CI]",
+        "diff vs 0 [95% CI]",
+        "p Wilcoxon",
+        "p perm.",
+        "p Holm",
+        "p BH",
+        "dz",
+        "wrong way",
+        "MDE",
+        "missing",
+        "note",
+    ]
     rows = []
     for _, c in cells.iterrows():
         d = digits(c["metric"])
         mean = f"{_fmt(c['mean'], d)} [{_fmt(c['ci_low'], d)}, {_fmt(c['ci_high'], d)}]"
-        diff = "–" if c["is_baseline"] else (
-            f"{_fmt(c['diff_vs_0'], d, True)}{mark(c, alpha)} "
-            f"[{_fmt(c['diff_ci_low'], d, True)}, {_fmt(c['diff_ci_high'], d, True)}]")
-        rows.append([*(str(c[k]) or "–" for k in cols), format_multiplier(c["multiplier"]), str(c["n"]), mean, diff,
-                     _p(c["p_wilcoxon"]), _p(c["p_permutation"]), _p(c["p_holm"]), _p(c["p_bh"]),
-                     _fmt(c["cohen_dz"], 2), _fmt(c["frac_wrong_way"], 2), _fmt(c["mde"], d), str(c["n_missing"]),
-                     c["note"] or ""])
+        diff = (
+            "–"
+            if c["is_baseline"]
+            else (
+                f"{_fmt(c['diff_vs_0'], d, True)}{mark(c, alpha)} "
+                f"[{_fmt(c['diff_ci_low'], d, True)}, {_fmt(c['diff_ci_high'], d, True)}]"
+            )
+        )
+        rows.append(
+            [
+                *(str(c[k]) or "–" for k in cols),
+                format_multiplier(c["multiplier"]),
+                str(c["n"]),
+                mean,
+                diff,
+                _p(c["p_wilcoxon"]),
+                _p(c["p_permutation"]),
+                _p(c["p_holm"]),
+                _p(c["p_bh"]),
+                _fmt(c["cohen_dz"], 2),
+                _fmt(c["frac_wrong_way"], 2),
+                _fmt(c["mde"], d),
+                str(c["n_missing"]),
+                c["note"] or "",
+            ]
+        )
     return md_table(head, rows, len(cols))
 
 
@@ -200,8 +273,18 @@ def dose_markdown(dose: pd.DataFrame) -> str:
     rows = []
     for _, r in dose.iterrows():
         slope = f"{_fmt(r['slope'], 4, True)} [{_fmt(r['slope_ci_low'], 4, True)}, {_fmt(r['slope_ci_high'], 4, True)}]"
-        rows.append([*(str(r[k]) or "–" for k in cols), r["multipliers"], str(r["n_items"]), slope,
-                     _fmt(r["page_L"], 1), _p(r["p_trend"]), _p(r["p_trend_holm"]), r["trend_direction"] or "–"])
+        rows.append(
+            [
+                *(str(r[k]) or "–" for k in cols),
+                r["multipliers"],
+                str(r["n_items"]),
+                slope,
+                _fmt(r["page_L"], 1),
+                _p(r["p_trend"]),
+                _p(r["p_trend_holm"]),
+                r["trend_direction"] or "–",
+            ]
+        )
     return md_table(head, rows, len(cols) + 1)
 
 
@@ -212,6 +295,17 @@ def diagnostics_markdown(diagnostics: list[dict[str, Any]]) -> str:
         diagnostics: report.json's `diagnostics` rows.
     """
     head = ["behaviour", "task", "metric", "layer", "condition", "mult", "mean", "items"]
-    rows = [[d["behaviour"], d["task"], d["metric"], d["layer"] or "–", d["condition"] or "–",
-             format_multiplier(d["multiplier"]), _fmt(d["mean"]), str(d["count"])] for d in diagnostics]
+    rows = [
+        [
+            d["behaviour"],
+            d["task"],
+            d["metric"],
+            d["layer"] or "–",
+            d["condition"] or "–",
+            format_multiplier(d["multiplier"]),
+            _fmt(d["mean"]),
+            str(d["count"]),
+        ]
+        for d in diagnostics
+    ]
     return md_table(head, rows, 5)

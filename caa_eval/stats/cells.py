@@ -18,22 +18,67 @@ from scipy import stats as sps
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.stats.table import (
-    BASELINE_CONFIG, BASELINE_KEY, CELL_KEY, CONFIG_KEY, GROUP_KEY, cell_label, validate_long_table,
+    BASELINE_CONFIG,
+    BASELINE_KEY,
+    CELL_KEY,
+    CONFIG_KEY,
+    GROUP_KEY,
+    cell_label,
+    validate_long_table,
 )
 from caa_eval.stats.tests import (
-    NOISE, TESTS, adjust_pvalues, floor_p, macro_mean, mde_dz, mean_ci, paired_tests, seeded_rng,
+    NOISE,
+    TESTS,
+    adjust_pvalues,
+    floor_p,
+    macro_mean,
+    mde_dz,
+    mean_ci,
+    paired_tests,
+    seeded_rng,
 )
 from caa_eval.vocab import format_multiplier
 
-__all__ = ["BASELINE_TOLERANCE", "CELL_COLUMNS", "Baselines", "compute_stats", "paired_stats", "per_item_slopes",
-           "compute_dose_response"]
+__all__ = [
+    "BASELINE_TOLERANCE",
+    "CELL_COLUMNS",
+    "Baselines",
+    "compute_stats",
+    "paired_stats",
+    "per_item_slopes",
+    "compute_dose_response",
+]
 
 BASELINE_TOLERANCE = 1e-6  # multiplier-0 runs at different layers must agree to this (they steer nothing)
 CELL_COLUMNS = [
-    *CELL_KEY, "is_baseline", "n", "n_items", "n_missing", "n_unpaired", "n_subjects", "mean", "ci_low", "ci_high",
-    "baseline_mean", "diff_vs_0", "diff_ci_low", "diff_ci_high", "p_wilcoxon", "wilcoxon_method", "p_permutation",
-    "p_holm", "p_bh", "significant", "cohen_dz", "frac_wrong_way", "mde", "mde_dz", *BASELINE_CONFIG, "note",
-    "sources", "baseline_sources",
+    *CELL_KEY,
+    "is_baseline",
+    "n",
+    "n_items",
+    "n_missing",
+    "n_unpaired",
+    "n_subjects",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "baseline_mean",
+    "diff_vs_0",
+    "diff_ci_low",
+    "diff_ci_high",
+    "p_wilcoxon",
+    "wilcoxon_method",
+    "p_permutation",
+    "p_holm",
+    "p_bh",
+    "significant",
+    "cohen_dz",
+    "frac_wrong_way",
+    "mde",
+    "mde_dz",
+    *BASELINE_CONFIG,
+    "note",
+    "sources",
+    "baseline_sources",
 ]
 
 
@@ -89,8 +134,11 @@ class Baselines:
             for other in frames[1:]:
                 scores = scores.combine_first(other)
             sources = sorted({s for c in use for s in configs[c]["source"]})
-            note = "" if config in configs else f"baseline from {_config_label(use[0])}" + (
-                f" (+{len(use) - 1} agreeing)" if len(use) > 1 else "")
+            note = (
+                ""
+                if config in configs
+                else f"baseline from {_config_label(use[0])}" + (f" (+{len(use) - 1} agreeing)" if len(use) > 1 else "")
+            )
             self._cache[cache_key] = (scores, sources, use[0], note)
         return self._cache[cache_key]
 
@@ -99,14 +147,24 @@ def _subjects_or_none(subjects: pd.Series) -> np.ndarray | None:
     return None if (subjects == "").all() else subjects.to_numpy(dtype=object)
 
 
-def _paired(row: dict[str, Any], scores: pd.Series, subjects: pd.Series, baselines: Baselines, group: tuple,
-            multiplier: float, rng: np.random.Generator, settings: dict[str, Any]) -> list[str]:
+def _paired(
+    row: dict[str, Any],
+    scores: pd.Series,
+    subjects: pd.Series,
+    baselines: Baselines,
+    group: tuple,
+    multiplier: float,
+    rng: np.random.Generator,
+    settings: dict[str, Any],
+) -> list[str]:
     """Fill the cell-vs-baseline columns of `row`; returns the notes."""
     base, base_sources, base_config, base_note = baselines.get(group)
     common = scores.index.intersection(base.index)
     if common.empty:
-        raise CAAEvalError(f"cell {cell_label((*group, multiplier))} shares no item_id with its multiplier-0 "
-                           "baseline; pair the same items")
+        raise CAAEvalError(
+            f"cell {cell_label((*group, multiplier))} shares no item_id with its multiplier-0 "
+            "baseline; pair the same items"
+        )
     pair = pd.DataFrame({"x": scores.loc[common], "b": base.loc[common]})
     ok = pair.notna().all(axis=1)
     d = (pair["x"] - pair["b"])[ok].to_numpy(dtype=float, copy=True)
@@ -122,21 +180,39 @@ def _paired(row: dict[str, Any], scores: pd.Series, subjects: pd.Series, baselin
     flat = n >= 2 and sd <= NOISE * max(1.0, abs(float(np.mean(d))))
     if flat:
         notes.append("zero variance of differences: dz undefined")
-    row.update({
-        "n": n, "n_missing": int((~ok).sum()), "n_unpaired": unpaired,
-        "baseline_mean": macro_mean(pair["b"][ok].to_numpy(dtype=float), subj),
-        "diff_vs_0": diff, "diff_ci_low": d_low, "diff_ci_high": d_high,
-        "p_wilcoxon": tests.p_wilcoxon, "wilcoxon_method": tests.wilcoxon_method, "p_permutation": tests.p_permutation,
-        "cohen_dz": diff / sd if n >= 2 and not flat else math.nan,
-        "frac_wrong_way": float(np.mean(np.sign(d) == -np.sign(multiplier))) if n else math.nan,
-        "mde_dz": mde_dz(n, settings["alpha"]), "mde": mde_dz(n, settings["alpha"]) * sd if n >= 3 else math.nan,
-        "baseline_sources": ";".join(base_sources),
-    } | dict(zip(BASELINE_CONFIG, base_config)))
+    row.update(
+        {
+            "n": n,
+            "n_missing": int((~ok).sum()),
+            "n_unpaired": unpaired,
+            "baseline_mean": macro_mean(pair["b"][ok].to_numpy(dtype=float), subj),
+            "diff_vs_0": diff,
+            "diff_ci_low": d_low,
+            "diff_ci_high": d_high,
+            "p_wilcoxon": tests.p_wilcoxon,
+            "wilcoxon_method": tests.wilcoxon_method,
+            "p_permutation": tests.p_permutation,
+            "cohen_dz": diff / sd if n >= 2 and not flat else math.nan,
+            "frac_wrong_way": float(np.mean(np.sign(d) == -np.sign(multiplier))) if n else math.nan,
+            "mde_dz": mde_dz(n, settings["alpha"]),
+            "mde": mde_dz(n, settings["alpha"]) * sd if n >= 3 else math.nan,
+            "baseline_sources": ";".join(base_sources),
+        }
+        | dict(zip(BASELINE_CONFIG, base_config))
+    )
     return notes + [t for t in (tests.note, d_note, base_note) if t]
 
 
-def compute_stats(df: pd.DataFrame, *, alpha: float = 0.05, seed: int = 0, n_resamples: int = 2000,
-                  n_permutations: int = 9999, primary_test: str = "wilcoxon", confidence: float = 0.95) -> pd.DataFrame:
+def compute_stats(
+    df: pd.DataFrame,
+    *,
+    alpha: float = 0.05,
+    seed: int = 0,
+    n_resamples: int = 2000,
+    n_permutations: int = 9999,
+    primary_test: str = "wilcoxon",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """One row per cell: mean with bootstrap CI, and for multiplier≠0 the paired comparison with its baseline.
 
     The correction family is every cell-vs-0 test in `df` (Holm and BH on the `primary_test` p-values);
@@ -171,15 +247,29 @@ def compute_stats(df: pd.DataFrame, *, alpha: float = 0.05, seed: int = 0, n_res
         low, high, ci_note = mean_ci(values, rng, n_resamples, confidence, subjects=subj)
         cell = dict(zip(CELL_KEY, key))
         row: dict[str, Any] = cell | {
-            "is_baseline": multiplier == 0, "n": int(values.size), "n_items": int(values.size),
-            "n_missing": int((~valid).sum()), "n_unpaired": 0,
+            "is_baseline": multiplier == 0,
+            "n": int(values.size),
+            "n_items": int(values.size),
+            "n_missing": int((~valid).sum()),
+            "n_unpaired": 0,
             "n_subjects": 0 if subj is None else len(set(subj)),
-            "mean": macro_mean(values, subj), "ci_low": low, "ci_high": high,
-            "baseline_mean": math.nan, "diff_vs_0": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan,
-            "p_wilcoxon": math.nan, "wilcoxon_method": "", "p_permutation": math.nan, "cohen_dz": math.nan,
-            "frac_wrong_way": math.nan, "mde": math.nan, "mde_dz": math.nan,
+            "mean": macro_mean(values, subj),
+            "ci_low": low,
+            "ci_high": high,
+            "baseline_mean": math.nan,
+            "diff_vs_0": math.nan,
+            "diff_ci_low": math.nan,
+            "diff_ci_high": math.nan,
+            "p_wilcoxon": math.nan,
+            "wilcoxon_method": "",
+            "p_permutation": math.nan,
+            "cohen_dz": math.nan,
+            "frac_wrong_way": math.nan,
+            "mde": math.nan,
+            "mde_dz": math.nan,
             **{b: cell[c] for b, c in zip(BASELINE_CONFIG, CONFIG_KEY)},
-            "sources": ";".join(sorted(set(rows["source"]))), "baseline_sources": "",
+            "sources": ";".join(sorted(set(rows["source"]))),
+            "baseline_sources": "",
         }
         notes = [ci_note] if ci_note else []
         if multiplier != 0:
@@ -190,9 +280,17 @@ def compute_stats(df: pd.DataFrame, *, alpha: float = 0.05, seed: int = 0, n_res
     primary = cells[f"p_{primary_test}"].where(~cells["is_baseline"])
     cells["p_holm"], cells["p_bh"] = adjust_pvalues(primary.to_numpy())
     cells["significant"] = cells["p_holm"] < alpha
-    cells.attrs.update({"alpha": alpha, "seed": seed, "n_resamples": n_resamples, "n_permutations": n_permutations,
-                        "primary_test": primary_test, "confidence": confidence,
-                        "n_tests": int(np.isfinite(primary).sum())})
+    cells.attrs.update(
+        {
+            "alpha": alpha,
+            "seed": seed,
+            "n_resamples": n_resamples,
+            "n_permutations": n_permutations,
+            "primary_test": primary_test,
+            "confidence": confidence,
+            "n_tests": int(np.isfinite(primary).sum()),
+        }
+    )
     return cells[CELL_COLUMNS]
 
 
@@ -236,8 +334,9 @@ def _page(complete: np.ndarray) -> tuple[float, float, float]:
     return float(inc.statistic), float(inc.pvalue), float(dec.pvalue)
 
 
-def compute_dose_response(df: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000,
-                          confidence: float = 0.95) -> pd.DataFrame:
+def compute_dose_response(
+    df: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000, confidence: float = 0.95
+) -> pd.DataFrame:
     """Per configuration (all but the multiplier): mean per-item OLS slope with bootstrap CI, and Page's L.
 
     Page's trend test treats items as blocks and multipliers (including the 0 baseline) as ordered
@@ -265,8 +364,9 @@ def compute_dose_response(df: pd.DataFrame, *, seed: int = 0, n_resamples: int =
         slopes = per_item_slopes(matrix).dropna()
         task = dict(zip(GROUP_KEY, group))["task"]
         subj = _subjects_or_none(pd.Series([subject_of.get((task, i), "") for i in slopes.index], dtype=object))
-        low, high, note = mean_ci(slopes.to_numpy(), seeded_rng(seed, ("dose", *group)), n_resamples, confidence,
-                                  subjects=subj)
+        low, high, note = mean_ci(
+            slopes.to_numpy(), seeded_rng(seed, ("dose", *group)), n_resamples, confidence, subjects=subj
+        )
         complete = matrix.dropna().to_numpy(dtype=float)
         stat = p_inc = p_dec = math.nan
         notes = [note] if note else []
@@ -276,15 +376,36 @@ def compute_dose_response(df: pd.DataFrame, *, seed: int = 0, n_resamples: int =
             notes += [low_inc or low_dec] if low_inc or low_dec else []
         else:
             notes.append("Page's L needs ≥3 multipliers (incl. 0) and ≥2 complete items")
-        out.append(dict(zip(GROUP_KEY, group)) | {
-            "multipliers": ",".join(format_multiplier(m) for m in matrix.columns),
-            "n_items": int(slopes.size), "n_complete": int(complete.shape[0]),
-            "slope": macro_mean(slopes.to_numpy(), subj), "slope_ci_low": low, "slope_ci_high": high,
-            "page_L": stat, "p_trend": min(1.0, 2 * min(p_inc, p_dec)) if np.isfinite(p_inc) else math.nan,
-            "trend_direction": "" if not np.isfinite(p_inc) else ("increasing" if p_inc <= p_dec else "decreasing"),
-            "note": "; ".join(notes),
-        })
-    dose = pd.DataFrame(out, columns=[*GROUP_KEY, "multipliers", "n_items", "n_complete", "slope", "slope_ci_low",
-                                      "slope_ci_high", "page_L", "p_trend", "trend_direction", "note"])
+        out.append(
+            dict(zip(GROUP_KEY, group))
+            | {
+                "multipliers": ",".join(format_multiplier(m) for m in matrix.columns),
+                "n_items": int(slopes.size),
+                "n_complete": int(complete.shape[0]),
+                "slope": macro_mean(slopes.to_numpy(), subj),
+                "slope_ci_low": low,
+                "slope_ci_high": high,
+                "page_L": stat,
+                "p_trend": min(1.0, 2 * min(p_inc, p_dec)) if np.isfinite(p_inc) else math.nan,
+                "trend_direction": "" if not np.isfinite(p_inc) else ("increasing" if p_inc <= p_dec else "decreasing"),
+                "note": "; ".join(notes),
+            }
+        )
+    dose = pd.DataFrame(
+        out,
+        columns=[
+            *GROUP_KEY,
+            "multipliers",
+            "n_items",
+            "n_complete",
+            "slope",
+            "slope_ci_low",
+            "slope_ci_high",
+            "page_L",
+            "p_trend",
+            "trend_direction",
+            "note",
+        ],
+    )
     dose["p_trend_holm"] = adjust_pvalues(dose["p_trend"].to_numpy())[0] if len(dose) else []
     return dose

@@ -22,6 +22,7 @@ def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     Args:
         df: any table (cells, dose-response, diagnostics).
     """
+
     def clean(v: Any) -> Any:
         if isinstance(v, (np.bool_, bool)):
             return bool(v)
@@ -30,6 +31,7 @@ def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
         if isinstance(v, (float, np.floating)):
             return None if not math.isfinite(v) else float(v)
         return v
+
     return [{k: clean(v) for k, v in rec.items()} for rec in df.to_dict(orient="records")]
 
 
@@ -43,10 +45,16 @@ def stats_json(cells: pd.DataFrame, dose: pd.DataFrame, input_path: str) -> dict
     """
     return {
         "input": input_path,
-        "settings": {k: cells.attrs.get(k) for k in
-                     ("alpha", "seed", "n_resamples", "n_permutations", "primary_test", "confidence")},
-        "correction": {"family": "all cell-vs-multiplier-0 tests in this table", "n_tests": cells.attrs.get("n_tests"),
-                       "methods": ["holm", "fdr_bh"], "applied_to": f"p_{cells.attrs.get('primary_test')}"},
+        "settings": {
+            k: cells.attrs.get(k)
+            for k in ("alpha", "seed", "n_resamples", "n_permutations", "primary_test", "confidence")
+        },
+        "correction": {
+            "family": "all cell-vs-multiplier-0 tests in this table",
+            "n_tests": cells.attrs.get("n_tests"),
+            "methods": ["holm", "fdr_bh"],
+            "applied_to": f"p_{cells.attrs.get('primary_test')}",
+        },
         "cells": to_records(cells),
         "dose_response": to_records(dose),
     }
@@ -72,9 +80,13 @@ def _fmt_ci(low: float, high: float, digits: int = 3) -> str:
 
 def _constant_keys(view: pd.DataFrame, source: pd.DataFrame) -> list[str]:
     """Key columns that carry no information here: always empty, task = behaviour, or the default metric."""
-    return [c for c in _OPTIONAL_KEYS if (view[c] == "").all()
-            or (c == "task" and (source["task"] == source["behaviour"]).all())
-            or (c == "metric" and (view[c] == DEFAULT_METRIC).all())]
+    return [
+        c
+        for c in _OPTIONAL_KEYS
+        if (view[c] == "").all()
+        or (c == "task" and (source["task"] == source["behaviour"]).all())
+        or (c == "metric" and (view[c] == DEFAULT_METRIC).all())
+    ]
 
 
 def format_cells(cells: pd.DataFrame) -> str:

@@ -22,7 +22,14 @@ from caa_eval.errors import CAAEvalError
 from caa_eval.files import read_jsonl
 from caa_eval.stats.table import SHARED_BEHAVIOUR, format_layer, format_text, validate_long_table
 from caa_eval.vocab import (
-    JUDGE_METRIC, JUDGED_RE, RESULTS_RE, SAMPLES_RE, TASK_FAMILIES, behaviour_key, behaviour_of_task, primary_metric,
+    JUDGE_METRIC,
+    JUDGED_RE,
+    RESULTS_RE,
+    SAMPLES_RE,
+    TASK_FAMILIES,
+    behaviour_key,
+    behaviour_of_task,
+    primary_metric,
     task_family,
 )
 
@@ -35,8 +42,19 @@ log = logging.getLogger(__name__)
 _BEHAVIOUR_FAMILIES = {family for _, family, metric, own in TASK_FAMILIES if own and metric}
 # Families shared by all behaviour vectors with one lm-eval task per subject (MMLU): one cell per family.
 _SUBJECT_FAMILIES = {family for _, family, _, own in TASK_FAMILIES if not own}
-_NOT_METRICS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter", "metrics",
-                "doc_hash", "prompt_hash", "target_hash"}
+_NOT_METRICS = {
+    "doc_id",
+    "doc",
+    "target",
+    "arguments",
+    "resps",
+    "filtered_resps",
+    "filter",
+    "metrics",
+    "doc_hash",
+    "prompt_hash",
+    "target_hash",
+}
 
 
 def parse_model_args(value: Any) -> dict[str, Any]:
@@ -137,8 +155,9 @@ def _steering_from_cell(cell: dict[str, Any], where: str) -> dict[str, Any]:
         "site": format_text(cell.get("site")),
         "positions": format_text(cell.get("positions")),
         "condition": format_text(cell.get("condition")),
-        "vector_behaviour": (behaviour_key(str(behaviour)) if behaviour
-                             else _vector_meta(cell.get("vector")).get("behaviour", "")),
+        "vector_behaviour": (
+            behaviour_key(str(behaviour)) if behaviour else _vector_meta(cell.get("vector")).get("behaviour", "")
+        ),
     }
 
 
@@ -153,11 +172,21 @@ def _identity(task: str, steering: dict[str, Any]) -> dict[str, str]:
             condition = ",".join(filter(None, [condition, f"vector:{vector_behaviour}"]))
         return {"behaviour": behaviour, "task": task, "prefix": "", "condition": condition, "subject": ""}
     if family in _SUBJECT_FAMILIES:  # one lm-eval task per subject -> one cell per family and vector
-        subject = task[len(family):].lstrip("_") or family
-        return {"behaviour": vector_behaviour or SHARED_BEHAVIOUR, "task": family, "prefix": f"{subject}:",
-                "condition": condition, "subject": subject}
-    return {"behaviour": vector_behaviour or SHARED_BEHAVIOUR, "task": task, "prefix": "", "condition": condition,
-            "subject": ""}
+        subject = task[len(family) :].lstrip("_") or family
+        return {
+            "behaviour": vector_behaviour or SHARED_BEHAVIOUR,
+            "task": family,
+            "prefix": f"{subject}:",
+            "condition": condition,
+            "subject": subject,
+        }
+    return {
+        "behaviour": vector_behaviour or SHARED_BEHAVIOUR,
+        "task": task,
+        "prefix": "",
+        "condition": condition,
+        "subject": "",
+    }
 
 
 def _wanted(metric: str, task: str, metrics: str | Sequence[str]) -> bool:
@@ -206,8 +235,9 @@ class _Folder:
             if res_path is None and len(self.results) == 1:
                 res_path = next(iter(self.results.values()))
             if res_path is None:
-                self.notes.append(f"{path.relative_to(self.root)}: no matching results_*.json, steering config "
-                                  "unknown; skipped")
+                self.notes.append(
+                    f"{path.relative_to(self.root)}: no matching results_*.json, steering config unknown; skipped"
+                )
                 self._steering[date] = None
             else:
                 res = _read_json(res_path)
@@ -222,8 +252,10 @@ class _Folder:
             task, date = m["task"], m["date"]
             if primary_metric(task) == JUDGE_METRIC and metrics != "all":
                 if (task, date) not in judged_tasks and (task, None) not in judged_tasks:
-                    self.notes.append(f"{path.relative_to(self.root)}: open-ended samples without "
-                                      f"judged_{task}_*.jsonl; run `caa-eval judge` first")
+                    self.notes.append(
+                        f"{path.relative_to(self.root)}: open-ended samples without "
+                        f"judged_{task}_*.jsonl; run `caa-eval judge` first"
+                    )
                 continue
             if (steering := self.steering(date, path)) is not None:
                 out += self._sample_rows(path, task, steering, metrics)
@@ -233,15 +265,33 @@ class _Folder:
                 out += self._judged_rows(path, task, steering)
         return out
 
-    def _row(self, line: dict[str, Any], ident: dict[str, str], steering: dict[str, Any], metric: str,
-             score: float, source: str) -> dict[str, Any]:
-        return {"item_id": f"{ident['prefix']}{line.get('doc_id')}", "behaviour": ident["behaviour"],
-                "task": ident["task"], "metric": metric, "layer": steering["layer"], "site": steering["site"],
-                "positions": steering["positions"], "condition": ident["condition"], "subject": ident["subject"],
-                "multiplier": steering["multiplier"], "score": score, "source": source}
+    def _row(
+        self,
+        line: dict[str, Any],
+        ident: dict[str, str],
+        steering: dict[str, Any],
+        metric: str,
+        score: float,
+        source: str,
+    ) -> dict[str, Any]:
+        return {
+            "item_id": f"{ident['prefix']}{line.get('doc_id')}",
+            "behaviour": ident["behaviour"],
+            "task": ident["task"],
+            "metric": metric,
+            "layer": steering["layer"],
+            "site": steering["site"],
+            "positions": steering["positions"],
+            "condition": ident["condition"],
+            "subject": ident["subject"],
+            "multiplier": steering["multiplier"],
+            "score": score,
+            "source": source,
+        }
 
-    def _sample_rows(self, path: Path, task: str, steering: dict[str, Any],
-                     metrics: str | Sequence[str]) -> list[dict[str, Any]]:
+    def _sample_rows(
+        self, path: Path, task: str, steering: dict[str, Any], metrics: str | Sequence[str]
+    ) -> list[dict[str, Any]]:
         ident = _identity(task, steering)
         source = path.relative_to(self.root).as_posix()
         rows, first_filter, skipped = [], None, set()
@@ -270,7 +320,9 @@ class _Folder:
         for line in lines:
             if line.get("filter") == first_filter:
                 value = _as_score(line.get("score"))
-                rows.append(self._row(line, ident, steering, JUDGE_METRIC, math.nan if value is None else value, source))
+                rows.append(
+                    self._row(line, ident, steering, JUDGE_METRIC, math.nan if value is None else value, source)
+                )
         return rows
 
 
@@ -325,14 +377,22 @@ SCALE_KEY = ["condition", "behaviour", "layer", "site", "positions", "multiplier
 SCALE_COLUMNS = [*SCALE_KEY, "norm_fraction", "kl", "sources", "error"]
 
 
-def _scale_row(labels: dict[str, Any], results: dict[str, Any], results_path: Path, root: Path) -> dict[str, Any] | None:
+def _scale_row(
+    labels: dict[str, Any], results: dict[str, Any], results_path: Path, root: Path
+) -> dict[str, Any] | None:
     """One setting's recorded scale (steered-hf writes `config.steering.scale`), None when it is not there."""
     scale = ((results.get("config") or {}).get("steering") or {}).get("scale")
     if not isinstance(scale, dict) or labels["multiplier"] == 0:
         return None
-    row = {"condition": labels["condition"], "behaviour": labels["vector_behaviour"], "layer": labels["layer"],
-           "site": labels["site"], "positions": labels["positions"], "multiplier": labels["multiplier"],
-           "sources": results_path.relative_to(root).as_posix()}
+    row = {
+        "condition": labels["condition"],
+        "behaviour": labels["vector_behaviour"],
+        "layer": labels["layer"],
+        "site": labels["site"],
+        "positions": labels["positions"],
+        "multiplier": labels["multiplier"],
+        "sources": results_path.relative_to(root).as_posix(),
+    }
     if "error" in scale:
         return row | {"norm_fraction": math.nan, "kl": math.nan, "error": str(scale["error"])}
     return row | {"norm_fraction": float(scale["norm_fraction"]), "kl": float(scale["kl"]), "error": ""}
@@ -358,8 +418,9 @@ def steering_scales(run_dir: str | Path) -> pd.DataFrame:
     else:
         for path in sorted(p for p in root.rglob("*.json") if RESULTS_RE.match(p.name)):
             res = _read_json(path)
-            labels = _steering_from_model_args(parse_model_args((res.get("config") or {}).get("model_args")), res,
-                                               str(path))
+            labels = _steering_from_model_args(
+                parse_model_args((res.get("config") or {}).get("model_args")), res, str(path)
+            )
             rows.append(_scale_row(labels, res, path, root))
     found = [r for r in rows if r is not None]
     if not found:

@@ -21,9 +21,22 @@ from caa_eval.files import read_jsonl
 from caa_eval.vocab import format_multiplier
 
 __all__ = [
-    "REQUIRED", "OPTIONAL", "GROUP_KEY", "CELL_KEY", "BASELINE_KEY", "CONFIG_KEY", "BASELINE_CONFIG",
-    "SHARED_BEHAVIOUR", "DEFAULT_METRIC", "format_layer", "format_text", "cell_label", "validate_long_table",
-    "load_long_table", "load_any", "MAX_ABS_SCORE",
+    "REQUIRED",
+    "OPTIONAL",
+    "GROUP_KEY",
+    "CELL_KEY",
+    "BASELINE_KEY",
+    "CONFIG_KEY",
+    "BASELINE_CONFIG",
+    "SHARED_BEHAVIOUR",
+    "DEFAULT_METRIC",
+    "format_layer",
+    "format_text",
+    "cell_label",
+    "validate_long_table",
+    "load_long_table",
+    "load_any",
+    "MAX_ABS_SCORE",
 ]
 
 log = logging.getLogger(__name__)
@@ -156,9 +169,11 @@ def validate_long_table(df: pd.DataFrame, origin: str = "table", lines: Sequence
         raise CAAEvalError(f"{where(np.isinf(score))}: infinite score; scores must be finite or empty")
     huge = score.abs() > MAX_ABS_SCORE
     if huge.any():
-        raise CAAEvalError(f"{where(huge)}: score {score[huge].head(3).tolist()} is beyond ±{MAX_ABS_SCORE:.0e}, where "
-                           "sums of squares overflow and the statistics go wrong; rescale the scores (e.g. divide "
-                           "them by a constant)")
+        raise CAAEvalError(
+            f"{where(huge)}: score {score[huge].head(3).tolist()} is beyond ±{MAX_ABS_SCORE:.0e}, where "
+            "sums of squares overflow and the statistics go wrong; rescale the scores (e.g. divide "
+            "them by a constant)"
+        )
     table["score"] = score
     _check_subjects(table, origin)
 
@@ -192,14 +207,17 @@ def _check_subjects(table: pd.DataFrame, origin: str) -> None:
     has = table["subject"] != ""
     partly = table.groupby("task")["subject"].agg(lambda s: (s != "").any() and (s == "").any())
     if partly.any():
-        raise CAAEvalError(f"{origin}: task {partly[partly].index[0]!r} has rows with and without a subject; "
-                           "give every row of the task a subject, or none")
+        raise CAAEvalError(
+            f"{origin}: task {partly[partly].index[0]!r} has rows with and without a subject; "
+            "give every row of the task a subject, or none"
+        )
     if has.any():
         subjects = table[has].groupby(["task", "item_id"])["subject"].nunique()
         if (subjects > 1).any():
             task, item = subjects[subjects > 1].index[0]
-            raise CAAEvalError(f"{origin}: item {item!r} of task {task!r} has several subjects; an item belongs "
-                               "to one subject")
+            raise CAAEvalError(
+                f"{origin}: item {item!r} of task {task!r} has several subjects; an item belongs to one subject"
+            )
 
 
 def _expand_shared(table: pd.DataFrame) -> pd.DataFrame:
@@ -214,12 +232,21 @@ def _expand_shared(table: pd.DataFrame) -> pd.DataFrame:
     for (task, metric, condition), rows in common.groupby(["task", "metric", "condition"], sort=False):
         behaviours = targets[(targets.task == task) & (targets.metric == metric) & (targets.condition == condition)]
         if behaviours.empty:
-            log.warning("shared ('*') baseline rows for task=%s metric=%s condition=%s match no steered behaviour; "
-                        "ignored", task, metric, condition or "(none)")
+            log.warning(
+                "shared ('*') baseline rows for task=%s metric=%s condition=%s match no steered behaviour; ignored",
+                task,
+                metric,
+                condition or "(none)",
+            )
         for behaviour in behaviours["behaviour"]:
             # a behaviour's own baseline at the same configuration wins over the shared one
-            have = own[(own.behaviour == behaviour) & (own.task == task) & (own.metric == metric)
-                       & (own.condition == condition) & (own.multiplier == 0)]
+            have = own[
+                (own.behaviour == behaviour)
+                & (own.task == task)
+                & (own.metric == metric)
+                & (own.condition == condition)
+                & (own.multiplier == 0)
+            ]
             copy = rows.assign(behaviour=behaviour)
             if not have.empty:
                 taken = set(map(tuple, have[CONFIG_KEY].to_numpy().tolist()))
@@ -257,7 +284,9 @@ def load_long_table(path: str | Path) -> pd.DataFrame:
             reason = str(exc).splitlines()[0]
             raise CAAEvalError(f"{path}: not a readable CSV ({reason}); check quoting and the column count") from None
         except pd.errors.EmptyDataError:
-            raise CAAEvalError(f"{path}: the file is empty; write a header line {','.join(REQUIRED)} and rows") from None
+            raise CAAEvalError(
+                f"{path}: the file is empty; write a header line {','.join(REQUIRED)} and rows"
+            ) from None
         df.columns = [c.strip() for c in df.columns]
         lines = list(range(2, len(df) + 2))  # line 1 is the header
     else:

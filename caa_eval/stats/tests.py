@@ -18,8 +18,20 @@ import numpy as np
 from scipy import stats as sps
 
 __all__ = [
-    "NOISE", "TESTS", "WILCOXON_EXACT_MAX_N", "PairedTests", "seeded_rng", "strata", "macro_mean", "mean_ci",
-    "wilcoxon_method", "paired_tests", "mde_dz", "adjust_pvalues", "P_FLOOR", "floor_p",
+    "NOISE",
+    "TESTS",
+    "WILCOXON_EXACT_MAX_N",
+    "PairedTests",
+    "seeded_rng",
+    "strata",
+    "macro_mean",
+    "mean_ci",
+    "wilcoxon_method",
+    "paired_tests",
+    "mde_dz",
+    "adjust_pvalues",
+    "P_FLOOR",
+    "floor_p",
 ]
 
 NOISE = 1e-12  # differences and spreads below this are floating-point noise
@@ -95,8 +107,13 @@ def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean(x, axis=axis)
 
 
-def mean_ci(x: np.ndarray, rng: np.random.Generator, n_resamples: int = 2000, confidence: float = 0.95,
-            subjects: Sequence[str] | np.ndarray | None = None) -> tuple[float, float, str]:
+def mean_ci(
+    x: np.ndarray,
+    rng: np.random.Generator,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    subjects: Sequence[str] | np.ndarray | None = None,
+) -> tuple[float, float, str]:
     """Bootstrap CI (BCa, falling back to percentile) of the (macro) mean over items.
 
     Args:
@@ -124,12 +141,20 @@ def mean_ci(x: np.ndarray, rng: np.random.Generator, n_resamples: int = 2000, co
 
         def statistic(*parts: np.ndarray, axis: int = -1) -> np.ndarray:
             return (sum(p.mean(axis=axis) for p in parts) + fixed) / n_groups
+
     note = ""
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = sps.bootstrap(samples, statistic, n_resamples=n_resamples, confidence_level=confidence,
-                                method=method, vectorized=True, rng=rng)
+            res = sps.bootstrap(
+                samples,
+                statistic,
+                n_resamples=n_resamples,
+                confidence_level=confidence,
+                method=method,
+                vectorized=True,
+                rng=rng,
+            )
         low, high = res.confidence_interval
         if np.isfinite(low) and np.isfinite(high):
             return float(low), float(high), note
@@ -147,7 +172,7 @@ class PairedTests(NamedTuple):
 
 
 def wilcoxon_method(d: np.ndarray) -> str:
-    """"exact" for small samples without ties or zeros, else "asymptotic" (normal approximation, tie-corrected).
+    """ "exact" for small samples without ties or zeros, else "asymptotic" (normal approximation, tie-corrected).
 
     Why not scipy's "auto": with ties or zeros and n ≤ 13 it enumerates all 2^n sign patterns, which is slow
     for the many tied 0–10 judge-score cells of a sweep; with ties the exact table is not the null anyway.
@@ -161,8 +186,12 @@ def wilcoxon_method(d: np.ndarray) -> str:
     return "exact" if untied and nonzero.size == d.size and d.size <= WILCOXON_EXACT_MAX_N else "asymptotic"
 
 
-def paired_tests(d: np.ndarray, rng: np.random.Generator, n_permutations: int = 9999,
-                 subjects: Sequence[str] | np.ndarray | None = None) -> PairedTests:
+def paired_tests(
+    d: np.ndarray,
+    rng: np.random.Generator,
+    n_permutations: int = 9999,
+    subjects: Sequence[str] | np.ndarray | None = None,
+) -> PairedTests:
     """Two-sided Wilcoxon signed-rank p and sign-flip permutation p on paired differences.
 
     Args:
@@ -185,16 +214,26 @@ def paired_tests(d: np.ndarray, rng: np.random.Generator, n_permutations: int = 
 
         def statistic(x: np.ndarray, axis: int = -1) -> np.ndarray:
             return np.sum(np.moveaxis(x, axis, -1) * weights, axis=-1)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p_w = float(sps.wilcoxon(d, zero_method="wilcox", alternative="two-sided", method=method).pvalue)
-        p_p = float(sps.permutation_test((d,), statistic, permutation_type="samples", vectorized=True,
-                                         n_resamples=n_permutations, alternative="two-sided", rng=rng).pvalue)
+        p_p = float(
+            sps.permutation_test(
+                (d,),
+                statistic,
+                permutation_type="samples",
+                vectorized=True,
+                n_resamples=n_permutations,
+                alternative="two-sided",
+                rng=rng,
+            ).pvalue
+        )
     p_w, note = floor_p(p_w, "Wilcoxon")
     return PairedTests(p_w, p_p, method, note)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mde_dz(n: int, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest standardised paired effect (Cohen's dz) a two-sided paired t-test detects with this power.
 

@@ -11,14 +11,35 @@ folder (lock, manifest, build-then-rename cells, the vector files and CAA's mean
     result = sweep.run_sweep(cfg)
 """
 
-from caa_eval.sweep.config import (CONFIG_KEYS, Behaviour, Condition, JudgeSettings, SweepConfig, config_from_dict,
-                                   load_config)
+from caa_eval.sweep.config import (
+    CONFIG_KEYS,
+    Behaviour,
+    Condition,
+    JudgeSettings,
+    SweepConfig,
+    config_from_dict,
+    load_config,
+)
 from caa_eval.sweep.plan import Cell, baseline_behaviour, cell_spec, plan_cells, vector_path
 from caa_eval.sweep.runner import SweepResult, run_cell, run_sweep
 from caa_eval.sweep.store import FORMAT, VectorStore
 
 __all__ = [
-    "CONFIG_KEYS", "FORMAT", "Behaviour", "Condition", "JudgeSettings", "SweepConfig", "config_from_dict", "load_config",
-    "Cell", "baseline_behaviour", "cell_spec", "plan_cells", "vector_path", "SweepResult", "VectorStore", "run_cell",
+    "CONFIG_KEYS",
+    "FORMAT",
+    "Behaviour",
+    "Condition",
+    "JudgeSettings",
+    "SweepConfig",
+    "config_from_dict",
+    "load_config",
+    "Cell",
+    "baseline_behaviour",
+    "cell_spec",
+    "plan_cells",
+    "vector_path",
+    "SweepResult",
+    "VectorStore",
+    "run_cell",
     "run_sweep",
 ]

@@ -17,12 +17,33 @@ from typing import Any
 from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
 from caa_eval.sweep.entries import DEFAULT_CONDITION, Behaviour, Condition, parse_behaviours, parse_conditions
-from caa_eval.sweep.validate import (as_list, config_error, config_path, parse_batch_size, parse_bool, parse_device,
-                                     parse_layer_groups, parse_limit, parse_multipliers, parse_positions, parse_sites)
+from caa_eval.sweep.validate import (
+    as_list,
+    config_error,
+    config_path,
+    parse_batch_size,
+    parse_bool,
+    parse_device,
+    parse_layer_groups,
+    parse_limit,
+    parse_multipliers,
+    parse_positions,
+    parse_sites,
+)
 
 __all__ = [
-    "CONFIG_KEYS", "DEFAULT_TASKS", "DEFAULT_CONDITION", "JUDGE_BACKENDS", "Behaviour", "Condition", "JudgeSettings",
-    "SweepConfig", "caa_behaviours", "normalize_warning", "config_from_dict", "load_config",
+    "CONFIG_KEYS",
+    "DEFAULT_TASKS",
+    "DEFAULT_CONDITION",
+    "JUDGE_BACKENDS",
+    "Behaviour",
+    "Condition",
+    "JudgeSettings",
+    "SweepConfig",
+    "caa_behaviours",
+    "normalize_warning",
+    "config_from_dict",
+    "load_config",
 ]
 
 DEFAULT_TASKS = ("caa_ab_{behaviour}", "caa_mmlu_2opt")
@@ -33,7 +54,7 @@ CONFIG_KEYS = {
     "behaviours": "list of CAA behaviour names, or entries {name, pairs: FILE, ab_test: FILE, open_test: FILE, tasks: [...]}",
     "vectors": "folder of vector files <behaviour>.safetensors (extracted if missing), or {dir, normalize, batch_size}",
     "normalize": "CAA's per-layer mean-norm rescaling across the sweep's behaviours "
-                 "(default: true with >= 2 CAA behaviours, else false)",
+    "(default: true with >= 2 CAA behaviours, else false)",
     "layers": "list of layers, e.g. [13] or [10, 13, 16]; a nested list [10, 12] steers both at once; or '10-14'",
     "vector_layer": "apply this layer's vector at every swept layer (CAA's layer transfer, §8.2); default: each layer's own",
     "multipliers": "list of numbers, e.g. [-1, 0, 1] (0, the baseline, is always added)",
@@ -41,7 +62,7 @@ CONFIG_KEYS = {
     "positions": "list of after_instruction | all | generated | span:START:END | regex:PATTERN",
     "tasks": "task names or templates per behaviour, e.g. [caa_ab_{behaviour}, caa_mmlu_2opt, caa_open_{behaviour}]",
     "conditions": "list of {name, pretrained, peft, model_args, system_instruction, allow_fingerprint_mismatch, "
-                  "finetune: {direction: pos|neg, ...}}",
+    "finetune: {direction: pos|neg, ...}}",
     "limit": "items per task (MMLU: per subject); a number >= 1, or a fraction < 1",
     "batch_size": "lm-eval batch size (a number or 'auto')",
     "device": "cpu | cuda | cuda:N | mps | auto (default auto: cuda if available, else cpu)",
@@ -55,8 +76,13 @@ CONFIG_KEYS = {
     "mmlu_dir": "folder of MMLU test CSVs (default $CAA_EVAL_MMLU_DIR, then the download cache)",
     "report": "true (default) = build RUN_DIR/report at the end",
 }
-_ALIASES = {"behaviors": "behaviours", "out": "output", "output_dir": "output", "condition": "conditions",
-            "normalise": "normalize"}
+_ALIASES = {
+    "behaviors": "behaviours",
+    "out": "output",
+    "output_dir": "output",
+    "condition": "conditions",
+    "normalise": "normalize",
+}
 
 
 @dataclass
@@ -114,6 +140,7 @@ class SweepConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the manifest (paths as strings, the resolved vectors folder)."""
+
         def clean(v: Any) -> Any:
             if dataclasses.is_dataclass(v):
                 return {k: clean(x) for k, x in dataclasses.asdict(v).items()}
@@ -124,6 +151,7 @@ class SweepConfig:
             if isinstance(v, (list, tuple)):
                 return [clean(x) for x in v]
             return v
+
         out = {f.name: clean(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["vectors_dir"] = str(self.vectors_folder)
         return out
@@ -139,20 +167,25 @@ def normalize_warning(cfg: SweepConfig) -> str | None:
     caa = caa_behaviours(cfg.behaviours)
     if cfg.normalize or not cfg.normalize_by_default or len(caa) != 1:
         return None
-    return (f"only one CAA behaviour ({caa[0]}): CAA normalises vectors across behaviours, which needs at least "
-            "two, so the raw vector is used and multipliers are on the raw scale, not CAA's")
+    return (
+        f"only one CAA behaviour ({caa[0]}): CAA normalises vectors across behaviours, which needs at least "
+        "two, so the raw vector is used and multipliers are on the raw scale, not CAA's"
+    )
 
 
 def _parse_judge(value: Any, source: str, base: Path) -> JudgeSettings:
     if value is None:
         return JudgeSettings()
     if not isinstance(value, dict):
-        raise config_error(source, "judge", f"{value!r} is not a mapping",
-                           "write judge: {backend: hf, model: smollm2-135m-instruct}")
+        raise config_error(
+            source, "judge", f"{value!r} is not a mapping", "write judge: {backend: hf, model: smollm2-135m-instruct}"
+        )
     allowed = {f.name for f in dataclasses.fields(JudgeSettings)}
     unknown = set(value) - allowed
     if unknown:
-        raise config_error(source, "judge", f"unknown field(s) {sorted(unknown)}", f"allowed: {', '.join(sorted(allowed))}")
+        raise config_error(
+            source, "judge", f"unknown field(s) {sorted(unknown)}", f"allowed: {', '.join(sorted(allowed))}"
+        )
     js = JudgeSettings(**value)
     if js.backend not in JUDGE_BACKENDS:
         raise config_error(source, "judge.backend", f"{js.backend!r} unknown", f"choose {' or '.join(JUDGE_BACKENDS)}")
@@ -173,7 +206,9 @@ def _parse_vectors(cfg_in: dict[str, Any], source: str, base: Path) -> tuple[Pat
     if isinstance(vectors, dict):
         unknown = set(vectors) - {"dir", "normalize", "batch_size"}
         if unknown:
-            raise config_error(source, "vectors", f"unknown field(s) {sorted(unknown)}", "allowed: dir, normalize, batch_size")
+            raise config_error(
+                source, "vectors", f"unknown field(s) {sorted(unknown)}", "allowed: dir, normalize, batch_size"
+            )
         if vectors.get("normalize") is not None:
             normalize = vectors["normalize"]
         extract_bs = vectors.get("batch_size", 16)
@@ -181,14 +216,16 @@ def _parse_vectors(cfg_in: dict[str, Any], source: str, base: Path) -> tuple[Pat
     if normalize is not None:
         parse_bool(normalize, source, "normalize")
     if not isinstance(extract_bs, int) or isinstance(extract_bs, bool) or extract_bs < 1:
-        raise config_error(source, "vectors.batch_size", f"{extract_bs!r} is not a positive integer",
-                           "write e.g. batch_size: 16")
+        raise config_error(
+            source, "vectors.batch_size", f"{extract_bs!r} is not a positive integer", "write e.g. batch_size: 16"
+        )
     folder = config_path(vectors, base, source, "vectors") if vectors is not None else None
     return folder, normalize, extract_bs
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "<dict>", base: Path | None = None,
-                     default_output: Path | None = None) -> SweepConfig:
+def config_from_dict(
+    raw: dict[str, Any], source: str = "<dict>", base: Path | None = None, default_output: Path | None = None
+) -> SweepConfig:
     """Check a config mapping and build the `SweepConfig`.
 
     Args:
@@ -220,45 +257,71 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>", base: Path | N
     if by_default:
         normalize = len(caa_behaviours(behaviours)) >= 2
     elif normalize and len(behaviours) < 2:
-        raise config_error(source, "normalize", "mean-norm rescaling needs at least two behaviours",
-                           "add behaviours or set normalize: false")
+        raise config_error(
+            source,
+            "normalize",
+            "mean-norm rescaling needs at least two behaviours",
+            "add behaviours or set normalize: false",
+        )
 
     tasks = [str(t) for t in as_list(cfg_in.get("tasks", list(DEFAULT_TASKS)))]
     if not tasks:
         raise config_error(source, "tasks", "empty list", "use e.g. tasks: [caa_ab_{behaviour}, caa_mmlu_2opt]")
     for b in behaviours:
-        for t in (b.tasks or tasks):
+        for t in b.tasks or tasks:
             try:
                 t.format(behaviour="x")
             except (KeyError, IndexError, ValueError):
-                raise config_error(source, "tasks", f"template {t!r} is not valid",
-                                   "the only placeholder is {behaviour}, e.g. caa_ab_{behaviour}") from None
+                raise config_error(
+                    source,
+                    "tasks",
+                    f"template {t!r} is not valid",
+                    "the only placeholder is {behaviour}, e.g. caa_ab_{behaviour}",
+                ) from None
 
     include_path = [config_path(p, base, source, "include_path") for p in as_list(cfg_in.get("include_path"))]
     for p in include_path:
         if not p.is_dir():
             raise config_error(source, "include_path", f"{p} is not a folder", "give folders holding task YAMLs")
     output = cfg_in.get("output")
-    out_dir = config_path(output, base, source, "output") if output is not None else (default_output or Path("outputs/sweep"))
+    out_dir = (
+        config_path(output, base, source, "output") if output is not None else (default_output or Path("outputs/sweep"))
+    )
     gen_kwargs = cfg_in.get("gen_kwargs")
     if gen_kwargs is not None and (not isinstance(gen_kwargs, dict) or not gen_kwargs):
-        raise config_error(source, "gen_kwargs", f"{gen_kwargs!r} is not a mapping", "write e.g. gen_kwargs: {max_gen_toks: 50}")
-    folders = {key: config_path(cfg_in[key], base, source, key) if cfg_in.get(key) else None
-               for key in ("caa_data_dir", "mmlu_dir")}
+        raise config_error(
+            source, "gen_kwargs", f"{gen_kwargs!r} is not a mapping", "write e.g. gen_kwargs: {max_gen_toks: 50}"
+        )
+    folders = {
+        key: config_path(cfg_in[key], base, source, key) if cfg_in.get(key) else None
+        for key in ("caa_data_dir", "mmlu_dir")
+    }
     return SweepConfig(
-        model=model.strip(), behaviours=behaviours, layers=parse_layer_groups(cfg_in.get("layers"), source),
+        model=model.strip(),
+        behaviours=behaviours,
+        layers=parse_layer_groups(cfg_in.get("layers"), source),
         multipliers=parse_multipliers(cfg_in.get("multipliers"), source),
         vector_layer=_parse_vector_layer(cfg_in.get("vector_layer"), source),
         sites=parse_sites(cfg_in.get("sites", ["residual"]), source),
-        positions=parse_positions(cfg_in.get("positions", ["after_instruction"]), source), tasks=tasks,
-        conditions=parse_conditions(cfg_in.get("conditions"), source, base), vectors_dir=vectors_dir,
-        normalize=bool(normalize), normalize_by_default=by_default, extract_batch_size=extract_bs,
-        limit=parse_limit(cfg_in.get("limit"), source), batch_size=parse_batch_size(cfg_in.get("batch_size", 16), source),
-        device=parse_device(cfg_in.get("device"), source), dtype=cfg_in.get("dtype"),
-        judge=_parse_judge(cfg_in.get("judge"), source, base), gen_kwargs=gen_kwargs, output=out_dir,
+        positions=parse_positions(cfg_in.get("positions", ["after_instruction"]), source),
+        tasks=tasks,
+        conditions=parse_conditions(cfg_in.get("conditions"), source, base),
+        vectors_dir=vectors_dir,
+        normalize=bool(normalize),
+        normalize_by_default=by_default,
+        extract_batch_size=extract_bs,
+        limit=parse_limit(cfg_in.get("limit"), source),
+        batch_size=parse_batch_size(cfg_in.get("batch_size", 16), source),
+        device=parse_device(cfg_in.get("device"), source),
+        dtype=cfg_in.get("dtype"),
+        judge=_parse_judge(cfg_in.get("judge"), source, base),
+        gen_kwargs=gen_kwargs,
+        output=out_dir,
         include_path=include_path,
         include_default_tasks=parse_bool(cfg_in.get("include_default_tasks", False), source, "include_default_tasks"),
-        report=parse_bool(cfg_in.get("report", True), source, "report"), source=source, **folders,
+        report=parse_bool(cfg_in.get("report", True), source, "report"),
+        source=source,
+        **folders,
     )
 
 
@@ -288,7 +351,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Sw
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
-        raise CAAEvalError(f"{path}:{line} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+        raise CAAEvalError(
+            f"{path}:{line} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax"
+        ) from None
     if raw is None:
         raise CAAEvalError(f"{path}: the file is empty; see examples/sweep_smollm2.yaml")
     if not isinstance(raw, dict):
@@ -303,4 +368,6 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Sw
             value = str(p if p.is_absolute() else cwd / p)
         raw = {k: v for k, v in raw.items() if _ALIASES.get(k, k) != key}
         raw[key] = value
-    return config_from_dict(raw, source=str(path), base=path.resolve().parent, default_output=Path("outputs") / path.stem)
+    return config_from_dict(
+        raw, source=str(path), base=path.resolve().parent, default_output=Path("outputs") / path.stem
+    )

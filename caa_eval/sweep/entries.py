@@ -88,42 +88,68 @@ def parse_behaviours(value: Any, source: str, base: Path) -> list[Behaviour]:
             try:
                 out.append(Behaviour(vocab.caa_behaviour(item)))
             except CAAEvalError:
-                raise config_error(source, "behaviours", f"unknown CAA behaviour {item!r}",
-                                   f"choose from {', '.join(vocab.BEHAVIOURS)}, or give a custom entry "
-                                   f"{{name: {item}, pairs: FILE}}") from None
+                raise config_error(
+                    source,
+                    "behaviours",
+                    f"unknown CAA behaviour {item!r}",
+                    f"choose from {', '.join(vocab.BEHAVIOURS)}, or give a custom entry {{name: {item}, pairs: FILE}}",
+                ) from None
             continue
         if not isinstance(item, dict) or "name" not in item:
             raise config_error(source, "behaviours", f"entry {item!r} not understood", fix)
         unknown = set(item) - {"name", "pairs", "ab_test", "open_test", "tasks"}
         if unknown:
-            raise config_error(source, "behaviours", f"entry {item['name']!r} has unknown field(s) {sorted(unknown)}",
-                               "allowed: name, pairs, ab_test, open_test, tasks")
+            raise config_error(
+                source,
+                "behaviours",
+                f"entry {item['name']!r} has unknown field(s) {sorted(unknown)}",
+                "allowed: name, pairs, ab_test, open_test, tasks",
+            )
         name = str(item["name"]).strip()
         tasks = None
         if "tasks" in item:
             tasks = [str(t) for t in as_list(item["tasks"])]
             if not tasks:
-                raise config_error(source, "behaviours", f"entry {name!r}: empty tasks",
-                                   "list at least one task or drop the field")
+                raise config_error(
+                    source, "behaviours", f"entry {name!r}: empty tasks", "list at least one task or drop the field"
+                )
         if item.get("pairs") is None:
             if item.get("ab_test") or item.get("open_test"):
-                raise config_error(source, "behaviours", f"entry {name!r} has test files but no pairs",
-                                   "add pairs: FILE (the contrast pairs)")
+                raise config_error(
+                    source,
+                    "behaviours",
+                    f"entry {name!r} has test files but no pairs",
+                    "add pairs: FILE (the contrast pairs)",
+                )
             try:
                 out.append(Behaviour(vocab.caa_behaviour(name), tasks=tasks))
             except CAAEvalError:
-                raise config_error(source, "behaviours", f"{name!r} is not a CAA behaviour and has no pairs file",
-                                   "add pairs: FILE with its contrast pairs") from None
+                raise config_error(
+                    source,
+                    "behaviours",
+                    f"{name!r} is not a CAA behaviour and has no pairs file",
+                    "add pairs: FILE with its contrast pairs",
+                ) from None
             continue
         if not _NAME_RE.match(name) or "__" in name:
-            raise config_error(source, "behaviours", f"name {name!r} is not usable in task and folder names",
-                               "use letters, digits, '-', '_' and '.' (no '__')")
-        files = {what: config_path(item[what], base, source, f"behaviours.{what}") if item.get(what) else None
-                 for what in ("pairs", "ab_test", "open_test")}
+            raise config_error(
+                source,
+                "behaviours",
+                f"name {name!r} is not usable in task and folder names",
+                "use letters, digits, '-', '_' and '.' (no '__')",
+            )
+        files = {
+            what: config_path(item[what], base, source, f"behaviours.{what}") if item.get(what) else None
+            for what in ("pairs", "ab_test", "open_test")
+        }
         for what, p in files.items():
             if p is not None and not p.is_file():
-                raise config_error(source, "behaviours", f"{name}: {what} file {p} not found",
-                                   "fix the path (relative paths are relative to the config file)")
+                raise config_error(
+                    source,
+                    "behaviours",
+                    f"{name}: {what} file {p} not found",
+                    "fix the path (relative paths are relative to the config file)",
+                )
         out.append(Behaviour(name, tasks=tasks, **files))
     names = [b.name for b in out]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -155,16 +181,25 @@ def parse_conditions(value: Any, source: str, base: Path) -> list[Condition]:
             raise config_error(source, "conditions", f"entry {item!r} has no name", fix)
         unknown = set(item) - set(allowed)
         if unknown:
-            raise config_error(source, "conditions", f"entry {item['name']!r} has unknown field(s) {sorted(unknown)}",
-                               f"allowed: {', '.join(allowed)}")
+            raise config_error(
+                source,
+                "conditions",
+                f"entry {item['name']!r} has unknown field(s) {sorted(unknown)}",
+                f"allowed: {', '.join(allowed)}",
+            )
         name = str(item["name"])
         if not _NAME_RE.match(name) or "__" in name:
-            raise config_error(source, "conditions", f"name {name!r} is not usable in folder names",
-                               "use letters, digits, '-', '_' and '.'")
+            raise config_error(
+                source,
+                "conditions",
+                f"name {name!r} is not usable in folder names",
+                "use letters, digits, '-', '_' and '.'",
+            )
         model_args = item.get("model_args") or {}
         if not isinstance(model_args, dict):
-            raise config_error(source, "conditions", f"{name}: model_args must be a mapping",
-                               "write model_args: {dtype: float32}")
+            raise config_error(
+                source, "conditions", f"{name}: model_args must be a mapping", "write model_args: {dtype: float32}"
+            )
         pretrained, peft = item.get("pretrained"), item.get("peft")
         # local paths are relative to the config file; HF ids (no such local path) are kept as written
         if isinstance(pretrained, str) and (base / pretrained).exists() and not Path(pretrained).is_absolute():
@@ -176,12 +211,24 @@ def parse_conditions(value: Any, source: str, base: Path) -> list[Condition]:
             from caa_eval.sweep.finetunes import parse_finetune  # (imports this module)
 
             if peft or pretrained:
-                raise config_error(source, "conditions", f"{name}: finetune trains its own adapter on the sweep's model",
-                                   "drop peft/pretrained from this condition (or drop finetune)")
+                raise config_error(
+                    source,
+                    "conditions",
+                    f"{name}: finetune trains its own adapter on the sweep's model",
+                    "drop peft/pretrained from this condition (or drop finetune)",
+                )
             finetune = parse_finetune(item["finetune"], source, name)
-        out.append(Condition(name=name, pretrained=pretrained, peft=peft, model_args=dict(model_args),
-                             system_instruction=item.get("system_instruction"),
-                             allow_fingerprint_mismatch=item.get("allow_fingerprint_mismatch"), finetune=finetune))
+        out.append(
+            Condition(
+                name=name,
+                pretrained=pretrained,
+                peft=peft,
+                model_args=dict(model_args),
+                system_instruction=item.get("system_instruction"),
+                allow_fingerprint_mismatch=item.get("allow_fingerprint_mismatch"),
+                finetune=finetune,
+            )
+        )
     names = [c.name for c in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

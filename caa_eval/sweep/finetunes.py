@@ -24,8 +24,7 @@ from caa_eval.sweep.validate import config_error
 if TYPE_CHECKING:  # config imports entries, which imports parse_finetune from here
     from caa_eval.sweep.config import SweepConfig
 
-__all__ = ["FINETUNE_DIR", "parse_finetune", "adapter_dir", "cell_condition", "pending_finetunes",
-           "train_finetunes"]
+__all__ = ["FINETUNE_DIR", "parse_finetune", "adapter_dir", "cell_condition", "pending_finetunes", "train_finetunes"]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,12 @@ def parse_finetune(value: Any, source: str, name: str) -> dict[str, Any]:
     from caa_eval.finetune.train import FinetuneConfig
 
     if not isinstance(value, dict) or "direction" not in value:
-        raise config_error(source, "conditions", f"{name}: finetune must be a mapping with a direction",
-                           "write finetune: {direction: pos} (or neg; optional lr, epochs, max_steps, lora_r, ...)")
+        raise config_error(
+            source,
+            "conditions",
+            f"{name}: finetune must be a mapping with a direction",
+            "write finetune: {direction: pos} (or neg; optional lr, epochs, max_steps, lora_r, ...)",
+        )
     try:
         FinetuneConfig.from_mapping(dict(value), f"condition {name}")
     except CAAEvalError as exc:
@@ -89,12 +92,18 @@ def _check_existing(cfg: SweepConfig, cond: Condition, b: Behaviour, folder: Pat
     from caa_eval.finetune.train import FinetuneConfig
 
     info = read_info(folder) or {}
-    wanted = {"model": cfg.model, "behaviour": b.name, "data_sha256": data.file_sha256(_pairs(cfg, b)),
-              "hyperparameters": FinetuneConfig.from_mapping(cond.finetune).as_dict()}
+    wanted = {
+        "model": cfg.model,
+        "behaviour": b.name,
+        "data_sha256": data.file_sha256(_pairs(cfg, b)),
+        "hyperparameters": FinetuneConfig.from_mapping(cond.finetune).as_dict(),
+    }
     changed = sorted(k for k, v in wanted.items() if info.get(k) != v)
     if changed:
-        raise CAAEvalError(f"{folder} was trained with a different {', '.join(changed)}; use a new output folder "
-                           "(--out), or delete that adapter folder to retrain it")
+        raise CAAEvalError(
+            f"{folder} was trained with a different {', '.join(changed)}; use a new output folder "
+            "(--out), or delete that adapter folder to retrain it"
+        )
 
 
 def pending_finetunes(cfg: SweepConfig) -> list[tuple[Condition, Behaviour]]:
@@ -115,8 +124,13 @@ def pending_finetunes(cfg: SweepConfig) -> list[tuple[Condition, Behaviour]]:
     return todo
 
 
-def train_finetunes(cfg: SweepConfig, todo: list[tuple[Condition, Behaviour]], device: str, progress: bool = True,
-                    print_fn: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+def train_finetunes(
+    cfg: SweepConfig,
+    todo: list[tuple[Condition, Behaviour]],
+    device: str,
+    progress: bool = True,
+    print_fn: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
     """Train the adapters `pending_finetunes` listed (one model load each; nothing else should be in memory).
 
     Returns:
@@ -136,11 +150,22 @@ def train_finetunes(cfg: SweepConfig, todo: list[tuple[Condition, Behaviour]], d
         folder = adapter_dir(cfg, cond.name, b.name)
         folder.parent.mkdir(parents=True, exist_ok=True)
         info = finetune_to_dir(
-            cfg.model, folder, FinetuneConfig.from_mapping(cond.finetune, f"condition {cond.name}"), behaviour=b.name,
-            data_path=b.pairs, data_dir=cfg.caa_data_dir, device=device, dtype=cfg.dtype or "auto", overwrite=True,
-            progress=progress, held_out=[b.ab_test] if b.ab_test is not None else [])
-        print_fn(f"finetuned {cond.name}/{b.name} ({info['direction']}): {info['steps']} steps, loss "
-                 f"{info['first_loss']:.4f} -> {info['final_loss']:.4f} in {info['train_seconds']:.0f} s -> {folder}")
+            cfg.model,
+            folder,
+            FinetuneConfig.from_mapping(cond.finetune, f"condition {cond.name}"),
+            behaviour=b.name,
+            data_path=b.pairs,
+            data_dir=cfg.caa_data_dir,
+            device=device,
+            dtype=cfg.dtype or "auto",
+            overwrite=True,
+            progress=progress,
+            held_out=[b.ab_test] if b.ab_test is not None else [],
+        )
+        print_fn(
+            f"finetuned {cond.name}/{b.name} ({info['direction']}): {info['steps']} steps, loss "
+            f"{info['first_loss']:.4f} -> {info['final_loss']:.4f} in {info['train_seconds']:.0f} s -> {folder}"
+        )
         done[f"{cond.name}/{b.name}"] = {k: v for k, v in info.items() if k != "loss_history"} | {"folder": str(folder)}
         gc.collect()
     return done

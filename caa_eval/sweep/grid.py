@@ -15,9 +15,15 @@ def steering_args(cell: Cell, cond: Condition) -> dict[str, Any]:
     """The `set_steering` arguments of a cell (one place, used by the cell run and by the grid plan)."""
     if cell.is_baseline:
         return {"vector": None, "multiplier": 0}
-    return {"vector": cell.vector, "layers": cell.layer, "multiplier": cell.multiplier, "site": cell.site,
-            "positions": cell.positions, "allow_fingerprint_mismatch": cond.allow_mismatch,
-            "vector_layer": cell.vector_layer}
+    return {
+        "vector": cell.vector,
+        "layers": cell.layer,
+        "multiplier": cell.multiplier,
+        "site": cell.site,
+        "positions": cell.positions,
+        "allow_fingerprint_mismatch": cond.allow_mismatch,
+        "vector_layer": cell.vector_layer,
+    }
 
 
 GRID_MAX_SETTINGS = 64
@@ -46,7 +52,11 @@ def grid_batches(group: list[Cell], conds: dict[str, Condition]) -> list[list[Ce
 
 def plan(lm: Any, cells: list[Cell], conds: dict[str, Condition]) -> None:
     """One shared-prefix pass for every cell of the batch that CAA's prefix sharing applies to."""
-    shareable = [c for c in cells if c.is_baseline or (c.positions or "after_instruction") in ("after_instruction", "all")]
+    shareable = [
+        c for c in cells if c.is_baseline or (c.positions or "after_instruction") in ("after_instruction", "all")
+    ]
     lm.clear_grid()
     if len(shareable) > 1:
-        lm.plan_grid([steering_args(c, conds[c.condition]) for c in shareable], tasks=[list(c.tasks) for c in shareable])
+        lm.plan_grid(
+            [steering_args(c, conds[c.condition]) for c in shareable], tasks=[list(c.tasks) for c in shareable]
+        )

@@ -48,11 +48,17 @@ class Cell:
 
     def cell_json(self) -> dict[str, Any]:
         """The keys caa_eval.stats reads (see docs/statistics.md)."""
-        return {"behaviour": self.behaviour, "condition": self.condition,
-                "layer": self.layer[0] if self.layer and len(self.layer) == 1 else self.layer,
-                "site": self.site, "positions": self.positions, "multiplier": self.multiplier,
-                "tasks": list(self.tasks), "vector": self.vector,
-                **({"vector_layer": self.vector_layer} if self.vector_layer is not None else {})}
+        return {
+            "behaviour": self.behaviour,
+            "condition": self.condition,
+            "layer": self.layer[0] if self.layer and len(self.layer) == 1 else self.layer,
+            "site": self.site,
+            "positions": self.positions,
+            "multiplier": self.multiplier,
+            "tasks": list(self.tasks),
+            "vector": self.vector,
+            **({"vector_layer": self.vector_layer} if self.vector_layer is not None else {}),
+        }
 
 
 def _slug(text: str) -> str:
@@ -98,11 +104,25 @@ def plan_cells(cfg: SweepConfig) -> list[Cell]:
             if own is None and cond.finetune:  # each behaviour has its own finetuned model: its own baseline
                 for b in cfg.behaviours:
                     if task in cfg.behaviour_tasks(b):
-                        cells.append(Cell(id=f"baseline__{cond.name}__{b.name}__{task}", condition=cond.name,
-                                          multiplier=0.0, tasks=[task], behaviour=b.name))
+                        cells.append(
+                            Cell(
+                                id=f"baseline__{cond.name}__{b.name}__{task}",
+                                condition=cond.name,
+                                multiplier=0.0,
+                                tasks=[task],
+                                behaviour=b.name,
+                            )
+                        )
                 continue
-            cells.append(Cell(id=f"baseline__{cond.name}__{task}", condition=cond.name, multiplier=0.0, tasks=[task],
-                              behaviour=own))
+            cells.append(
+                Cell(
+                    id=f"baseline__{cond.name}__{task}",
+                    condition=cond.name,
+                    multiplier=0.0,
+                    tasks=[task],
+                    behaviour=own,
+                )
+            )
         for b in cfg.behaviours:
             tasks = cfg.behaviour_tasks(b)
             for layer in cfg.layers:
@@ -112,16 +132,37 @@ def plan_cells(cfg: SweepConfig) -> list[Cell]:
                             if m == 0:
                                 continue
                             from_layer = [] if cfg.vector_layer is None else [f"from{cfg.vector_layer}"]
-                            cid = "__".join([b.name, cond.name, "L" + "+".join(map(str, layer)), *from_layer, site,
-                                             _slug(positions), "m" + vocab.format_multiplier(m)])
-                            cells.append(Cell(id=cid, condition=cond.name, multiplier=m, tasks=tasks, behaviour=b.name,
-                                              layer=layer, site=site, positions=positions,
-                                              vector=str(vector_path(cfg, b.name, site)),
-                                              vector_layer=cfg.vector_layer))
+                            cid = "__".join(
+                                [
+                                    b.name,
+                                    cond.name,
+                                    "L" + "+".join(map(str, layer)),
+                                    *from_layer,
+                                    site,
+                                    _slug(positions),
+                                    "m" + vocab.format_multiplier(m),
+                                ]
+                            )
+                            cells.append(
+                                Cell(
+                                    id=cid,
+                                    condition=cond.name,
+                                    multiplier=m,
+                                    tasks=tasks,
+                                    behaviour=b.name,
+                                    layer=layer,
+                                    site=site,
+                                    positions=positions,
+                                    vector=str(vector_path(cfg, b.name, site)),
+                                    vector_layer=cfg.vector_layer,
+                                )
+                            )
     ids = [c.id for c in cells]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
-        raise CAAEvalError(f"{cfg.source}: two cells would share the folder {dup[0]!r}; rename a behaviour or condition")
+        raise CAAEvalError(
+            f"{cfg.source}: two cells would share the folder {dup[0]!r}; rename a behaviour or condition"
+        )
     return cells
 
 
@@ -134,9 +175,18 @@ def cell_spec(cfg: SweepConfig, cell: Cell, vector_sha: str | None) -> dict[str,
         vector_sha: hash of exactly the vector values the cell adds (`VectorStore.content_sha`), None for baselines.
     """
     cond = next(c for c in cfg.conditions if c.name == cell.condition)
-    spec = {"model": cfg.model, "condition": dataclasses.asdict(cond), "tasks": cell.tasks, "limit": cfg.limit,
-            "multiplier": cell.multiplier, "layer": cell.layer, "site": cell.site, "positions": cell.positions,
-            "vector_sha256": vector_sha, "apply_chat_template": True}
+    spec = {
+        "model": cfg.model,
+        "condition": dataclasses.asdict(cond),
+        "tasks": cell.tasks,
+        "limit": cfg.limit,
+        "multiplier": cell.multiplier,
+        "layer": cell.layer,
+        "site": cell.site,
+        "positions": cell.positions,
+        "vector_sha256": vector_sha,
+        "apply_chat_template": True,
+    }
     if cell.vector_layer is not None:
         spec["vector_layer"] = cell.vector_layer
     if cfg.gen_kwargs:

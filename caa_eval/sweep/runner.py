@@ -25,13 +25,23 @@ from caa_eval.errors import CAAEvalError
 from caa_eval.files import check_output, write_atomic
 from caa_eval.lmeval.run import env_info_once
 from caa_eval.models import resolve_device
-from caa_eval.sweep.config import Condition, SweepConfig, normalize_warning
 from caa_eval.sweep import grid
+from caa_eval.sweep.config import Condition, SweepConfig, normalize_warning
 from caa_eval.sweep.finetunes import cell_condition, pending_finetunes, train_finetunes
 from caa_eval.sweep.plan import Cell, cell_spec, plan_cells
 from caa_eval.sweep.shard import Shard, shard_cells, shared_step
-from caa_eval.sweep.store import (Manifest, RunLock, VectorStore, cleanup, commit_cell, is_done, new_stage, now, sha,
-                                  to_json)
+from caa_eval.sweep.store import (
+    Manifest,
+    RunLock,
+    VectorStore,
+    cleanup,
+    commit_cell,
+    is_done,
+    new_stage,
+    now,
+    sha,
+    to_json,
+)
 from caa_eval.sweep.tasks import check_tasks, task_manager, write_custom_tasks
 
 __all__ = ["SweepResult", "run_cell", "run_sweep"]
@@ -68,8 +78,12 @@ def _primary_summary(results: dict[str, Any], tasks: Sequence[str]) -> str:
 def _load_lm(cfg: SweepConfig, cond: Condition, device: str) -> Any:
     from caa_eval.lmeval.model import SteeredHFLM
 
-    kwargs: dict[str, Any] = {"pretrained": cond.pretrained or cfg.model, "batch_size": cfg.batch_size,
-                              "device": device, "multiplier": 0}
+    kwargs: dict[str, Any] = {
+        "pretrained": cond.pretrained or cfg.model,
+        "batch_size": cfg.batch_size,
+        "device": device,
+        "multiplier": 0,
+    }
     if cond.peft:
         kwargs["peft"] = cond.peft
     if cfg.dtype:
@@ -83,8 +97,14 @@ def _judge(cfg: SweepConfig, files: list[Path]) -> dict[str, Any]:
     from caa_eval.judge import judge_samples
 
     js = cfg.judge
-    kwargs: dict[str, Any] = {"backend": js.backend, "judge_model": js.model, "concurrency": js.concurrency,
-                              "batch_size": js.batch_size, "rubrics": js.rubrics, "base_url": js.base_url}
+    kwargs: dict[str, Any] = {
+        "backend": js.backend,
+        "judge_model": js.model,
+        "concurrency": js.concurrency,
+        "batch_size": js.batch_size,
+        "rubrics": js.rubrics,
+        "base_url": js.base_url,
+    }
     if js.cache is False or js.cache is None:
         kwargs["cache_path"] = None  # no score cache
     elif isinstance(js.cache, str):
@@ -93,8 +113,9 @@ def _judge(cfg: SweepConfig, files: list[Path]) -> dict[str, Any]:
     return {t.task: {"mean": t.mean, "scored": t.scored, "n": t.n, "missing": t.missing} for t in summary.tasks}
 
 
-def run_cell(lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: Any, run_dir: Path,
-             spec: dict[str, Any]) -> dict[str, Any]:
+def run_cell(
+    lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: Any, run_dir: Path, spec: dict[str, Any]
+) -> dict[str, Any]:
     """Run one cell into RUN_DIR/.partial/<id>/, move it to cells/<id>/, then write DONE.
 
     Args:
@@ -118,21 +139,46 @@ def run_cell(lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: An
     if cond.peft:
         model_args["peft"] = cond.peft
     model_args.update(cond.model_args)
-    model_args.update({"vector": cell.vector, "layers": cell.layer, "multiplier": cell.multiplier, "site": cell.site,
-                       "positions": cell.positions, "behaviour": cell.behaviour, "condition": cell.condition})
+    model_args.update(
+        {
+            "vector": cell.vector,
+            "layers": cell.layer,
+            "multiplier": cell.multiplier,
+            "site": cell.site,
+            "positions": cell.positions,
+            "behaviour": cell.behaviour,
+            "condition": cell.condition,
+        }
+    )
     model_args = {k: v for k, v in model_args.items() if v is not None}
     results, expected = evaluate_to_folder(
-        lm, list(cell.tasks), stage, task_manager=manager, model_args=model_args, limit=cfg.limit,
-        batch_size=cfg.batch_size, system_instruction=cond.system_instruction,
-        gen_kwargs=dict(cfg.gen_kwargs) if cfg.gen_kwargs else None)
+        lm,
+        list(cell.tasks),
+        stage,
+        task_manager=manager,
+        model_args=model_args,
+        limit=cfg.limit,
+        batch_size=cfg.batch_size,
+        system_instruction=cond.system_instruction,
+        gen_kwargs=dict(cfg.gen_kwargs) if cfg.gen_kwargs else None,
+    )
     date_id = expected[0].stem.removeprefix("results_")
     open_files = sorted(p for t in cell.open_tasks for p in stage.glob(f"samples_{t}_{date_id}.jsonl"))
     judged = _judge(cfg, open_files) if open_files else None
     info = cell.cell_json() | {
-        "cell_id": cell.id, "spec_sha256": sha(spec), "spec": spec, "model": cond.pretrained or cfg.model,
-        "peft": cond.peft, "system_instruction": cond.system_instruction, "limit": cfg.limit,
-        "steering_config": lm.steering_config, "model_fingerprint": lm.model_fingerprint,
-        "results_file": expected[0].name, "judged": judged, "started": started, "finished": now(),
+        "cell_id": cell.id,
+        "spec_sha256": sha(spec),
+        "spec": spec,
+        "model": cond.pretrained or cfg.model,
+        "peft": cond.peft,
+        "system_instruction": cond.system_instruction,
+        "limit": cfg.limit,
+        "steering_config": lm.steering_config,
+        "model_fingerprint": lm.model_fingerprint,
+        "results_file": expected[0].name,
+        "judged": judged,
+        "started": started,
+        "finished": now(),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     write_atomic(stage / "cell.json", to_json(info))
@@ -146,8 +192,10 @@ def _headline(report_md: Path) -> str:
 
     report = json.loads((report_md.parent / "report.json").read_text(encoding="utf-8"))
     n_sig = sum(1 for c in report["cells"] if c.get("significant"))
-    lines = [f"{n_sig} of {report['correction']['n_tests']} steered cells differ significantly from multiplier 0 "
-             f"(Holm, alpha={report['settings']['alpha']}); * = significant after Holm, † = after BH only"]
+    lines = [
+        f"{n_sig} of {report['correction']['n_tests']} steered cells differ significantly from multiplier 0 "
+        f"(Holm, alpha={report['settings']['alpha']}); * = significant after Holm, † = after BH only"
+    ]
     for t in report["tables"]:
         lines += ["", t["title"], table_markdown(t)]
     return "\n".join(lines)
@@ -164,7 +212,8 @@ def _check_done_cells(cfg: SweepConfig, cells: list[Cell], done: set[str], specs
             why = f" (normalize is {str(cfg.normalize).lower()} now)" if changed == ["vector_sha256"] else ""
             raise CAAEvalError(
                 f"{cfg.output}/cells/{c.id} was computed with a different setting ({', '.join(changed) or 'spec'}){why}; "
-                "use a new output folder (--out), or delete that cell folder to recompute it")
+                "use a new output folder (--out), or delete that cell folder to recompute it"
+            )
 
 
 def _dry_run(cfg: SweepConfig, cells: list[Cell], done: set[str], print_fn: Callable[[str], None]) -> None:
@@ -173,20 +222,30 @@ def _dry_run(cfg: SweepConfig, cells: list[Cell], done: set[str], print_fn: Call
         check_tasks(cfg, task_manager(cfg, Path(tmp)))
     store = VectorStore(cfg)
     print_fn(f"sweep {cfg.source} -> {cfg.output}")
-    print_fn(f"model {cfg.model}; conditions {', '.join(c.name for c in cfg.conditions)}; {len(cells)} cells "
-             f"({len(done)} done, {len(cells) - len(done)} to run); limit {cfg.limit}; "
-             f"vectors {'normalised (CAA mean norm)' if cfg.normalize else 'raw'}")
+    print_fn(
+        f"model {cfg.model}; conditions {', '.join(c.name for c in cfg.conditions)}; {len(cells)} cells "
+        f"({len(done)} done, {len(cells) - len(done)} to run); limit {cfg.limit}; "
+        f"vectors {'normalised (CAA mean norm)' if cfg.normalize else 'raw'}"
+    )
     for b, site, layers in store.missing():
         print_fn(f"  extract {b.name} (site {site}) layers {layers} -> {store.raw_path(b, site)}")
     for cond, b in pending_finetunes(cfg):
-        print_fn(f"  finetune {cond.name}/{b.name} ({cond.finetune['direction']}) -> {cell_condition(cfg, cond, b.name).peft}")
+        print_fn(
+            f"  finetune {cond.name}/{b.name} ({cond.finetune['direction']}) -> {cell_condition(cfg, cond, b.name).peft}"
+        )
     for c in cells:
         print_fn(f"  [{'done' if c.id in done else 'todo'}] {c.id}: {', '.join(c.tasks)}")
 
 
-def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
-              print_fn: Callable[[str], None] = print, after_cell: Callable[[Cell], None] | None = None,
-              shard: Shard | None = None) -> SweepResult:
+def run_sweep(
+    cfg: SweepConfig,
+    *,
+    dry_run: bool = False,
+    progress: bool = True,
+    print_fn: Callable[[str], None] = print,
+    after_cell: Callable[[Cell], None] | None = None,
+    shard: Shard | None = None,
+) -> SweepResult:
     """Run (or only plan) a sweep; finished cells are skipped (module docstring).
 
     Args:
@@ -220,7 +279,9 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
     with RunLock(run_dir, shard):
         wiped = cleanup(run_dir, None if shard is None else {c.id for c in mine})
         if wiped:
-            log.warning("removed %d unfinished cell folder(s) from an interrupted run: %s", len(wiped), ", ".join(wiped[:5]))
+            log.warning(
+                "removed %d unfinished cell folder(s) from an interrupted run: %s", len(wiped), ", ".join(wiped[:5])
+            )
         write_custom_tasks(cfg, run_dir / "tasks")
         manager = task_manager(cfg, run_dir / "tasks")
         check_tasks(cfg, manager)
@@ -261,15 +322,23 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
                 for batch in [finetunes] if shard is None else [[f] for f in finetunes]:
                     with shared_step(run_dir, shard, f"finetune {batch[0][0].name} {batch[0][1].name}", print_fn):
                         batch = [f for f in batch if shard is None or f in pending_finetunes(cfg)]
-                        manifest.data.setdefault("finetunes", {}).update(train_finetunes(cfg, batch, device, progress,
-                                                                                        print_fn))
+                        manifest.data.setdefault("finetunes", {}).update(
+                            train_finetunes(cfg, batch, device, progress, print_fn)
+                        )
                 manifest.save()
             run_cond = {c.id: cell_condition(cfg, conds[c.condition], c.behaviour) for c in pending}
 
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc="sweep", unit="cell", disable=not progress,
-                       dynamic_ncols=True, file=sys.stderr)
+            bar = tqdm(
+                total=len(mine),
+                initial=len(mine) - len(pending),
+                desc="sweep",
+                unit="cell",
+                disable=not progress,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
             with env_info_once():
                 keys = [run_cond[c.id].model_key(cfg.model) for c in pending]
                 for key in sorted(dict.fromkeys(keys), key=lambda k: k not in lms):  # loaded model first
@@ -285,16 +354,26 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
                     for cell in group:
                         cond = run_cond[cell.id]
                         name = f"{cond.name}/{cell.behaviour}" if cond.finetune else cond.name
-                        manifest.data["models"][name] = {"pretrained": cond.pretrained or cfg.model,
-                                                         "peft": cond.peft, "fingerprint": lm.model_fingerprint}
+                        manifest.data["models"][name] = {
+                            "pretrained": cond.pretrained or cfg.model,
+                            "peft": cond.peft,
+                            "fingerprint": lm.model_fingerprint,
+                        }
                     if key == base_key:
                         manifest.data["model_fingerprint"] = lm.model_fingerprint
                     manifest.save()
                     # the grid is planned over every cell of this model, finished ones too, so a resumed sweep
                     # computes each cell in the same batch composition as an uninterrupted one (same numbers)
                     todo_ids = {c.id for c in group}
-                    same_model = [c for c in cells if c.id in todo_ids or (
-                        c.condition in conds and cell_condition(cfg, conds[c.condition], c.behaviour).model_key(cfg.model) == key)]
+                    same_model = [
+                        c
+                        for c in cells
+                        if c.id in todo_ids
+                        or (
+                            c.condition in conds
+                            and cell_condition(cfg, conds[c.condition], c.behaviour).model_key(cfg.model) == key
+                        )
+                    ]
                     for batch in grid.grid_batches(same_model, conds):
                         if not any(c.id in todo_ids for c in batch):
                             continue
@@ -328,8 +407,10 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
         print_fn("no steered cells (all multipliers are 0): nothing to test, no report")
     elif cfg.report and shard is not None and not all(is_done(run_dir, c.id) for c in cells):
         left = sum(not is_done(run_dir, c.id) for c in cells)
-        print_fn(f"shard {shard} finished; {left} cell(s) of other shards still to run: the shard that finishes "
-                 f"last builds the report (or run caa-eval report {run_dir})")
+        print_fn(
+            f"shard {shard} finished; {left} cell(s) of other shards still to run: the shard that finishes "
+            f"last builds the report (or run caa-eval report {run_dir})"
+        )
     elif cfg.report:
         from caa_eval.report import build_report
 
@@ -339,6 +420,8 @@ def run_sweep(cfg: SweepConfig, *, dry_run: bool = False, progress: bool = True,
         print_fn(_headline(report_md))
     seconds = time.perf_counter() - t_start
     ran = list(manifest.run["cells_run"])
-    print_fn(f"sweep finished in {seconds / 60:.1f} min: {len(ran)} cell(s) run, {len(done)} already done; "
-             f"run folder {run_dir}")
+    print_fn(
+        f"sweep finished in {seconds / 60:.1f} min: {len(ran)} cell(s) run, {len(done)} already done; "
+        f"run folder {run_dir}"
+    )
     return SweepResult(run_dir, cells, ran, sorted(done), report_md, seconds)

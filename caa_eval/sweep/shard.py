@@ -31,8 +31,16 @@ if TYPE_CHECKING:
     from caa_eval.sweep.config import SweepConfig
     from caa_eval.sweep.plan import Cell
 
-__all__ = ["Shard", "parse_shard", "shard_from_env", "assign", "shard_cells", "folder_lock", "shared_step",
-           "merge_manifest"]
+__all__ = [
+    "Shard",
+    "parse_shard",
+    "shard_from_env",
+    "assign",
+    "shard_cells",
+    "folder_lock",
+    "shared_step",
+    "merge_manifest",
+]
 
 T = TypeVar("T")
 _SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -139,8 +147,10 @@ def folder_lock(path: Path, what: str, on_wait: Callable[[str], None] | None = N
             if on_wait is not None:
                 on_wait(f"got the lock for {what} after {time.monotonic() - started:.0f} s")
         except OSError as exc:
-            raise CAAEvalError(f"{path}: cannot lock a file in the run folder ({exc.strerror}); shards need a "
-                               "folder with file locks (local disk, NFSv4, Lustre with flock, GPFS)") from None
+            raise CAAEvalError(
+                f"{path}: cannot lock a file in the run folder ({exc.strerror}); shards need a "
+                "folder with file locks (local disk, NFSv4, Lustre with flock, GPFS)"
+            ) from None
         yield
     finally:
         with contextlib.suppress(OSError):
@@ -194,8 +204,15 @@ def shard_cells(cfg: SweepConfig, cells: list[Cell], shard: Shard | None) -> lis
     from caa_eval.sweep.finetunes import cell_condition
 
     conds = {c.name: c for c in cfg.conditions}
-    return assign(cells, lambda c: (cell_condition(cfg, conds[c.condition], c.behaviour).model_key(cfg.model),
-                                    c.condition, tuple(c.tasks)), shard)
+    return assign(
+        cells,
+        lambda c: (
+            cell_condition(cfg, conds[c.condition], c.behaviour).model_key(cfg.model),
+            c.condition,
+            tuple(c.tasks),
+        ),
+        shard,
+    )
 
 
 def shared_step(run_dir: Path, shard: Shard | None, what: str, print_fn: Callable[[str], None]) -> Any:

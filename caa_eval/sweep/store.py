@@ -33,8 +33,19 @@ from caa_eval.files import write_atomic
 from caa_eval.sweep.config import Behaviour, SweepConfig, caa_behaviours, normalize_warning
 from caa_eval.sweep.plan import Cell, vector_file_name, vector_path
 
-__all__ = ["FORMAT", "RunLock", "Manifest", "VectorStore", "now", "sha", "to_json", "cleanup", "is_done",
-           "new_stage", "commit_cell"]
+__all__ = [
+    "FORMAT",
+    "RunLock",
+    "Manifest",
+    "VectorStore",
+    "now",
+    "sha",
+    "to_json",
+    "cleanup",
+    "is_done",
+    "new_stage",
+    "commit_cell",
+]
 
 FORMAT = "caa-eval/sweep-v1"
 log = logging.getLogger(__name__)
@@ -93,8 +104,10 @@ class RunLock:
         holder = _lock_holder(self.path)
         if holder:
             pid = holder.partition("@")[0]
-            raise CAAEvalError(f"{self.path.parent}: another sweep (pid {pid}) is writing this folder; wait for it "
-                               f"or stop it (a stale lock from a dead process is taken over automatically)")
+            raise CAAEvalError(
+                f"{self.path.parent}: another sweep (pid {pid}) is writing this folder; wait for it "
+                f"or stop it (a stale lock from a dead process is taken over automatically)"
+            )
         for other in sorted(self.path.parent.glob(".lock*")):
             holder = _lock_holder(other, other_hosts_alive=True) if other != self.path else None
             split = re.fullmatch(r"\.lock\.shard-(\d+)-of-(\d+)", other.name)
@@ -102,13 +115,18 @@ class RunLock:
                 continue
             gone = f"(if that process is gone, delete {other})"
             if split is None:
-                raise CAAEvalError(f"{self.path.parent}: a sweep without --shard ({holder}) is writing this folder; "
-                                   f"wait for it {gone}")
+                raise CAAEvalError(
+                    f"{self.path.parent}: a sweep without --shard ({holder}) is writing this folder; wait for it {gone}"
+                )
             if self.shard is None:
-                raise CAAEvalError(f"{self.path.parent}: shard {split[1]}/{split[2]} ({holder}) is running in this "
-                                   f"folder; run the missing shards with --shard i/{split[2]}, or wait {gone}")
-            raise CAAEvalError(f"{self.path.parent}: this folder is being swept split into {split[2]} shards "
-                               f"({holder}); use --shard i/{split[2]} {gone}")
+                raise CAAEvalError(
+                    f"{self.path.parent}: shard {split[1]}/{split[2]} ({holder}) is running in this "
+                    f"folder; run the missing shards with --shard i/{split[2]}, or wait {gone}"
+                )
+            raise CAAEvalError(
+                f"{self.path.parent}: this folder is being swept split into {split[2]} shards "
+                f"({holder}); use --shard i/{split[2]} {gone}"
+            )
         write_atomic(self.path, f"{os.getpid()}@{socket.gethostname()}\n")
         self.owned = True
         return self
@@ -196,14 +214,33 @@ class Manifest:
             with contextlib.suppress(OSError, ValueError):
                 self.data = json.loads(self.path.read_text(encoding="utf-8"))
         self.run: dict[str, Any] = {
-            "started": now(), "ended": None, "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
-            "argv": sys.argv, "config_sha256": sha(cfg.to_dict()), "cells_run": [], "cells_skipped": sorted(skipped)}
-        self.data.update({
-            "format": FORMAT, "config": cfg.to_dict(), "config_file": cfg.source, "versions": _versions(),
-            "platform": platform.platform(), "started": self.data.get("started") or self.run["started"], "ended": None,
-            "normalize": {"used": cfg.normalize, "by_default": cfg.normalize_by_default,
-                          "caa_behaviours": caa_behaviours(cfg.behaviours), "note": normalize_warning(cfg)},
-        })
+            "started": now(),
+            "ended": None,
+            "status": "running",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "argv": sys.argv,
+            "config_sha256": sha(cfg.to_dict()),
+            "cells_run": [],
+            "cells_skipped": sorted(skipped),
+        }
+        self.data.update(
+            {
+                "format": FORMAT,
+                "config": cfg.to_dict(),
+                "config_file": cfg.source,
+                "versions": _versions(),
+                "platform": platform.platform(),
+                "started": self.data.get("started") or self.run["started"],
+                "ended": None,
+                "normalize": {
+                    "used": cfg.normalize,
+                    "by_default": cfg.normalize_by_default,
+                    "caa_behaviours": caa_behaviours(cfg.behaviours),
+                    "note": normalize_warning(cfg),
+                },
+            }
+        )
         self.data.setdefault("models", {})
         if self.shard is not None:
             self.run["shard"] = self.shard
@@ -217,9 +254,20 @@ class Manifest:
 
     def save(self) -> None:
         """Write the manifest (atomically) with the current done-state of every cell."""
-        self.data["cells"] = [{"id": c.id, "condition": c.condition, "behaviour": c.behaviour, "layer": c.layer,
-                               "site": c.site, "positions": c.positions, "multiplier": c.multiplier, "tasks": c.tasks,
-                               "done": is_done(self.run_dir, c.id)} for c in self.cells]
+        self.data["cells"] = [
+            {
+                "id": c.id,
+                "condition": c.condition,
+                "behaviour": c.behaviour,
+                "layer": c.layer,
+                "site": c.site,
+                "positions": c.positions,
+                "multiplier": c.multiplier,
+                "tasks": c.tasks,
+                "done": is_done(self.run_dir, c.id),
+            }
+            for c in self.cells
+        ]
         if self.shard is None:
             write_atomic(self.path, to_json(self.data))
             return
@@ -248,15 +296,18 @@ class VectorStore:
     def __init__(self, cfg: SweepConfig):
         self.cfg = cfg
         # layer transfer reads one layer's vector only
-        self.layers = ([cfg.vector_layer] if cfg.vector_layer is not None
-                       else sorted({x for group in cfg.layers for x in group}))
+        self.layers = (
+            [cfg.vector_layer] if cfg.vector_layer is not None else sorted({x for group in cfg.layers for x in group})
+        )
         self.info: dict[str, dict[str, Any]] = {}
 
     def pairs_path(self, b: Behaviour) -> Path:
         """The behaviour's contrast pairs: its own file, or CAA's generate set."""
         from caa_eval import data
 
-        return b.pairs if b.pairs is not None else data.resolve_behaviour_pairs(b.name, "generate", self.cfg.caa_data_dir)
+        return (
+            b.pairs if b.pairs is not None else data.resolve_behaviour_pairs(b.name, "generate", self.cfg.caa_data_dir)
+        )
 
     def raw_path(self, b: Behaviour, site: str) -> Path:
         """Where the extracted (never rescaled) vector file of a behaviour and site lives."""
@@ -277,14 +328,20 @@ class VectorStore:
                     continue
                 sv = vectors.load(path)
                 if sv.site != site:
-                    raise CAAEvalError(f"{path} was read at site {sv.site!r}, the sweep needs {site!r}; delete it or "
-                                       "point vectors at another folder")
+                    raise CAAEvalError(
+                        f"{path} was read at site {sv.site!r}, the sweep needs {site!r}; delete it or "
+                        "point vectors at another folder"
+                    )
                 if sv.dataset_sha256 and sv.dataset_sha256 != pairs_sha:
-                    raise CAAEvalError(f"{path} was extracted from other contrast pairs than {self.pairs_path(b)}; "
-                                       "delete it or point vectors at another folder")
+                    raise CAAEvalError(
+                        f"{path} was extracted from other contrast pairs than {self.pairs_path(b)}; "
+                        "delete it or point vectors at another folder"
+                    )
                 if sv.normalization:
-                    raise CAAEvalError(f"{path} is already rescaled ({sv.normalization.get('method')}); the sweep needs "
-                                       "raw vectors: point vectors at the raw files")
+                    raise CAAEvalError(
+                        f"{path} is already rescaled ({sv.normalization.get('method')}); the sweep needs "
+                        "raw vectors: point vectors at the raw files"
+                    )
                 lacking = [x for x in self.layers if x not in sv.vectors]
                 if lacking:
                     todo.append((b, site, lacking))
@@ -308,9 +365,18 @@ class VectorStore:
             log.info("extracting %s vectors (site %s, layers %s) from %s", b.name, site, layers, self.pairs_path(b))
             started = time.perf_counter()
             target = path if old is None else path.with_name(path.name + ".new.safetensors")
-            sv = extract_to_file(self.cfg.model, self.pairs_path(b), target, layers=layers, site=site,
-                                 batch_size=self.cfg.extract_batch_size, behaviour=b.name, model=model,
-                                 tokenizer=tokenizer, progress=progress)
+            sv = extract_to_file(
+                self.cfg.model,
+                self.pairs_path(b),
+                target,
+                layers=layers,
+                site=site,
+                batch_size=self.cfg.extract_batch_size,
+                behaviour=b.name,
+                model=model,
+                tokenizer=tokenizer,
+                progress=progress,
+            )
             if old is not None:  # keep the layers already there bit-identical, add the new ones
                 dataclasses.replace(sv, vectors={**old.vectors, **sv.vectors}).save(path)
                 target.unlink(missing_ok=True)
@@ -330,10 +396,17 @@ class VectorStore:
                     if existing is None or existing.sha256() != sv.sha256():
                         sv.save(path)
                 self.info[f"{b.name}/{site}"] = {
-                    "file": str(path), "raw_file": str(self.raw_path(b, site)), "sha256": sv.sha256(),
-                    "layers": sv.layers, "n_pairs": sv.n_pairs, "dataset_sha256": sv.dataset_sha256,
-                    "model_fingerprint": sv.model_fingerprint, "normalization": sv.normalization,
-                    "norms": {str(x): round(float(sv.vectors[x].float().norm()), 6) for x in self.layers if x in sv.vectors},
+                    "file": str(path),
+                    "raw_file": str(self.raw_path(b, site)),
+                    "sha256": sv.sha256(),
+                    "layers": sv.layers,
+                    "n_pairs": sv.n_pairs,
+                    "dataset_sha256": sv.dataset_sha256,
+                    "model_fingerprint": sv.model_fingerprint,
+                    "normalization": sv.normalization,
+                    "norms": {
+                        str(x): round(float(sv.vectors[x].float().norm()), 6) for x in self.layers if x in sv.vectors
+                    },
                 }
 
     def content_sha(self, cell: Cell) -> str | None:

@@ -27,12 +27,19 @@ def write_custom_tasks(cfg: SweepConfig, folder: Path) -> list[str]:
 
     written = []
     for b in cfg.behaviours:
-        for kind, test_file, name in (("ab", b.ab_test, vocab.ab_task_name(b.name)),
-                                      ("open", b.open_test, vocab.open_task_name(b.name))):
+        for kind, test_file, name in (
+            ("ab", b.ab_test, vocab.ab_task_name(b.name)),
+            ("open", b.open_test, vocab.open_task_name(b.name)),
+        ):
             if test_file is None:
                 continue
-            lines = [f"include: {data.template_path(kind)}", f"task: {name}", "dataset_kwargs:",
-                     f"  test_file: {json.dumps(str(test_file.resolve()))}", f"  behaviour: {json.dumps(b.name)}"]
+            lines = [
+                f"include: {data.template_path(kind)}",
+                f"task: {name}",
+                "dataset_kwargs:",
+                f"  test_file: {json.dumps(str(test_file.resolve()))}",
+                f"  behaviour: {json.dumps(b.name)}",
+            ]
             if kind == "ab" and b.pairs is not None:  # a test question that is also a pair stops the run
                 lines.append(f"  pairs_file: {json.dumps(str(b.pairs.resolve()))}")
             text = "\n".join(lines) + "\n"
@@ -82,6 +89,11 @@ def check_tasks(cfg: SweepConfig, manager: Any) -> None:
             if task not in known:
                 close = difflib.get_close_matches(task, sorted(known), n=1)
                 hint = f"did you mean {close[0]!r}?" if close else "see `caa-eval tasks`"
-                extra = (" (a custom behaviour needs ab_test/open_test files, or its own task YAML via include_path)"
-                         if b.custom else "")
-                raise CAAEvalError(f"{cfg.source}: key 'tasks': task {task!r} (behaviour {b.name}) not found{extra}; {hint}")
+                extra = (
+                    " (a custom behaviour needs ab_test/open_test files, or its own task YAML via include_path)"
+                    if b.custom
+                    else ""
+                )
+                raise CAAEvalError(
+                    f"{cfg.source}: key 'tasks': task {task!r} (behaviour {b.name}) not found{extra}; {hint}"
+                )

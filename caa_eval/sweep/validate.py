@@ -16,8 +16,18 @@ from caa_eval.core.positions import Positions
 from caa_eval.errors import CAAEvalError
 
 __all__ = [
-    "DEVICES", "config_error", "as_list", "config_path", "parse_layer_groups", "parse_multipliers", "parse_limit",
-    "parse_sites", "parse_positions", "parse_device", "parse_batch_size", "parse_bool",
+    "DEVICES",
+    "config_error",
+    "as_list",
+    "config_path",
+    "parse_layer_groups",
+    "parse_multipliers",
+    "parse_limit",
+    "parse_sites",
+    "parse_positions",
+    "parse_device",
+    "parse_batch_size",
+    "parse_bool",
 ]
 
 DEVICES = ("cpu", "cuda", "cuda:N", "mps", "auto")
@@ -119,8 +129,9 @@ def parse_limit(value: Any, source: str) -> int | float | None:
         raise config_error(source, "limit", f"{value!r} must be positive", fix)
     if limit >= 1:
         if not limit.is_integer():
-            raise config_error(source, "limit", f"{value!r} is neither a whole count nor a fraction below 1",
-                               "use e.g. 20 or 0.5")
+            raise config_error(
+                source, "limit", f"{value!r} is neither a whole count nor a fraction below 1", "use e.g. 20 or 0.5"
+            )
         return int(limit)
     return limit
 
@@ -161,10 +172,13 @@ def parse_device(value: Any, source: str) -> str | None:
 
 def parse_batch_size(value: Any, source: str) -> int | str:
     """lm-eval's batch size: a positive integer or `auto` (`auto:N`)."""
-    if (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or \
-            (isinstance(value, str) and value.startswith("auto")):
+    if (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or (
+        isinstance(value, str) and value.startswith("auto")
+    ):
         return value
-    raise config_error(source, "batch_size", f"{value!r} is not a positive integer or 'auto'", "write e.g. batch_size: 16")
+    raise config_error(
+        source, "batch_size", f"{value!r} is not a positive integer or 'auto'", "write e.g. batch_size: 16"
+    )
 
 
 def parse_bool(value: Any, source: str, key: str) -> bool:

@@ -9,7 +9,7 @@ import datasets
 
 from caa_eval.data import read_records
 from caa_eval.errors import CAAEvalError
-from caa_eval.lmeval.tasks import CAATask, user_data_file, load_ab, load_open, process_ab, process_open
+from caa_eval.lmeval.tasks import CAATask, load_ab, load_open, process_ab, process_open, user_data_file
 
 __all__ = ["CAATask", "load_ab", "load_open", "process_ab", "process_open", "load_replies", "process_replies"]
 
@@ -30,5 +30,4 @@ def process_replies(doc: dict, results: list[tuple[float, bool]]) -> dict[str, f
     """p_match = softmax of the two replies' total log-likelihoods, taken at the matching reply."""
     (ll_match, _), (ll_other, _) = results
     diff = ll_match - ll_other
-    return {"p_match": 1.0 / (1.0 + math.exp(-diff)) if diff > -700 else 0.0, "ll_diff": diff,
-            "match": float(diff > 0)}
+    return {"p_match": 1.0 / (1.0 + math.exp(-diff)) if diff > -700 else 0.0, "ll_diff": diff, "match": float(diff > 0)}

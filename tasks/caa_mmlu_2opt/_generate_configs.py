@@ -1,6 +1,6 @@
 """Write the per-subject YAMLs and the two group YAMLs of caa_mmlu_2opt (like lm-eval's mmlu generator).
 
-    python tasks/caa_mmlu_2opt/_generate_configs.py
+python tasks/caa_mmlu_2opt/_generate_configs.py
 """
 
 from __future__ import annotations
@@ -40,7 +40,17 @@ def write(folder: Path, prefix: str, template: str, group: str, note: str) -> No
 
 
 if __name__ == "__main__":
-    write(HERE, "caa_mmlu_2opt_", "_caa_mmlu_2opt_template_yaml", "caa_mmlu_2opt",
-          "CAA's 570-item two-option subset; mean per subject, then unweighted mean over the 57 subjects.")
-    write(HERE / "full", "caa_mmlu_2opt_full_", "_caa_mmlu_2opt_full_template_yaml", "caa_mmlu_2opt_full",
-          "All 14,042 MMLU test questions, two options each; mean per subject, then over the 57 subjects.")
+    write(
+        HERE,
+        "caa_mmlu_2opt_",
+        "_caa_mmlu_2opt_template_yaml",
+        "caa_mmlu_2opt",
+        "CAA's 570-item two-option subset; mean per subject, then unweighted mean over the 57 subjects.",
+    )
+    write(
+        HERE / "full",
+        "caa_mmlu_2opt_full_",
+        "_caa_mmlu_2opt_full_template_yaml",
+        "caa_mmlu_2opt_full",
+        "All 14,042 MMLU test questions, two options each; mean per subject, then over the 57 subjects.",
+    )

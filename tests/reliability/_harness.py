@@ -72,6 +72,7 @@ def _outcome(code: int | str, stderr: str) -> Outcome:
 
 def cli(*argv: str) -> Callable[[Env], Outcome]:
     """`caa-eval ARGV` in this process (`{name}` placeholders are input paths)."""
+
     def run(env: Env) -> Outcome:
         from caa_eval import cli as caa_cli
 
@@ -82,12 +83,14 @@ def cli(*argv: str) -> Callable[[Env], Outcome]:
             code = exc.code
         _, err = env.capsys.readouterr()
         return _outcome(code, err)
+
     run.argv = argv  # type: ignore[attr-defined]
     return run
 
 
 def api(call: Callable[[Env], Any]) -> Callable[[Env], Outcome]:
     """A Python API call that must raise CAAEvalError (any other exception is a bug and fails the test)."""
+
     def run(env: Env) -> Outcome:
         try:
             call(env)
@@ -95,6 +98,7 @@ def api(call: Callable[[Env], Any]) -> Callable[[Env], Outcome]:
             text = str(exc)
             return Outcome(API, f"CAAEvalError: {text}", "", 1 + text.count("\n"))
         return Outcome("returned normally", "", "", 0)
+
     return run
 
 
@@ -106,11 +110,19 @@ def lm_eval_env() -> dict[str, str]:
 
 def subprocess_cli(executable: str, *argv: str, timeout: float = 300) -> Callable[[Env], Outcome]:
     """A console script (`lm_eval`, `caa-eval`) as a user runs it: the real exit code and stderr."""
+
     def run(env: Env) -> Outcome:
         exe = str(Path(sys.executable).with_name(executable))
-        proc = subprocess.run([exe, *[env.fmt(a) for a in argv]], capture_output=True, text=True, timeout=timeout,
-                              env=lm_eval_env(), cwd=env.paths["root"])
+        proc = subprocess.run(
+            [exe, *[env.fmt(a) for a in argv]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=lm_eval_env(),
+            cwd=env.paths["root"],
+        )
         return _outcome(proc.returncode, proc.stderr)
+
     return run
 
 
@@ -138,8 +150,18 @@ def changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
 def check(case: Case, env: Env) -> None:
     """Run one case and assert the four rules; record the row either way."""
     before = snapshot(env.watched)
-    row = {"id": case.id, "kind": case.kind, "entry": case.entry, "bad": case.bad, "expect": case.expect,
-           "code": case.code, "observed_code": None, "message": "", "result": "FAIL", "section": "input"}
+    row = {
+        "id": case.id,
+        "kind": case.kind,
+        "entry": case.entry,
+        "bad": case.bad,
+        "expect": case.expect,
+        "code": case.code,
+        "observed_code": None,
+        "message": "",
+        "result": "FAIL",
+        "section": "input",
+    }
     ROWS.append(row)
     outcome = case.run(env)
     row["observed_code"], row["message"] = outcome.code, outcome.message.replace(env.paths["root"] + "/", "")
@@ -152,10 +174,21 @@ def check(case: Case, env: Env) -> None:
     row["result"] = "pass"
 
 
-def record_fault(id: str, kind: str, entry: str, bad: str, expect: str, observed: str,
-                 section: str = "fault") -> dict[str, Any]:
+def record_fault(
+    id: str, kind: str, entry: str, bad: str, expect: str, observed: str, section: str = "fault"
+) -> dict[str, Any]:
     """A row for a fault test (SIGKILL, disk full) or another check; the test sets result to 'pass' at its end."""
-    row = {"id": id, "kind": kind, "entry": entry, "bad": bad, "expect": expect, "code": "-",
-           "observed_code": "-", "message": observed, "result": "FAIL", "section": section}
+    row = {
+        "id": id,
+        "kind": kind,
+        "entry": entry,
+        "bad": bad,
+        "expect": expect,
+        "code": "-",
+        "observed_code": "-",
+        "message": observed,
+        "result": "FAIL",
+        "section": section,
+    }
     ROWS.append(row)
     return row

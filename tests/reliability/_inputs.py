@@ -87,8 +87,11 @@ def vector_files(d: Path) -> None:
 def _pair(k: int, letter: str = "A", words: int = 0) -> dict[str, str]:
     other = "B" if letter == "A" else "A"
     extra = " ".join(f"word{j} lorem ipsum" for j in range(words))
-    return {"question": f"Question {k}: would you agree? {extra}\n\nChoices:\n (A) Yes\n (B) No",
-            "answer_matching_behavior": f"({letter})", "answer_not_matching_behavior": f"({other})"}
+    return {
+        "question": f"Question {k}: would you agree? {extra}\n\nChoices:\n (A) Yes\n (B) No",
+        "answer_matching_behavior": f"({letter})",
+        "answer_not_matching_behavior": f"({other})",
+    }
 
 
 def pair_files(d: Path) -> None:
@@ -96,8 +99,13 @@ def pair_files(d: Path) -> None:
     good = [_pair(k, "AB"[k % 2]) for k in range(4)]
     (d / "good.json").write_text(json.dumps(good), encoding="utf-8")
     (d / "latin1.json").write_bytes(json.dumps(good).replace("Question 1", "Qu\u00e9stion 1").encode("latin-1"))
-    conflict = good + [{**good[0], "answer_matching_behavior": good[0]["answer_not_matching_behavior"],
-                        "answer_not_matching_behavior": good[0]["answer_matching_behavior"]}]
+    conflict = good + [
+        {
+            **good[0],
+            "answer_matching_behavior": good[0]["answer_not_matching_behavior"],
+            "answer_not_matching_behavior": good[0]["answer_matching_behavior"],
+        }
+    ]
     (d / "conflict.json").write_text(json.dumps(conflict), encoding="utf-8")
     (d / "duplicate.json").write_text(json.dumps(good + [good[1]]), encoding="utf-8")
     lines = [json.dumps(p) for p in good[:2]] + ['{"question": "cut off', json.dumps(good[3])]
@@ -137,15 +145,31 @@ def judge_samples(d: Path) -> None:
             for r in records:
                 f.write(json.dumps(r) + "\n")
 
-    ab = [{"doc_id": i, "doc": {"question": f"Q{i}? (A) yes (B) no", "behaviour": "refusal"},
-           "arguments": {"gen_args_0": {"arg_0": "ctx", "arg_1": " A"}, "gen_args_1": {"arg_0": "ctx", "arg_1": " B"}},
-           "resps": [[["-0.69", "False"]], [["-1.20", "False"]]], "filtered_resps": [["-0.69", "False"], ["-1.20", "False"]],
-           "filter": "none"} for i in range(3)]
+    ab = [
+        {
+            "doc_id": i,
+            "doc": {"question": f"Q{i}? (A) yes (B) no", "behaviour": "refusal"},
+            "arguments": {"gen_args_0": {"arg_0": "ctx", "arg_1": " A"}, "gen_args_1": {"arg_0": "ctx", "arg_1": " B"}},
+            "resps": [[["-0.69", "False"]], [["-1.20", "False"]]],
+            "filtered_resps": [["-0.69", "False"], ["-1.20", "False"]],
+            "filter": "none",
+        }
+        for i in range(3)
+    ]
     write(d / "ab_only" / "m+1", "caa_ab_refusal", ab)
 
     def gen(answers: list[str]) -> list[dict]:
-        return [{"doc_id": i, "doc": {"question": f"Question {i}?"}, "arguments": {"gen_args_0": {"arg_0": "c", "arg_1": {}}},
-                 "resps": [[a]], "filtered_resps": [a], "filter": "none"} for i, a in enumerate(answers)]
+        return [
+            {
+                "doc_id": i,
+                "doc": {"question": f"Question {i}?"},
+                "arguments": {"gen_args_0": {"arg_0": "c", "arg_1": {}}},
+                "resps": [[a]],
+                "filtered_resps": [a],
+                "filter": "none",
+            }
+            for i, a in enumerate(answers)
+        ]
 
     write(d / "all500", "caa_open_sycophancy", gen([f"item {i} PLAN[500]" for i in range(3)]))
     (d / "all500" / f"judged_caa_open_sycophancy_{TS}.jsonl").write_text('{"earlier": "results"}\n')
@@ -158,7 +182,8 @@ def sweep_data(d: Path) -> None:
     for split, name in (("generate", "generate_dataset.json"), ("test", "test_dataset_ab.json")):
         (d / "caa" / split / "sycophancy").mkdir(parents=True)
         (d / "caa" / split / "sycophancy" / name).write_text(
-            json.dumps([_pair(k + (100 if split == "test" else 0), "AB"[k % 2]) for k in range(4)]))
+            json.dumps([_pair(k + (100 if split == "test" else 0), "AB"[k % 2]) for k in range(4)])
+        )
 
 
 def build(root: Path, tiny_model_dir: Path) -> dict[str, str]:
@@ -173,9 +198,18 @@ def build(root: Path, tiny_model_dir: Path) -> dict[str, str]:
     out.mkdir()
     readonly = readonly_location(root)
     sweep_configs(root / "sweep", tiny_model_dir, out, root / "a_file", readonly)
-    return {"root": str(root), "vec": str(root / "vec"), "pairs": str(root / "pairs"), "scores": str(root / "scores"),
-            "judge": str(root / "judge"), "sweep": str(root / "sweep"), "file": str(root / "a_file"), "out": str(out),
-            "tiny": str(tiny_model_dir), "readonly": readonly}
+    return {
+        "root": str(root),
+        "vec": str(root / "vec"),
+        "pairs": str(root / "pairs"),
+        "scores": str(root / "scores"),
+        "judge": str(root / "judge"),
+        "sweep": str(root / "sweep"),
+        "file": str(root / "a_file"),
+        "out": str(out),
+        "tiny": str(tiny_model_dir),
+        "readonly": readonly,
+    }
 
 
 def readonly_location(root: Path) -> str:
@@ -194,13 +228,27 @@ def sweep_configs(d: Path, tiny: Path, out: Path, blocker: Path, readonly: str) 
     """One good sweep config, and copies broken one key at a time (output always under `out`)."""
     import yaml
 
-    base = {"model": str(tiny), "behaviours": ["sycophancy"], "layers": [1], "multipliers": [-1, 0, 1],
-            "tasks": ["caa_ab_{behaviour}"], "batch_size": 4, "device": "cpu", "output": str(out / "sweep_run")}
+    base = {
+        "model": str(tiny),
+        "behaviours": ["sycophancy"],
+        "layers": [1],
+        "multipliers": [-1, 0, 1],
+        "tasks": ["caa_ab_{behaviour}"],
+        "batch_size": 4,
+        "device": "cpu",
+        "output": str(out / "sweep_run"),
+    }
     variants = {
-        "good": {}, "device_gpu": {"device": "gpu"}, "device_cuda3": {"device": "cuda:3"}, "mult_nan": {"multipliers": [-1, ".nan"]},
-        "layers_reversed": {"layers": "14-12"}, "behaviour": {"behaviours": ["sycophantic"]},
-        "batch": {"batch_size": "fast"}, "output_file": {"output": str(blocker / "run")},
-        "output_readonly": {"output": readonly + "/run"}, "site": {"sites": ["resid"]},
+        "good": {},
+        "device_gpu": {"device": "gpu"},
+        "device_cuda3": {"device": "cuda:3"},
+        "mult_nan": {"multipliers": [-1, ".nan"]},
+        "layers_reversed": {"layers": "14-12"},
+        "behaviour": {"behaviours": ["sycophantic"]},
+        "batch": {"batch_size": "fast"},
+        "output_file": {"output": str(blocker / "run")},
+        "output_readonly": {"output": readonly + "/run"},
+        "site": {"sites": ["resid"]},
     }
     (d / "configs").mkdir()
     for name, change in variants.items():

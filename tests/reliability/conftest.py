@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # fake_openai_server
 
 import _harness  # noqa: E402
 import _inputs  # noqa: E402
@@ -87,18 +86,34 @@ def render(rows: list[dict], summary: str) -> str:
     for n, r in enumerate(inputs, 1):
         expected = f"{r['code']}: «{r['expect']}»"
         observed = f"{r['observed_code']}: {r['message']}"
-        lines.append(f"| {n} | {_cell(r['kind'])} | `{_cell(r['entry'], 60)}` | {_cell(r['bad'], 90)} | "
-                     f"{_cell(expected, 80)} | {_cell(observed, 220)} | {r['result']} |")
-    lines += ["", f"## Faults ({len(faults)}, {sum(r['result'] == 'pass' for r in faults)} survived)", "",
-              "| # | fault | entry point | what was done | expected | observed | result |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {n} | {_cell(r['kind'])} | `{_cell(r['entry'], 60)}` | {_cell(r['bad'], 90)} | "
+            f"{_cell(expected, 80)} | {_cell(observed, 220)} | {r['result']} |"
+        )
+    lines += [
+        "",
+        f"## Faults ({len(faults)}, {sum(r['result'] == 'pass' for r in faults)} survived)",
+        "",
+        "| # | fault | entry point | what was done | expected | observed | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n, r in enumerate(faults, 1):
-        lines.append(f"| {n} | {_cell(r['kind'])} | `{_cell(r['entry'], 60)}` | {_cell(r['bad'], 120)} | "
-                     f"{_cell(r['expect'], 120)} | {_cell(r['message'], 260)} | {r['result']} |")
-    lines += ["", f"## Labels and statistics ({len(checks)})", "",
-              "| # | check | entry point | input | expected | observed | result |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {n} | {_cell(r['kind'])} | `{_cell(r['entry'], 60)}` | {_cell(r['bad'], 120)} | "
+            f"{_cell(r['expect'], 120)} | {_cell(r['message'], 260)} | {r['result']} |"
+        )
+    lines += [
+        "",
+        f"## Labels and statistics ({len(checks)})",
+        "",
+        "| # | check | entry point | input | expected | observed | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n, r in enumerate(checks, 1):
-        lines.append(f"| {n} | {_cell(r['kind'])} | `{_cell(r['entry'], 60)}` | {_cell(r['bad'], 120)} | "
-                     f"{_cell(r['expect'], 120)} | {_cell(r['message'], 260)} | {r['result']} |")
+        lines.append(
+            f"| {n} | {_cell(r['kind'])} | `{_cell(r['entry'], 60)}` | {_cell(r['bad'], 120)} | "
+            f"{_cell(r['expect'], 120)} | {_cell(r['message'], 260)} | {r['result']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -109,8 +124,10 @@ def summary_line(rows: list[dict]) -> str:
     ok_f = sum(r["result"] == "pass" for r in faults)
     ok = all(r["result"] == "pass" for r in rows)
     lost = "nothing lost" if ok else "FAILURES: see the table"
-    return (f"reliability: {ok_in}/{len(inputs)} bad-input cases handled (exit code, one line, no traceback, "
-            f"nothing written), {ok_f}/{len(faults)} faults survived, {lost}")
+    return (
+        f"reliability: {ok_in}/{len(inputs)} bad-input cases handled (exit code, one line, no traceback, "
+        f"nothing written), {ok_f}/{len(faults)} faults survived, {lost}"
+    )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -122,8 +139,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     target = os.environ.get(TABLE_ENV)
     if target:
         stats = terminalreporter.stats
-        counts = ", ".join(f"{len(stats.get(k, []))} {k}" for k in ("passed", "failed", "error", "skipped")
-                           if stats.get(k))
+        counts = ", ".join(
+            f"{len(stats.get(k, []))} {k}" for k in ("passed", "failed", "error", "skipped") if stats.get(k)
+        )
         took = f" in {time.time() - STARTED:.0f} s"
         Path(target).write_text(render(rows, f"{line}. pytest -m reliability: {counts}{took}"), encoding="utf-8")
         terminalreporter.write_line(f"reliability table written to {target}")

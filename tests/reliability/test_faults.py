@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _harness import REPO, changes, lm_eval_env, record_fault, snapshot
 
 SEED = int(os.environ.get("CAA_EVAL_FAULT_SEED", "14"))
@@ -37,10 +36,27 @@ TOL = 1e-6  # the sweep's grid pass batches the settings it still has to run: fl
 def _report_cells(run_dir: Path) -> list[dict]:
     """The report's numbers, without paths and times (those differ between two runs by design)."""
     report = json.loads((run_dir / "report" / "report.json").read_text())
-    keep = ("behaviour", "task", "metric", "layer", "site", "multiplier", "n", "mean", "ci_low", "ci_high",
-            "diff_vs_0", "p_wilcoxon", "p_permutation", "p_holm", "significant")
-    return sorted(({k: c.get(k) for k in keep} for c in report["cells"]), key=lambda c: json.dumps(
-        [c["behaviour"], c["task"], c["metric"], c["layer"], c["site"], c["multiplier"]]))
+    keep = (
+        "behaviour",
+        "task",
+        "metric",
+        "layer",
+        "site",
+        "multiplier",
+        "n",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "diff_vs_0",
+        "p_wilcoxon",
+        "p_permutation",
+        "p_holm",
+        "significant",
+    )
+    return sorted(
+        ({k: c.get(k) for k in keep} for c in report["cells"]),
+        key=lambda c: json.dumps([c["behaviour"], c["task"], c["metric"], c["layer"], c["site"], c["multiplier"]]),
+    )
 
 
 def _cell_results(run_dir: Path) -> dict[str, list]:
@@ -50,7 +66,8 @@ def _cell_results(run_dir: Path) -> dict[str, list]:
         for f in sorted(done.parent.rglob("samples_*.jsonl")):
             rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
             out[f"{done.parent.name}/{f.name.split('_20')[0]}"] = [
-                (r["doc_id"], r.get("p_match"), [float(x[0]) for x in r.get("filtered_resps", [])]) for r in rows]
+                (r["doc_id"], r.get("p_match"), [float(x[0]) for x in r.get("filtered_resps", [])]) for r in rows
+            ]
     return out
 
 
@@ -85,8 +102,16 @@ def sweep_setup(inputs, tmp_path_factory):
     from caa_eval import sweep
 
     root = tmp_path_factory.mktemp("fault_sweep")
-    keys = {"model": inputs["tiny"], "behaviours": ["sycophancy"], "layers": [1], "multipliers": [-60, 0, 60],
-            "tasks": ["caa_ab_{behaviour}"], "batch_size": 4, "device": "cpu", "caa_data_dir": inputs["sweep"] + "/caa"}
+    keys = {
+        "model": inputs["tiny"],
+        "behaviours": ["sycophancy"],
+        "layers": [1],
+        "multipliers": [-60, 0, 60],
+        "tasks": ["caa_ab_{behaviour}"],
+        "batch_size": 4,
+        "device": "cpu",
+        "caa_data_dir": inputs["sweep"] + "/caa",
+    }
     config = root / "fault.yaml"
     config.write_text(yaml.safe_dump(keys, sort_keys=False))
     replaces: list[str] = []
@@ -99,8 +124,9 @@ def sweep_setup(inputs, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(os, "replace", counting)
     try:
-        reference = sweep.run_sweep(sweep.load_config(config, {"output": str(root / "reference")}), progress=False,
-                                    print_fn=lambda s: None)
+        reference = sweep.run_sweep(
+            sweep.load_config(config, {"output": str(root / "reference")}), progress=False, print_fn=lambda s: None
+        )
     finally:
         mp.undo()
     return config, root, reference.run_dir, len(replaces)
@@ -111,9 +137,13 @@ _POINTS = ("run folder created", "vectors extracted", "first cell done", "second
 
 def _reached(run: Path, point: str) -> bool:
     done = len(list((run / "cells").glob("*/DONE"))) if (run / "cells").is_dir() else 0
-    return {"run folder created": run.is_dir(), "vectors extracted": any(run.glob("vectors/*.safetensors")),
-            "first cell done": done >= 1, "second cell done": done >= 2,
-            "report folder created": (run / "report").is_dir()}[point]
+    return {
+        "run folder created": run.is_dir(),
+        "vectors extracted": any(run.glob("vectors/*.safetensors")),
+        "first cell done": done >= 1,
+        "second cell done": done >= 2,
+        "report folder created": (run / "report").is_dir(),
+    }[point]
 
 
 @pytest.mark.parametrize("attempt", [0, 1])
@@ -124,9 +154,14 @@ def test_sweep_sigkill_then_rerun_gives_the_same_report(sweep_setup, attempt):
     rng = _rng(f"sweep{attempt}")
     point, delay = rng.choice(_POINTS), rng.uniform(0.0, 0.3)
     run = root / f"killed{attempt}"
-    row = record_fault(f"sweep-sigkill-{attempt}", "SIGKILL", "caa-eval sweep fault.yaml",
-                       f"SIGKILL {delay * 1000:.0f} ms after '{point}' (seed {SEED}), then the same command again",
-                       "rerun resumes (finished cells kept) and ends with the report of an uninterrupted run", "")
+    row = record_fault(
+        f"sweep-sigkill-{attempt}",
+        "SIGKILL",
+        "caa-eval sweep fault.yaml",
+        f"SIGKILL {delay * 1000:.0f} ms after '{point}' (seed {SEED}), then the same command again",
+        "rerun resumes (finished cells kept) and ends with the report of an uninterrupted run",
+        "",
+    )
     cmd = [sys.executable, "-m", "caa_eval.cli", "sweep", str(config), "--out", str(run)]
     proc = subprocess.Popen(cmd, env=lm_eval_env(), cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -146,10 +181,12 @@ def test_sweep_sigkill_then_rerun_gives_the_same_report(sweep_setup, attempt):
     assert same(_report_cells(run), _report_cells(reference))
     assert not _leftovers(run)
     statuses = [r["status"] for r in json.loads((run / "manifest.json").read_text())["runs"]]
-    row["message"] = (f"killed with {len(kept)} of {len(resumed.cells)} cells done"
-                      f"{' (during the report)' if len(kept) == len(resumed.cells) else ''}; rerun ran "
-                      f"{len(resumed.cells) - len(resumed.skipped)}, skipped {len(resumed.skipped)}; manifest runs "
-                      f"{statuses}; report equal to the uninterrupted run (numbers to 1e-6)")
+    row["message"] = (
+        f"killed with {len(kept)} of {len(resumed.cells)} cells done"
+        f"{' (during the report)' if len(kept) == len(resumed.cells) else ''}; rerun ran "
+        f"{len(resumed.cells) - len(resumed.skipped)}, skipped {len(resumed.skipped)}; manifest runs "
+        f"{statuses}; report equal to the uninterrupted run (numbers to 1e-6)"
+    )
     row["result"] = "pass"
 
 
@@ -160,9 +197,14 @@ def test_sweep_disk_full_keeps_results_and_rerun_completes(sweep_setup, monkeypa
     config, root, reference, n_replaces = sweep_setup
     nth = _rng(f"enospc{attempt}").randint(1, n_replaces)
     run = root / f"enospc{attempt}"
-    row = record_fault(f"sweep-enospc-{attempt}", "disk full", "caa_eval.run_sweep(cfg)",
-                       f"os.replace raises ENOSPC at call {nth} of {n_replaces} (seed {SEED}), then the sweep again",
-                       "OSError(ENOSPC) surfaces; finished cells and files intact; rerun ends with the same report", "")
+    row = record_fault(
+        f"sweep-enospc-{attempt}",
+        "disk full",
+        "caa_eval.run_sweep(cfg)",
+        f"os.replace raises ENOSPC at call {nth} of {n_replaces} (seed {SEED}), then the sweep again",
+        "OSError(ENOSPC) surfaces; finished cells and files intact; rerun ends with the same report",
+        "",
+    )
     real_replace = os.replace
     calls = {"n": 0}
 
@@ -188,8 +230,10 @@ def test_sweep_disk_full_keeps_results_and_rerun_completes(sweep_setup, monkeypa
     assert {k: after_files.get(k) for k in kept_files} == kept_files, "a cell finished before the fault changed"
     assert same(_cell_results(run), reference_cells)
     assert same(_report_cells(run), _report_cells(reference))
-    row["message"] = (f"failed at write {nth} ({len(kept)} cells done, all equal to the reference); rerun completed; "
-                      "report equal to the uninterrupted run (numbers to 1e-6); no temp files left")
+    row["message"] = (
+        f"failed at write {nth} ({len(kept)} cells done, all equal to the reference); rerun completed; "
+        "report equal to the uninterrupted run (numbers to 1e-6); no temp files left"
+    )
     row["result"] = "pass"
 
 
@@ -201,10 +245,19 @@ def _samples(folder: Path, n: int) -> Path:
     path = folder / "samples_caa_open_sycophancy_2026-01-01T00-00-00.000001.jsonl"
     with path.open("w") as f:
         for i in range(n):
-            f.write(json.dumps({"doc_id": i, "doc": {"question": f"Question {i}?"},
-                                "arguments": {"gen_args_0": {"arg_0": "c", "arg_1": {}}},
-                                "resps": [[f"answer {i} SCORE={i % 11}"]], "filtered_resps": [f"answer {i} SCORE={i % 11}"],
-                                "filter": "none"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "doc_id": i,
+                        "doc": {"question": f"Question {i}?"},
+                        "arguments": {"gen_args_0": {"arg_0": "c", "arg_1": {}}},
+                        "resps": [[f"answer {i} SCORE={i % 11}"]],
+                        "filtered_resps": [f"answer {i} SCORE={i % 11}"],
+                        "filter": "none",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -217,28 +270,51 @@ def _judged(samples: Path) -> list[tuple]:
 
 @pytest.mark.parametrize("attempt", [0, 1])
 def test_judge_sigkill_then_rerun_pays_only_for_the_rest(tmp_path, attempt):
-    from fake_openai_server import serve
-
     from caa_eval.judge import judge_samples
+    from tests.helpers.fake_openai_server import serve
 
     n = 24
     rng = _rng(f"judge{attempt}")
     kill_after = rng.randint(2, n - 4)
-    row = record_fault(f"judge-sigkill-{attempt}", "SIGKILL", "caa-eval judge RUN",
-                       f"SIGKILL after {kill_after} of {n} judge requests (seed {SEED}), then the run again",
-                       "nothing half-written; rerun asks only for verdicts not yet cached; same judged file", "")
+    row = record_fault(
+        f"judge-sigkill-{attempt}",
+        "SIGKILL",
+        "caa-eval judge RUN",
+        f"SIGKILL after {kill_after} of {n} judge requests (seed {SEED}), then the run again",
+        "nothing half-written; rerun asks only for verdicts not yet cached; same judged file",
+        "",
+    )
     ref = _samples(tmp_path / "ref", n)
     run = _samples(tmp_path / "run", n)
     cache = tmp_path / "cache.sqlite"
     with serve(latency=0.1, api_key=KEY) as srv:
         judge_samples(tmp_path / "ref", base_url=srv.base_url, api_key=KEY, cache_path=None, concurrency=4)
         srv.reset()
-        env = dict(lm_eval_env(), OPENAI_API_KEY=KEY, OPENAI_BASE_URL=srv.base_url, NO_PROXY="127.0.0.1,localhost",
-                   CAA_EVAL_CACHE=str(tmp_path / "home"))
+        env = dict(
+            lm_eval_env(),
+            OPENAI_API_KEY=KEY,
+            OPENAI_BASE_URL=srv.base_url,
+            NO_PROXY="127.0.0.1,localhost",
+            CAA_EVAL_CACHE=str(tmp_path / "home"),
+        )
         env = {k: v for k, v in env.items() if not k.lower().endswith("_proxy") or k == "NO_PROXY"}
-        proc = subprocess.Popen([sys.executable, "-m", "caa_eval.cli", "judge", str(tmp_path / "run"), "--cache",
-                                 str(cache), "--concurrency", "2"], env=env, cwd=str(REPO),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "caa_eval.cli",
+                "judge",
+                str(tmp_path / "run"),
+                "--cache",
+                str(cache),
+                "--concurrency",
+                "2",
+            ],
+            env=env,
+            cwd=str(REPO),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 120
         while srv.stats()["requests"] < kill_after and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -257,26 +333,32 @@ def test_judge_sigkill_then_rerun_pays_only_for_the_rest(tmp_path, attempt):
         assert srv.stats()["requests"] == n - done, "the rerun paid again for cached verdicts"
         assert summary.usage.cached == done
     assert _judged(run) == _judged(ref)
-    row["message"] = (f"killed after {paid_before} requests with {done} verdicts cached ({paid_before - done} answered "
-                      f"or in flight but not yet cached); rerun made {n - done} requests; judged file identical to the "
-                      "reference")
+    row["message"] = (
+        f"killed after {paid_before} requests with {done} verdicts cached ({paid_before - done} answered "
+        f"or in flight but not yet cached); rerun made {n - done} requests; judged file identical to the "
+        "reference"
+    )
     row["result"] = "pass"
 
 
 def test_judge_disk_full_keeps_paid_verdicts(tmp_path, monkeypatch):
-    from fake_openai_server import serve
-
     from caa_eval import judge
     from caa_eval.judge import judge_samples
+    from tests.helpers.fake_openai_server import serve
 
     n = 6
     samples = _samples(tmp_path / "run", n)
     target = judge.output_path(samples)
     target.write_text("earlier results\n")
     cache = tmp_path / "cache.sqlite"
-    row = record_fault("judge-enospc", "disk full", "caa_eval.judge.judge_samples(RUN)",
-                       "os.replace raises ENOSPC when the judged file is written, then the run again",
-                       "earlier judged file intact; verdicts cached; rerun makes no paid call", "")
+    row = record_fault(
+        "judge-enospc",
+        "disk full",
+        "caa_eval.judge.judge_samples(RUN)",
+        "os.replace raises ENOSPC when the judged file is written, then the run again",
+        "earlier judged file intact; verdicts cached; rerun makes no paid call",
+        "",
+    )
     real_replace = os.replace
 
     def full(src, dst, *a, **k):
@@ -311,11 +393,26 @@ def test_cli_disk_full_is_one_line_and_keeps_the_old_file(command, env, monkeypa
         target, argv = work / "stats.json", ["stats", p["scores"] + "/good.csv", "--json", str(work / "stats.json")]
     else:
         target = work / "v.safetensors"
-        argv = ["extract", "--model", p["tiny"], "--data", p["pairs"] + "/good.json", "--out", str(target), "--layers", "1"]
+        argv = [
+            "extract",
+            "--model",
+            p["tiny"],
+            "--data",
+            p["pairs"] + "/good.json",
+            "--out",
+            str(target),
+            "--layers",
+            "1",
+        ]
     target.write_bytes(b"earlier results\n")
-    row = record_fault(f"{command}-enospc", "disk full", f"caa-eval {command} … (output exists)",
-                       "os.replace raises ENOSPC when the output is written, then the command again",
-                       "exit 1, one error line, no traceback, old output intact; rerun writes it", "")
+    row = record_fault(
+        f"{command}-enospc",
+        "disk full",
+        f"caa-eval {command} … (output exists)",
+        "os.replace raises ENOSPC when the output is written, then the command again",
+        "exit 1, one error line, no traceback, old output intact; rerun writes it",
+        "",
+    )
     before = snapshot([work])
     real_replace = os.replace
 

@@ -7,7 +7,6 @@ import argparse
 import types
 
 import pytest
-
 from _harness import record_fault
 
 
@@ -23,8 +22,13 @@ def tracker_cls():
 
 def _folder(tracker_cls, model_args) -> str:
     tracker = tracker_cls()
-    tracker.log_experiment_args(model_source="steered-hf", model_args=model_args, system_instruction=None,
-                                chat_template=None, fewshot_as_multiturn=False)
+    tracker.log_experiment_args(
+        model_source="steered-hf",
+        model_args=model_args,
+        system_instruction=None,
+        chat_template=None,
+        fewshot_as_multiturn=False,
+    )
     return tracker.model_name_sanitized
 
 
@@ -33,9 +37,15 @@ def test_vector_without_multiplier_is_labelled_as_steered_at_x1(inputs, tracker_
     from caa_eval import SteeredHFLM
 
     vec = inputs["vec"] + "/good.safetensors"
-    row = record_fault("label-default-multiplier", "output label", "lm_eval --model steered-hf --model_args vector=V,layers=1",
-                       "a vector without multiplier= (steered at the default x1)",
-                       "output folder and results metadata say m1, from the resolved config", "", section="check")
+    row = record_fault(
+        "label-default-multiplier",
+        "output label",
+        "lm_eval --model steered-hf --model_args vector=V,layers=1",
+        "a vector without multiplier= (steered at the default x1)",
+        "output folder and results metadata say m1, from the resolved config",
+        "",
+        section="check",
+    )
     raw = f"pretrained={inputs['tiny']},vector={vec},layers=1"
     lm = SteeredHFLM(pretrained=inputs["tiny"], vector=vec, layers=1, batch_size=2, device="cpu")
     assert lm.steering_config["multiplier"] == 1.0 and lm._steering is not None
@@ -50,8 +60,10 @@ def test_vector_without_multiplier_is_labelled_as_steered_at_x1(inputs, tracker_
     lm.set_steering(vector=vec, layers=1, multiplier=0)
     zero = _folder(tracker_cls, raw)
     assert "__steer_L1_m0_residual_" in zero
-    row["message"] = (f"default: …__steer_L1_m1_residual_…; after set_steering(layers=[1,2], multiplier=-2.5, "
-                      f"site=mlp): …__{folder.split('__')[-1]}; multiplier=0: …__{zero.split('__')[-1]}")
+    row["message"] = (
+        f"default: …__steer_L1_m1_residual_…; after set_steering(layers=[1,2], multiplier=-2.5, "
+        f"site=mlp): …__{folder.split('__')[-1]}; multiplier=0: …__{zero.split('__')[-1]}"
+    )
     row["result"] = "pass"
 
 
@@ -83,7 +95,9 @@ def _fake_command(monkeypatch, run):
     module = types.SimpleNamespace(configure=lambda p: p.add_argument("x", nargs="?"), run=run)
     monkeypatch.setitem(cli.COMMANDS, "fake", ("fake", "a test command"))
     real = cli.importlib.import_module
-    monkeypatch.setattr(cli.importlib, "import_module", lambda name: module if name == "caa_eval.cli.fake" else real(name))
+    monkeypatch.setattr(
+        cli.importlib, "import_module", lambda name: module if name == "caa_eval.cli.fake" else real(name)
+    )
     return cli
 
 
@@ -130,16 +144,24 @@ def test_p_value_underflow_is_floored_with_a_note_not_zero(tmp_path, capsys):
     from caa_eval import cli
     from caa_eval.stats.tests import P_FLOOR
 
-    row = record_fault("stats-p-underflow", "extreme data", "caa-eval stats TABLE --json OUT",
-                       "3000 items, every one moved up by the steering (Wilcoxon p underflows)",
-                       "p reported as the smallest double with a note, never 0.0", "", section="check")
+    row = record_fault(
+        "stats-p-underflow",
+        "extreme data",
+        "caa-eval stats TABLE --json OUT",
+        "3000 items, every one moved up by the steering (Wilcoxon p underflows)",
+        "p reported as the smallest double with a note, never 0.0",
+        "",
+        section="check",
+    )
     rng = np.random.default_rng(0)
     base = rng.random(3000)
     lines = ["item_id,behaviour,multiplier,score"]
     lines += [f"{i},sycophancy,0,{b}" for i, b in enumerate(base)]
     lines += [f"{i},sycophancy,1,{b + 1 + rng.random()}" for i, b in enumerate(base)]
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
-    assert cli.main(["stats", str(tmp_path / "t.csv"), "--json", str(tmp_path / "s.json"), "--n-permutations", "999"]) == 0
+    assert (
+        cli.main(["stats", str(tmp_path / "t.csv"), "--json", str(tmp_path / "s.json"), "--n-permutations", "999"]) == 0
+    )
     out = capsys.readouterr().out
     cell = [c for c in json.loads((tmp_path / "s.json").read_text())["cells"] if c["multiplier"] == 1][0]
     assert cell["p_wilcoxon"] == P_FLOOR > 0 and "underflow" in cell["note"]
@@ -164,15 +186,27 @@ def test_harness_catches_each_violation(violation, env):
             Path(e.paths["out"], "stray.json").write_text("{}")
         if violation == "changes_input":
             Path(e.paths["scores"], "good.csv").write_text("changed\n")
-        err = {"two_lines": "x: error: one\nx: error: two\n",
-               "traceback": "Traceback (most recent call last):\nx: error: boom\n"}.get(violation, "x: error: bad input, write y\n")
+        err = {
+            "two_lines": "x: error: one\nx: error: two\n",
+            "traceback": "Traceback (most recent call last):\nx: error: boom\n",
+        }.get(violation, "x: error: bad input, write y\n")
         return Outcome(0 if violation == "exit0" else 2, err.strip().splitlines()[-1], err, err.count("error:"))
 
     keep = len(_harness.ROWS)
     original = Path(env.paths["scores"], "good.csv").read_bytes()
     try:
         with pytest.raises(AssertionError):
-            check(Case("probe", "probe", "probe", "probe", run, "something else" if violation == "wrong_text" else "bad input"), env)
+            check(
+                Case(
+                    "probe",
+                    "probe",
+                    "probe",
+                    "probe",
+                    run,
+                    "something else" if violation == "wrong_text" else "bad input",
+                ),
+                env,
+            )
     finally:
         del _harness.ROWS[keep:]
         Path(env.paths["out"], "stray.json").unlink(missing_ok=True)
