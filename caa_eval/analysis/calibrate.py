@@ -32,7 +32,7 @@ from caa_eval.core.layers import decoder_layers, hidden_of
 from caa_eval.core.positions import InstructionLocator, Positions
 from caa_eval.core.vectors import SteeringVector
 from caa_eval.errors import CAAEvalError
-from caa_eval.vocab import SITES
+from caa_eval.vocab import parse_site
 
 __all__ = ["neutral_prompts", "ScaleProbe", "ScaleRow", "Calibration", "multiplier_scale", "calibrate"]
 
@@ -294,9 +294,7 @@ def _vector_and_site(vector: SteeringVector | torch.Tensor, layer: int, site: st
     else:
         vec = vector.reshape(-1)
         site = site or "residual"
-    if site not in SITES:
-        raise CAAEvalError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
-    return vec, site
+    return vec, parse_site(site)
 
 
 def multiplier_scale(

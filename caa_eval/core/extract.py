@@ -23,7 +23,7 @@ from caa_eval.core.layers import decoder_layers, hidden_of, hidden_size, site_mo
 from caa_eval.core.prompts import ab_answer_prompt, prompt_for
 from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
-from caa_eval.vocab import BEHAVIOURS, SITES, behaviour_key, parse_layers
+from caa_eval.vocab import BEHAVIOURS, behaviour_key, parse_layers, parse_site
 
 __all__ = [
     "READ_RULES",
@@ -293,8 +293,7 @@ def default_behaviour(data_path: Path) -> str:
 
 
 def _check_site(site: str) -> None:
-    if site not in SITES:
-        raise CAAEvalError(f"site={site!r} not understood; write one of {', '.join(SITES)}")
+    parse_site(site)
 
 
 def extract_to_file(

@@ -18,7 +18,7 @@ from torch import nn
 from caa_eval.core.layers import decoder_layers, hidden_of, site_module, with_hidden
 from caa_eval.core.positions import InstructionLocator, Positions, regex_token_positions
 from caa_eval.errors import CAAEvalError
-from caa_eval.vocab import SITES
+from caa_eval.vocab import parse_site
 
 __all__ = ["Steering", "steer"]
 
@@ -67,8 +67,7 @@ class Steering:
         locator: InstructionLocator | None = None,
         layers_path: str | None = None,
     ):
-        if site not in SITES:
-            raise CAAEvalError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
+        parse_site(site)
         self.model = model
         self.site = site
         self.positions = Positions.parse(positions)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from caa_eval.errors import CAAEvalError
-from caa_eval.vocab import SITES
+from caa_eval.vocab import parse_site
 
 __all__ = ["decoder_layers", "site_module", "hidden_of", "with_hidden", "hidden_size"]
 
@@ -75,8 +75,7 @@ def decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.Modul
 
 def site_module(block: nn.Module, site: str) -> nn.Module:
     """The module whose forward output is `site` in one decoder block (the block itself for `residual`)."""
-    if site not in SITES:
-        raise CAAEvalError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
+    parse_site(site)
     if site == "residual":
         return block
     for name in _SUBMODULES[site]:

@@ -20,7 +20,7 @@ from safetensors.torch import save as save_bytes
 from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
-from caa_eval.vocab import CAA_VECTOR_RE, SITES, behaviour_key
+from caa_eval.vocab import CAA_VECTOR_RE, SITES, behaviour_key, parse_site
 
 __all__ = [
     "FORMAT",
@@ -91,7 +91,7 @@ class SteeringVector:
         h = hashlib.sha256()
         for layer in self.layers:
             h.update(f"{layer}:".encode())
-            h.update(self.vectors[layer].detach().to(torch.float32).contiguous().numpy().tobytes())
+            h.update(self.vectors[layer].detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
         h.update(json.dumps([self.site, self.normalization], sort_keys=True, default=str).encode())
         return h.hexdigest()
 
@@ -129,8 +129,7 @@ def ranges(layers: list[int]) -> str:
 
 
 def _check_site(site: str, source: str = "") -> None:
-    if site not in SITES:
-        raise CAAEvalError(f"{source + ': ' if source else ''}unknown site {site!r}; use one of {', '.join(SITES)}")
+    parse_site(site, source)
 
 
 def _check_finite(vectors: dict[int, torch.Tensor], source: str) -> None:

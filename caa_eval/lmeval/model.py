@@ -23,7 +23,7 @@ from caa_eval.core.layers import decoder_layers, hidden_size
 from caa_eval.core.positions import Positions
 from caa_eval.errors import CAAEvalError
 from caa_eval.models import DEFAULT_MODEL, resolve
-from caa_eval.vocab import SITES, format_multiplier, parse_layers, parse_multiplier
+from caa_eval.vocab import format_multiplier, parse_layers, parse_multiplier, parse_site
 
 __all__ = ["SteeredHFLM", "STEERING_ARGS"]
 
@@ -68,8 +68,6 @@ def _as_bool(value: Any, name: str = "value") -> bool:
 
 
 class SteeredHFLM(HFLM):
-    resolved_steering: dict[str, Any] | None = None  # newest model's resolved setting (see `_record`)
-
     """lm-eval's `hf` model with CAA steering: `--model steered-hf --model_args pretrained=…,vector=…,layers=13,multiplier=-1`.
 
     Args:
@@ -85,6 +83,8 @@ class SteeredHFLM(HFLM):
         vector_layer: apply the file's vector of this layer at every layer in `layers` (layer transfer, §8.2).
         **kwargs: every other `HFLM` argument (batch_size, device, dtype, peft, parallelize, …).
     """
+
+    resolved_steering: dict[str, Any] | None = None  # newest model's resolved setting (see `_record`)
 
     def __init__(
         self,
@@ -429,10 +429,8 @@ def _check_steering_args(
     """
     m = parse_multiplier(multiplier)
     Positions.parse(positions)
-    if site is not None and site not in SITES:
-        raise CAAEvalError(
-            f"site={site!r} not understood; write one of {', '.join(SITES)} (or leave it out: the vector's own site)"
-        )
+    if site is not None:
+        parse_site(site, hint="or leave it out: the vector's own site")
     if layers is not None:
         parse_layers(layers)
     allow = _as_bool(allow_fingerprint_mismatch, "allow_fingerprint_mismatch")

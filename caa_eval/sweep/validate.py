@@ -139,9 +139,13 @@ def parse_limit(value: Any, source: str) -> int | float | None:
 def parse_sites(value: Any, source: str) -> list[str]:
     """Unique sites, each one of `vocab.SITES`."""
     sites = [str(s) for s in as_list(value)]
-    if not sites or any(s not in vocab.SITES for s in sites):
-        bad = next((s for s in sites if s not in vocab.SITES), "(empty)")
-        raise config_error(source, "sites", f"{bad!r} is not a site", f"use a list of {', '.join(vocab.SITES)}")
+    if not sites:
+        raise config_error(source, "sites", "the list is empty", f"use a list of {', '.join(vocab.SITES)}")
+    for s in sites:
+        try:
+            vocab.parse_site(s)
+        except CAAEvalError as exc:
+            raise config_error(source, "sites", str(exc), "use a list of those") from None
     return list(dict.fromkeys(sites))
 
 

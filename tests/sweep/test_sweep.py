@@ -217,7 +217,7 @@ def test_joint_layers_and_cell_ids_are_readable_and_unique(tmp_path):
         ({"multipliers": [1, "big"]}, "key 'multipliers': 'big' is not a number"),
         ({"behaviours": ["sycophancy", "flattery"]}, "key 'behaviours': unknown CAA behaviour 'flattery'"),
         ({"behaviours": ["sycophancy"], "normalize": True}, "key 'normalize': mean-norm rescaling needs at least two"),
-        ({"sites": ["resid"]}, "key 'sites': 'resid' is not a site"),
+        ({"sites": ["resid"]}, "key 'sites': site='resid' not understood"),
         ({"positions": ["everywhere"]}, "key 'positions'"),
         ({"limit": -3}, "key 'limit'"),
         ({"layers": []}, "key 'layers'"),
