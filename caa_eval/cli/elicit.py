@@ -81,10 +81,11 @@ def _layer(sv, requested: int | None, source: str) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from caa_eval.analysis.elicit import find_threshold, lmeval_scorer, markdown_table
+    from caa_eval.analysis.elicit import find_threshold, markdown_table
     from caa_eval.core.vectors import load
     from caa_eval.files import write_atomic
     from caa_eval.lmeval.register import ensure_registered
+    from caa_eval.lmeval.scorer import lmeval_scorer
     from caa_eval.paths import tasks_dir
     from caa_eval.vocab import task_suffix
 

@@ -113,7 +113,7 @@ class SteeredHFLM(HFLM):
         self._known_rows: dict[tuple[int, ...], int] | None = None
         self._steering: Steering | None = None
         self._fingerprint_cache: str | None = None
-        self._scale_probe: Any = None  # caa_eval.analysis.calibrate.ScaleProbe, built on the first steered results
+        self._scale_probe: Any = None  # caa_eval.core.scale.ScaleProbe, built on the first steered results
         self._scale_cache: dict[str, dict[str, Any]] = {}  # steering fingerprint -> steering_scale()
         self._apply(checked)
 
@@ -389,14 +389,14 @@ class SteeredHFLM(HFLM):
     def steering_scale(self) -> dict[str, Any]:
         """How big the current steering is relative to this model (§9.1): the multiplier as a fraction of the mean
         residual-stream norm at the steered layers and the next-token KL on the shipped neutral prompts
-        (`caa_eval.analysis.calibrate.ScaleProbe`). Recorded in every results file, so every report can state it.
+        (`caa_eval.core.scale.ScaleProbe`). Recorded in every results file, so every report can state it.
         Cached per steering setting; the probe's unsteered pass runs once per model."""
         key = self.steering_fingerprint or "unsteered"
         if key not in self._scale_cache:
             if self._steering is None:
                 self._scale_cache[key] = {"norm_fraction": 0.0, "kl": 0.0}
             else:
-                from caa_eval.analysis.calibrate import ScaleProbe
+                from caa_eval.core.scale import ScaleProbe
 
                 if self._scale_probe is None:
                     self._scale_probe = ScaleProbe(self.model, self.tokenizer, layers_path=self.layers_path)
