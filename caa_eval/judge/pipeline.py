@@ -21,8 +21,9 @@ from typing import Any
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
-from caa_eval.judge.backends import Job, make_backend, model_identity
+from caa_eval.judge.backends import Job, model_identity
 from caa_eval.judge.cache import ScoreCache, Verdict, cache_key, default_cache_path
+from caa_eval.judge.factory import make_backend
 from caa_eval.judge.redact import redacted_logs
 from caa_eval.judge.rubrics import load_rubrics
 from caa_eval.judge.samples import Item, ensure_writable, find_samples, output_path, read_items, task_of

@@ -15,7 +15,7 @@ from typing import Any
 
 from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
-from caa_eval.sweep.validate import as_list, config_error, config_path
+from caa_eval.sweep.validate import as_list, config_error, config_path, parse_finetune
 
 __all__ = ["DEFAULT_CONDITION", "Behaviour", "Condition", "parse_behaviours", "parse_conditions"]
 
@@ -208,8 +208,6 @@ def parse_conditions(value: Any, source: str, base: Path) -> list[Condition]:
             peft = str(base / peft)
         finetune = None
         if item.get("finetune") is not None:
-            from caa_eval.sweep.finetunes import parse_finetune  # (imports this module)
-
             if peft or pretrained:
                 raise config_error(
                     source,

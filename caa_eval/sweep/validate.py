@@ -18,6 +18,7 @@ from caa_eval.errors import CAAEvalError
 __all__ = [
     "DEVICES",
     "config_error",
+    "parse_finetune",
     "as_list",
     "config_path",
     "parse_layer_groups",
@@ -190,3 +191,27 @@ def parse_bool(value: Any, source: str, key: str) -> bool:
     if not isinstance(value, bool):
         raise config_error(source, key, f"{value!r} is not true/false", f"write {key}: true or false")
     return value
+
+
+def parse_finetune(value: Any, source: str, name: str) -> dict[str, Any]:
+    """Check a condition's `finetune` mapping (the `caa-eval finetune` settings) and return it.
+
+    Args:
+        value: the mapping from the config, e.g. `{direction: pos, max_steps: 20}`.
+        source: the config's name in error messages.
+        name: the condition's name.
+    """
+    from caa_eval.finetune.train import FinetuneConfig
+
+    if not isinstance(value, dict) or "direction" not in value:
+        raise config_error(
+            source,
+            "conditions",
+            f"{name}: finetune must be a mapping with a direction",
+            "write finetune: {direction: pos} (or neg; optional lr, epochs, max_steps, lora_r, ...)",
+        )
+    try:
+        FinetuneConfig.from_mapping(dict(value), f"condition {name}")
+    except CAAEvalError as exc:
+        raise config_error(source, "conditions", str(exc), "see docs/finetuning.md for the settings") from None
+    return dict(value)
