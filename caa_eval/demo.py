@@ -15,7 +15,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.paths import tasks_dir
@@ -64,6 +66,8 @@ def run_demo(
     layer: int = LAYER,
     limit: int | None = None,
     max_gen_toks: int = 48,
+    model: str | None = None,
+    layers_path: str | None = None,
 ) -> str:
     """Run the demo into `out` and return its table.
 
@@ -74,27 +78,51 @@ def run_demo(
         layer: the layer the vector is read at and added to.
         limit: items per task (None = all 12; tests use fewer).
         max_gen_toks: new tokens per open-ended answer.
+        model: another HF model folder instead of the embedded SmolLM2 (it also judges); tests use tiny ones.
+        layers_path: dotted path to that model's decoder blocks if they are not found structurally.
     """
     from caa_eval import models
-    from caa_eval.core.extract import extract_to_file
-    from caa_eval.judge import judge_samples
     from caa_eval.lmeval.model import SteeredHFLM
-    from caa_eval.lmeval.run import default_task_manager, env_info_once, evaluate_to_folder
 
     if 0 not in multipliers:
         raise CAAEvalError("the demo compares against multiplier 0: include 0 in the multipliers")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # the demo prints its own five steps
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[1/5] embedded model: {models.prepare()} (loaded once, as lm-eval's steered-hf)", flush=True)
-    lm = SteeredHFLM(pretrained=models.DEFAULT_MODEL, batch_size=8, device="cpu", multiplier=0)
-    demo_tasks = tasks_dir() / "caa_demo"
+    name = model or models.DEFAULT_MODEL
+    where = f"embedded model: {models.prepare()}" if model is None else f"model: {name}"
+    print(f"[1/5] {where} (loaded once, as lm-eval's steered-hf)", flush=True)
+    lm = SteeredHFLM(pretrained=name, batch_size=8, device="cpu", multiplier=0, layers_path=layers_path)
+    vector = _extract(lm, name, out, layer)
+    runs = _evaluate(lm, name, out, vector, layer, multipliers, open_multipliers, limit, max_gen_toks)
+    print(
+        "[4/5] judging open-ended answers with the local hf judge (SmolLM2: pipeline check, not a real judge)",
+        flush=True,
+    )
+    from caa_eval.judge import judge_samples
+
+    open_files = [f for m in open_multipliers for f in runs[m].glob("samples_caa_demo_optimism_open_*.jsonl")]
+    judge_samples(open_files, backend="hf", judge_model=name, rubrics=RUBRIC, batch_size=8)
+
+    print("[5/5] paired statistics against multiplier 0", flush=True)
+    text = summarize(runs, open_multipliers, layer) + (
+        f"\noutputs: {out}  (vector, lm-eval results/samples per multiplier, judged samples)  "
+        f"wall time {time.time() - t0:.0f} s"
+    )
+    (out / "demo_table.md").write_text(text + "\n")
+    return text
+
+
+def _extract(lm: Any, name: str, out: Path, layer: int) -> Path:
+    """Step 2: the optimism vector, read from the already loaded model (its layout, so `layers_path` holds)."""
+    from caa_eval.core.extract import extract_to_file
+
     vector = out / "optimism.safetensors"
     print(f"[2/5] extracting the optimism vector (layer {layer}) -> {vector}", flush=True)
     # a 135M model reads little into an answer letter, so the demo averages over the reply text (read=answer_mean)
     extract_to_file(
-        models.DEFAULT_MODEL,
-        demo_tasks / "optimism_generate_replies.json",
+        name,
+        tasks_dir() / "caa_demo" / "optimism_generate_replies.json",
         vector,
         layers=[layer],
         behaviour="optimism",
@@ -102,15 +130,33 @@ def run_demo(
         tokenizer=lm.tokenizer,
         progress=False,
         read="answer_mean",
+        layout=lm.layout,
     )
+    return vector
+
+
+def _evaluate(
+    lm: Any,
+    name: str,
+    out: Path,
+    vector: Path,
+    layer: int,
+    multipliers: Sequence[float],
+    open_multipliers: Sequence[float],
+    limit: int | None,
+    max_gen_toks: int,
+) -> dict[float, Path]:
+    """Step 3: lm-eval at every multiplier, one run folder each; log-likelihoods and generations from one grid."""
+    from caa_eval.core.vectors import load
+    from caa_eval.lmeval.run import default_task_manager, env_info_once, evaluate_to_folder
+
     print(
         f"[3/5] lm-eval with steered-hf at multipliers {list(multipliers)} (one shared-prefix pass for the "
         "log-likelihood tasks, one shared generate call per batch of open-ended prompts)",
         flush=True,
     )
-    settings = {
-        m: {"vector": str(vector), "layers": [layer], "multiplier": m} if m else {"multiplier": 0} for m in multipliers
-    }
+    sv = load(vector)  # read and hashed once for every setting
+    settings = {m: {"vector": sv, "layers": [layer], "multiplier": m} if m else {"multiplier": 0} for m in multipliers}
     tasks = {m: ["caa_demo"] + (["caa_demo_optimism_open"] if m in open_multipliers else []) for m in multipliers}
     lm.plan_grid(list(settings.values()), tasks=list(tasks.values()))  # open answers: one generate call per batch
     manager = default_task_manager()  # once, not once per multiplier
@@ -121,32 +167,20 @@ def run_demo(
             if run_dir.exists():  # rerun of the demo: start clean, never mix old and new samples
                 shutil.rmtree(run_dir)
             lm.set_steering(**settings[mult])
+            recorded = {"vector": str(vector), "layers": [layer], "multiplier": mult} if mult else {"multiplier": 0}
             evaluate_to_folder(
                 lm,
                 tasks[mult],
                 run_dir,
                 task_manager=manager,
                 limit=limit,
-                model_args={"pretrained": models.DEFAULT_MODEL, **settings[mult]},
+                model_args={"pretrained": name, **recorded},
                 gen_kwargs={"max_gen_toks": max_gen_toks},
             )
             runs[mult] = run_dir
             print(f"      multiplier {mult:+g}: {run_dir}", flush=True)
     lm.clear_grid()
-    print(
-        "[4/5] judging open-ended answers with the local hf judge (SmolLM2: pipeline check, not a real judge)",
-        flush=True,
-    )
-    open_files = [f for m in open_multipliers for f in runs[m].glob("samples_caa_demo_optimism_open_*.jsonl")]
-    judge_samples(open_files, backend="hf", judge_model=models.DEFAULT_MODEL, rubrics=RUBRIC, batch_size=8)
-
-    print("[5/5] paired statistics against multiplier 0", flush=True)
-    text = summarize(runs, open_multipliers, layer) + (
-        f"\noutputs: {out}  (vector, lm-eval results/samples per multiplier, judged samples)  "
-        f"wall time {time.time() - t0:.0f} s"
-    )
-    (out / "demo_table.md").write_text(text + "\n")
-    return text
+    return runs
 
 
 def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer: int = LAYER) -> str:

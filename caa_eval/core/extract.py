@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from caa_eval import data
 from caa_eval.core.forward import cache_kwarg, decoder_base, pad_right
-from caa_eval.core.layers import decoder_layers, hidden_of, hidden_size, site_module
+from caa_eval.core.layers import ModelLayout, hidden_of
 from caa_eval.core.prompts import ab_answer_prompt, prompt_for
 from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
@@ -145,13 +145,12 @@ def _shares_prefix(pos: _Row, neg: _Row) -> bool:
 class _Reader:
     """Forward hooks that record the site output of each requested layer, and stop after the last one."""
 
-    def __init__(self, model: torch.nn.Module, layers: Sequence[int], site: str):
-        blocks = decoder_layers(model)
+    def __init__(self, layout: ModelLayout, layers: Sequence[int], site: str):
         self.layers = list(layers)
         self.outputs: dict[int, torch.Tensor] = {}
         self.active = False
-        self.handles = [site_module(blocks[layer], site).register_forward_hook(self._record(layer)) for layer in layers]
-        self.handles.append(blocks[max(layers)].register_forward_hook(self._stop))
+        self.handles = [layout.site(layer, site).register_forward_hook(self._record(layer)) for layer in layers]
+        self.handles.append(layout.blocks[max(layers)].register_forward_hook(self._stop))
 
     def _record(self, layer: int):
         def hook(module, args, output):
@@ -233,12 +232,15 @@ def extract_vectors(
     system_prompt: str | None = None,
     progress: bool = True,
     read: str = "letter",
+    layout: ModelLayout | None = None,
 ) -> dict[int, torch.Tensor]:
     """Mean over pairs of (matching − non-matching) activation at the answer letter, per layer.
 
     read="answer_mean" averages over the answer's tokens instead, for pairs whose answers are full texts:
-    a documented variant for models too small to answer A/B questions (the demo), not CAA's protocol."""
-    layers = parse_layers(layers, len(decoder_layers(model)))
+    a documented variant for models too small to answer A/B questions (the demo), not CAA's protocol.
+    `layout`: the model's `ModelLayout` (default: resolved structurally here)."""
+    layout = layout or ModelLayout.of(model)
+    layers = parse_layers(layers, layout.n_layers)
     if batch_size < 1:
         raise CAAEvalError("--batch-size must be at least 1")
     rows = build_rows(tokenizer, pairs, system_prompt, read)
@@ -247,8 +249,8 @@ def extract_vectors(
     device = next(model.parameters()).device
     base = decoder_base(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0].ids))  # similar lengths share a batch
-    sums = {layer: torch.zeros(hidden_size(model), dtype=torch.float64) for layer in layers}
-    reader = _Reader(model, layers, site)
+    sums = {layer: torch.zeros(layout.hidden_size or 0, dtype=torch.float64) for layer in layers}
+    reader = _Reader(layout, layers, site)
     was_training = model.training
     model.eval()
     try:
@@ -311,6 +313,8 @@ def extract_to_file(
     read: str = "letter",
     device: str | None = None,
     dtype: str = "float32",
+    layers_path: str | None = None,
+    layout: ModelLayout | None = None,
 ) -> SteeringVector:
     """Extract from a contrast-pair file and save a self-describing `.safetensors` vector file.
 
@@ -325,6 +329,8 @@ def extract_to_file(
         read: `letter` (CAA) or `answer_mean` (free-text answers).
         device: where a model loaded here runs (`cuda`, `cuda:N`, `mps`, `cpu`; None/`auto`: cuda if available).
         dtype: the weights' dtype of a model loaded here (`float32`, `bfloat16`, `float16`).
+        layers_path: dotted path to the decoder blocks for models whose blocks are not found structurally.
+        layout: the given model's `ModelLayout` (instead of `layers_path`).
     """
     from caa_eval.files import check_output
 
@@ -345,7 +351,8 @@ def extract_to_file(
         where = resolve_device(device)  # a missing GPU is one line before the load, not a slow CPU run
         model, tokenizer = load_model(model_name, dtype=dtype)
         model = model.to(where)
-    vectors = extract_vectors(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)
+    layout = layout or ModelLayout.of(model, layers_path)
+    vectors = extract_vectors(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read, layout)
     sv = SteeringVector(
         vectors=vectors,
         behaviour=name,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from caa_eval.core.hooks import Steering
-from caa_eval.core.layers import decoder_layers, hidden_of
+from caa_eval.core.layers import ModelLayout, hidden_of
 from caa_eval.core.positions import InstructionLocator, Positions
 from caa_eval.core.prompts import prompt_ids
 from caa_eval.errors import CAAEvalError
@@ -60,13 +60,14 @@ class ScaleProbe:
         model: an HF causal LM.
         tokenizer: its tokenizer (chat template used for the prompts, as in CAA's evaluation).
         prompts: questions (default: the shipped `neutral_prompts()`).
-        layers_path: dotted path to the decoder blocks for models not found structurally.
+        layout: the model's `ModelLayout` (default: resolved structurally here).
     """
 
     def __init__(
-        self, model: nn.Module, tokenizer: Any, prompts: Sequence[str] | None = None, layers_path: str | None = None
+        self, model: nn.Module, tokenizer: Any, prompts: Sequence[str] | None = None, layout: ModelLayout | None = None
     ):
-        self.model, self.tokenizer, self.layers_path = model, tokenizer, layers_path
+        self.layout = layout or ModelLayout.of(model)
+        self.model, self.tokenizer = model, tokenizer
         self.prompts = list(prompts) if prompts is not None else neutral_prompts()
         if not self.prompts:
             raise CAAEvalError("the scale probe needs at least one neutral prompt")
@@ -78,7 +79,7 @@ class ScaleProbe:
         self.attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
         self.last = torch.tensor([len(r) - 1 for r in rows], device=device)
         self.rows = rows
-        self.blocks = decoder_layers(model, layers_path)
+        self.blocks = self.layout.blocks
         self._locator: InstructionLocator | None = None
         self._prefix: list[tuple[Any, int, int]] | None = None  # (KV cache of all but the last token, last id, length)
         self._prefix_base: torch.Tensor | None = None
@@ -184,7 +185,7 @@ class ScaleProbe:
                 self._prefix_base = self._cached_logprobs(None)
             base = self._prefix_base
             steered = self._cached_logprobs(
-                Steering(self.model, vec, float(multiplier), site, "all", layers_path=self.layers_path)
+                Steering(self.model, vec, float(multiplier), site, "all", layout=self.layout)
             )
         else:
             base = self.base_logprobs
@@ -196,7 +197,7 @@ class ScaleProbe:
                 rule,
                 tokenizer=self.tokenizer,
                 locator=self._locator,
-                layers_path=self.layers_path,
+                layout=self.layout,
             ):
                 steered = self._next_token_logprobs()
         per_prompt = (steered.exp() * (steered - base.to(steered.device))).sum(-1).clamp_min(0.0)

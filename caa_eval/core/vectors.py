@@ -54,6 +54,10 @@ class SteeringVector:
     aggregation: str = "mean_difference"
     normalization: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # not part of the file: where it was loaded from (the label runs record), and the content hash, computed once
+    # (a changed copy made with `dataclasses.replace` starts without either; do not change `vectors` in place)
+    source: str | None = field(default=None, init=False, repr=False, compare=False)
+    _sha256: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def layers(self) -> list[int]:
@@ -87,13 +91,16 @@ class SteeringVector:
         }
 
     def sha256(self) -> str:
-        """Content hash over the vectors and the metadata that changes their meaning."""
+        """Content hash over the vectors and the metadata that changes their meaning (computed once)."""
+        if self._sha256 is not None:
+            return self._sha256
         h = hashlib.sha256()
         for layer in self.layers:
             h.update(f"{layer}:".encode())
             h.update(self.vectors[layer].detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
         h.update(json.dumps([self.site, self.normalization], sort_keys=True, default=str).encode())
-        return h.hexdigest()
+        self._sha256 = h.hexdigest()
+        return self._sha256
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + rename): an interrupted save never leaves a half file."""
@@ -170,9 +177,14 @@ def load(path: str | Path) -> SteeringVector:
     one-line CAAEvalError naming the file; pickled objects are never executed (torch.load weights_only=True).
 
     Args:
-        path: the vector file.
+        path: the vector file (recorded as the vector's `source`).
     """
-    path = Path(path)
+    sv = _load(Path(path))
+    sv.source = str(path)
+    return sv
+
+
+def _load(path: Path) -> SteeringVector:
     if path.is_dir():
         raise CAAEvalError(
             f"{path} is a folder, not a vector file; pass one .safetensors file (a CAA vectors/ "
@@ -211,7 +223,7 @@ def load(path: str | Path) -> SteeringVector:
             f"{path}: the header lists layers {meta['layers']} but the file holds layers "
             f"{sorted(vectors)}; the file is corrupt: re-extract it"
         )
-    known = {f for f in SteeringVector.__dataclass_fields__ if f not in ("vectors",)}
+    known = {name for name, f in SteeringVector.__dataclass_fields__.items() if f.init and name != "vectors"}
     return SteeringVector(vectors=vectors, **{k: v for k, v in meta.items() if k in known})
 
 

@@ -19,7 +19,7 @@ from lm_eval.models.huggingface import HFLM
 
 from caa_eval.core import vectors as vector_files
 from caa_eval.core.hooks import Steering
-from caa_eval.core.layers import decoder_layers, hidden_size
+from caa_eval.core.layers import ModelLayout
 from caa_eval.core.positions import Positions
 from caa_eval.errors import CAAEvalError
 from caa_eval.models import DEFAULT_MODEL, resolve
@@ -101,15 +101,14 @@ class SteeredHFLM(HFLM):
     ):
         _reject_unknown(kwargs)
         # every steering argument is checked before the (possibly long) model load
-        checked = _check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch)
-        checked["vector_layer"] = _one_layer(vector_layer)
-        self.layers_path = layers_path
+        checked = _checked(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch, vector_layer)
         if isinstance(pretrained, str):
             pretrained = resolve(pretrained)
         if kwargs.get("tokenizer") == DEFAULT_MODEL:
             kwargs["tokenizer"] = resolve(DEFAULT_MODEL)
         super().__init__(pretrained=pretrained, **kwargs)
         self._join_data_parallel()
+        self.layout = ModelLayout.of(self.model, layers_path)  # once: hooks, grid and scale probe share it
         self._known_rows: dict[tuple[int, ...], int] | None = None
         self._steering: Steering | None = None
         self._fingerprint_cache: str | None = None
@@ -174,12 +173,16 @@ class SteeredHFLM(HFLM):
             allow_fingerprint_mismatch: apply a vector read from other weights.
             vector_layer: apply the file's vector of this layer at every layer in `layers` (CAA's layer transfer).
         """
-        checked = _check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch)
-        checked["vector_layer"] = _one_layer(vector_layer)
-        self._apply(checked)
+        self._apply(_checked(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch, vector_layer))
 
     def _apply(self, args: dict[str, Any]) -> None:
         """Resolve checked arguments against the loaded model; assign only when everything fits."""
+        steering, config, fingerprint = self._resolve(args)
+        self._steering, self.steering_config, self.steering_fingerprint = steering, config, fingerprint
+        _record(config, fingerprint)
+
+    def _resolve(self, args: dict[str, Any]) -> tuple[Steering | None, dict[str, Any], str]:
+        """(hooks or None, resolved config, fingerprint) of checked arguments; changes nothing."""
         multiplier, positions_rule, sv = args["multiplier"], Positions.parse(args["positions"]), args["vector"]
         if sv is None:
             config: dict[str, Any] = {
@@ -190,63 +193,18 @@ class SteeredHFLM(HFLM):
                 "positions": str(positions_rule),
                 **self._adapter(),
             }
-            self._steering, self.steering_config, self.steering_fingerprint = None, config, ""
-            _record(config, "")
-            return
-        source = args["source"]
-        n_layers = len(decoder_layers(self.model, self.layers_path))
-        layer_list = parse_layers(args["layers"], n_layers) if args["layers"] is not None else None
-        if layer_list is None:
-            if len(sv.layers) != 1:
-                raise CAAEvalError(
-                    f"{source} holds layers {vector_files.ranges(sv.layers)}; choose with layers=13 or layers=[12,13]"
-                )
-            layer_list = sv.layers
+            return None, config, ""
+        layer_list, vectors = self._vectors_for(args)
         site = args["site"] or sv.site
-        vector_layer = args.get("vector_layer")
-        read_layers = [vector_layer] if vector_layer is not None else layer_list
-        vector_files.validate_for_model(
-            sv,
-            hidden_size(self.model),
-            self.model_fingerprint if sv.model_fingerprint else "",
-            read_layers,
-            n_layers,
-            args["allow_fingerprint_mismatch"],
-            source,
-        )
-        if vector_layer is not None:  # one layer's vector added at every steered layer (layer transfer, §8.2)
-            vectors = {layer: sv.select([vector_layer], source)[vector_layer] for layer in layer_list}
-        else:
-            vectors = sv.select(layer_list, source)
         steering = None
         if multiplier != 0:  # multiplier 0 is exactly the unsteered model: no hooks at all
             steering = Steering(
-                self.model,
-                vectors,
-                multiplier,
-                site,
-                positions_rule,
-                tokenizer=self.tokenizer,
-                layers_path=self.layers_path,
+                self.model, vectors, multiplier, site, positions_rule, tokenizer=self.tokenizer, layout=self.layout
             )
-        if site != sv.site:
-            log.warning("vector was read at site %r but is applied at site %r", sv.site, site)
-        scale = (
-            f"CAA-normalised ({sv.normalization.get('method')}): multipliers are on CAA's published scale"
-            if sv.normalization
-            else "raw (not normalised): multipliers are relative to this vector's own norm"
-        )
-        log.info(
-            "steering with %s, layers %s, multiplier %g, site %s, positions %s; vector %s",
-            source,
-            layer_list,
-            multiplier,
-            site,
-            positions_rule,
-            scale,
-        )
+        _log_setting(args, sv, layer_list, site, positions_rule)
+        vector_layer = args.get("vector_layer")
         config = {
-            "vector": source,
+            "vector": args["source"],
             "vector_sha256": sv.sha256(),
             "behaviour": sv.behaviour,
             "layers": layer_list,
@@ -259,8 +217,33 @@ class SteeredHFLM(HFLM):
             **({"vector_layer": vector_layer} if vector_layer is not None else {}),
         }
         fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self._steering, self.steering_config, self.steering_fingerprint = steering, config, fingerprint
-        _record(config, fingerprint)
+        return steering, config, fingerprint
+
+    def _vectors_for(self, args: dict[str, Any]) -> tuple[list[int], dict[int, torch.Tensor]]:
+        """The steered layers and the vector added at each, checked against this model."""
+        sv, source = args["vector"], args["source"]
+        n_layers = self.layout.n_layers
+        layer_list = parse_layers(args["layers"], n_layers) if args["layers"] is not None else None
+        if layer_list is None:
+            if len(sv.layers) != 1:
+                raise CAAEvalError(
+                    f"{source} holds layers {vector_files.ranges(sv.layers)}; choose with layers=13 or layers=[12,13]"
+                )
+            layer_list = sv.layers
+        vector_layer = args.get("vector_layer")
+        read_layers = [vector_layer] if vector_layer is not None else layer_list
+        vector_files.validate_for_model(
+            sv,
+            self.layout.hidden_size or 0,
+            self.model_fingerprint if sv.model_fingerprint else "",
+            read_layers,
+            n_layers,
+            args["allow_fingerprint_mismatch"],
+            source,
+        )
+        if vector_layer is not None:  # one layer's vector added at every steered layer (layer transfer, §8.2)
+            return layer_list, {layer: sv.select([vector_layer], source)[vector_layer] for layer in layer_list}
+        return layer_list, sv.select(layer_list, source)
 
     # ------------------------------------------------------------------ one pass for a grid of settings
 
@@ -270,10 +253,11 @@ class SteeredHFLM(HFLM):
         """Announce every steering config a sweep will run, so log-likelihoods are computed for all of them in one
         pass (shared unsteered prefix, one short tail per config) and greedy generations in one `generate` call
         per batch of prompts (see `caa_eval.lmeval.grid`). Cells are still run one by one with `set_steering`;
-        their results come from the grid.
+        their results come from the grid. The active steering is left as it was.
 
         Args:
-            configs: `set_steering` keyword dicts (a dict without `vector` is the unsteered baseline).
+            configs: `set_steering` keyword dicts (a dict without `vector` is the unsteered baseline); pass loaded
+                `SteeringVector`s to spare reading and hashing the file per config.
             max_rows: prefix rows × configs per tail batch, prompts × configs per generate call (memory bound).
             tasks: per config, the task names it will run (None: any); a generation is decoded in advance only
                 for the configs that will ask for it.
@@ -282,20 +266,19 @@ class SteeredHFLM(HFLM):
 
         settings = []
         for i, config in enumerate(configs):
-            self.set_steering(**config)
-            steering = self._steering
+            steering, resolved, fingerprint = self._resolve(_checked(**config))
             wanted = tasks[i] if tasks is not None else None
             settings.append(
                 GridSetting(
-                    key=self.steering_fingerprint or "unsteered",
+                    key=fingerprint or "unsteered",
                     vectors=dict(steering.vectors) if steering is not None else {},
-                    multiplier=float(self.steering_config["multiplier"]),
-                    site=self.steering_config["site"],
-                    positions=Positions.parse(self.steering_config["positions"]),
+                    multiplier=float(resolved["multiplier"]),
+                    site=resolved["site"],
+                    positions=Positions.parse(resolved["positions"]),
                     tasks=frozenset(wanted) if wanted is not None else None,
                 )
             )
-        self.grid = SteeringGrid(settings, max_rows=max_rows)
+        self.grid = SteeringGrid(settings, max_rows=max_rows, layout=self.layout)
 
     def clear_grid(self) -> None:
         self.grid = None
@@ -378,7 +361,6 @@ class SteeredHFLM(HFLM):
                 stop,
                 generation_kwargs,
                 getattr(self, "_request_tasks", frozenset()),
-                self.layers_path,
             )
         if self._steering is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
@@ -399,7 +381,7 @@ class SteeredHFLM(HFLM):
                 from caa_eval.core.scale import ScaleProbe
 
                 if self._scale_probe is None:
-                    self._scale_probe = ScaleProbe(self.model, self.tokenizer, layers_path=self.layers_path)
+                    self._scale_probe = ScaleProbe(self.model, self.tokenizer, layout=self.layout)
                 config = self.steering_config
                 self._scale_cache[key] = self._scale_probe.setting(
                     dict(self._steering.vectors), float(config["multiplier"]), config["site"], config["positions"]
@@ -447,7 +429,7 @@ def _check_steering_args(
             )
         sv, source = None, None
     elif isinstance(vector, vector_files.SteeringVector):
-        sv, source = vector, f"{vector.behaviour} vector"
+        sv, source = vector, vector.source or f"{vector.behaviour} vector"
     else:
         sv, source = vector_files.load(vector), str(vector)
     return {
@@ -459,6 +441,40 @@ def _check_steering_args(
         "positions": positions,
         "allow_fingerprint_mismatch": allow,
     }
+
+
+def _log_setting(args: dict[str, Any], sv: Any, layers: list[int], site: str, positions: Positions) -> None:
+    if site != sv.site:
+        log.warning("vector was read at site %r but is applied at site %r", sv.site, site)
+    scale = (
+        f"CAA-normalised ({sv.normalization.get('method')}): multipliers are on CAA's published scale"
+        if sv.normalization
+        else "raw (not normalised): multipliers are relative to this vector's own norm"
+    )
+    log.info(
+        "steering with %s, layers %s, multiplier %g, site %s, positions %s; vector %s",
+        args["source"],
+        layers,
+        args["multiplier"],
+        site,
+        positions,
+        scale,
+    )
+
+
+def _checked(
+    vector: Any = None,
+    layers: Any = None,
+    multiplier: Any = 1.0,
+    site: Any = None,
+    positions: Any = "after_instruction",
+    allow_fingerprint_mismatch: Any = False,
+    vector_layer: Any = None,
+) -> dict[str, Any]:
+    """`set_steering`'s arguments (with its defaults) checked without the model."""
+    checked = _check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch)
+    checked["vector_layer"] = _one_layer(vector_layer)
+    return checked
 
 
 def _record(config: dict[str, Any], fingerprint: str) -> None:

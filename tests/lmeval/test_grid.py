@@ -171,7 +171,7 @@ def _samples(run_dir):
 
 def test_sweep_with_the_grid_writes_what_separate_runs_write(tmp_path, tiny_model_dir, monkeypatch):
     """The sweep plans a grid per (condition, tasks); its samples equal a sweep whose cells run one by one."""
-    from test_sweep import base_keys, write_caa_layout, write_config
+    from tests.helpers.sweep_data import base_keys, write_caa_layout, write_config
 
     monkeypatch.setenv("CAA_EVAL_DATA_DIR", str(write_caa_layout(tmp_path / "data")))
     from caa_eval import sweep

@@ -41,9 +41,8 @@ def test_vector_layer_adds_that_layers_vector_everywhere(tiny_model_dir, tiny_mo
 
 
 def test_sweep_with_vector_layer_draws_the_transfer_curve(tmp_path, tiny_model_dir, monkeypatch):
-    from test_sweep import base_keys, write_caa_layout, write_config
-
     from caa_eval import sweep
+    from tests.helpers.sweep_data import base_keys, write_caa_layout, write_config
 
     monkeypatch.setenv("CAA_EVAL_DATA_DIR", str(write_caa_layout(tmp_path / "data")))
     keys = base_keys(
