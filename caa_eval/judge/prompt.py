@@ -25,8 +25,11 @@ __all__ = [
 class RubricText(Protocol):
     """What the prompt needs of a rubric (`caa_eval.judge.rubrics.Rubric` builds on this module, not back)."""
 
-    behaviour: str
-    text: str
+    @property
+    def behaviour(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
 
 
 SCORES = tuple(range(11))

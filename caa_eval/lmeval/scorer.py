@@ -60,7 +60,7 @@ def lmeval_scorer(
     if not metric:
         raise CAAEvalError(f"task {task!r} has no known primary metric; name the per-item metric with --metric")
     task_dict = _task_dict(task, task_manager or default_task_manager())
-    steering = {"layers": [layer], "site": site, "positions": positions}
+    steering: dict[str, Any] = {"layers": [layer], "site": site, "positions": positions}
     steering["allow_fingerprint_mismatch"] = allow_fingerprint_mismatch
 
     def score(multiplier: float) -> np.ndarray:

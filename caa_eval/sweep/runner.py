@@ -135,7 +135,8 @@ def _dry_run(cfg: SweepConfig, cells: list[Cell], done: set[str], print_fn: Call
         print_fn(f"  extract {b.name} (site {site}) layers {layers} -> {store.raw_path(b, site)}")
     for cond, b in pending_finetunes(cfg):
         print_fn(
-            f"  finetune {cond.name}/{b.name} ({cond.finetune['direction']}) -> {cell_condition(cfg, cond, b.name).peft}"
+            f"  finetune {cond.name}/{b.name} ({(cond.finetune or {}).get('direction')}) -> "
+            f"{cell_condition(cfg, cond, b.name).peft}"
         )
     for c in cells:
         print_fn(f"  [{'done' if c.id in done else 'todo'}] {c.id}: {', '.join(c.tasks)}")
@@ -169,11 +170,16 @@ def _extract_vectors(run: SweepRun) -> None:
             if base_cond is not None:
                 lm = run.lms.setdefault(run.base_key, load_lm(cfg, base_cond, run.device))
                 store.extract(todo, lm.model, lm.tokenizer, run.progress, layout=lm.layout)
-            else:
+            else:  # no condition runs the plain base model: load it for extraction only
+                from caa_eval.core.layers import ModelLayout
                 from caa_eval.models import load_model
 
                 model, tok = load_model(cfg.model)
-                store.extract(todo, model.to(run.device), tok, run.progress)
+                layers_path = next(
+                    (c.model_args["layers_path"] for c in cfg.conditions if "layers_path" in c.model_args), None
+                )
+                layout = ModelLayout.of(model, layers_path)  # a model that needs layers_path names it in model_args
+                store.extract(todo, model.to(run.device), tok, run.progress, layout=layout)
                 del model, tok
                 gc.collect()
         store.finalize()
