@@ -189,59 +189,14 @@ def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer:
 
     from caa_eval import stats
 
-    rows, table = [], []
-    for mult, run in runs.items():
-        replies = _samples(run, "caa_demo_optimism")
-        letters = _samples(run, "caa_demo_optimism_ab")
-        judged = _judged(run, "caa_demo_optimism_open")
-        for s in replies:
-            rows.append(
-                {
-                    "item_id": s["doc_id"],
-                    "behaviour": "optimism",
-                    "task": "reply_ll_diff",
-                    "multiplier": mult,
-                    "score": s["ll_diff"],
-                }
-            )
-        for s in letters:
-            rows.append(
-                {
-                    "item_id": s["doc_id"],
-                    "behaviour": "optimism",
-                    "task": "ab_p_match",
-                    "multiplier": mult,
-                    "score": s["p_match"],
-                }
-            )
-        for s in judged:
-            rows.append(
-                {
-                    "item_id": s["doc_id"],
-                    "behaviour": "optimism",
-                    "task": "open_judge",
-                    "multiplier": mult,
-                    "score": float("nan") if s["score"] is None else s["score"],
-                }
-            )
-        scored = [s["score"] for s in judged if s["score"] is not None]
-        table.append(
-            (
-                mult,
-                _mean([s["p_match"] for s in replies]),
-                _mean([s["ll_diff"] for s in replies]),
-                _mean([s["p_match"] for s in letters]),
-                _mean([s["ab_mass"] for s in letters]),
-                _mean(scored),
-            )
-        )
+    rows: list[dict] = []
+    table = [_read_run(mult, run, rows) for mult, run in runs.items()]
     result = stats.compute_stats(pd.DataFrame(rows), seed=0, n_resamples=1000, n_permutations=2000)
     p_holm = {(r.task, float(r.multiplier)): r.p_holm for r in result.itertuples() if r.multiplier != 0}
     sample_text = {}
     for mult in open_multipliers:
         first = _samples(runs[mult], "caa_demo_optimism_open")[0]
         sample_text[mult] = (first["doc"]["question"], str(first["filtered_resps"][0]).strip().replace("\n", " ")[:160])
-
     lines = [
         f"caa-eval demo: SmolLM2-135M-Instruct, behaviour 'optimism' (project-authored, 48 pairs / 12 test items), "
         f"vector at layer {layer} (mean over reply tokens), steering after the instruction",
@@ -255,16 +210,50 @@ def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer:
             f"| {mult:+g} | {p_reply:.3f} | {ll:+.2f} | {'—' if p is None else f'{p:.3g}'} | {p_ab:.3f} | {mass:.3f} | "
             f"{'' if judge != judge else f'{judge:.2f}'} |"
         )
-    lines += [
-        "",
-        "Reading it: the log-odds column is the paired effect on the same 12 items (Wilcoxon, Holm over all cells);",
-        "the A/B letter probe stays at chance (~0.5) because a 135M model cannot answer A/B questions, which is",
-        "why CAA's own behaviours need a larger model (Llama-2-7b-chat in the paper). The judge column comes from",
-        "SmolLM2 judging itself and only shows the pipeline works offline.",
-        "",
-    ]
+    lines += _READING
     q0 = sample_text[open_multipliers[0]][0]
     lines.append(f"Generations for: {q0!r}")
     for mult, (_, text) in sample_text.items():
         lines.append(f"  m={mult:+g}: {text!r}")
     return "\n".join(lines)
+
+
+_READING = [
+    "",
+    "Reading it: the log-odds column is the paired effect on the same 12 items (Wilcoxon, Holm over all cells);",
+    "the A/B letter probe stays at chance (~0.5) because a 135M model cannot answer A/B questions, which is",
+    "why CAA's own behaviours need a larger model (Llama-2-7b-chat in the paper). The judge column comes from",
+    "SmolLM2 judging itself and only shows the pipeline works offline.",
+    "",
+]
+
+
+def _read_run(mult: float, run: Path, rows: list[dict]) -> tuple[float, float, float, float, float, float]:
+    """One multiplier's per-item scores (appended to `rows`, the long table) and its row of means."""
+    replies = _samples(run, "caa_demo_optimism")
+    letters = _samples(run, "caa_demo_optimism_ab")
+    judged = _judged(run, "caa_demo_optimism_open")
+    for task, samples, field in (("reply_ll_diff", replies, "ll_diff"), ("ab_p_match", letters, "p_match")):
+        rows += [
+            {"item_id": s["doc_id"], "behaviour": "optimism", "task": task, "multiplier": mult, "score": s[field]}
+            for s in samples
+        ]
+    rows += [
+        {
+            "item_id": s["doc_id"],
+            "behaviour": "optimism",
+            "task": "open_judge",
+            "multiplier": mult,
+            "score": float("nan") if s["score"] is None else s["score"],
+        }
+        for s in judged
+    ]
+    scored = [s["score"] for s in judged if s["score"] is not None]
+    return (
+        mult,
+        _mean([s["p_match"] for s in replies]),
+        _mean([s["ll_diff"] for s in replies]),
+        _mean([s["p_match"] for s in letters]),
+        _mean([s["ab_mass"] for s in letters]),
+        _mean(scored),
+    )

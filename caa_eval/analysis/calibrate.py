@@ -16,7 +16,7 @@ positions and models, both on a small shipped set of ordinary questions (`neutra
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -138,26 +138,32 @@ def calibrate(
         seen.append((direction * m, value))
         return value
 
-    def result(m: float | None, kl: float | None) -> Calibration:
-        frac = None if m is None else m * vnorm / probe.resid_norm(layer)
-        return Calibration(
-            layer, target_kl, direction, None if m is None else direction * m, kl, frac, max_multiplier, sorted(seen)
-        )
+    m, kl = _find_crossing(kl_at, target_kl, tolerance, max_multiplier, 0.01 * probe.resid_norm(layer) / vnorm)
+    frac = None if m is None else m * vnorm / probe.resid_norm(layer)
+    return Calibration(
+        layer, target_kl, direction, None if m is None else direction * m, kl, frac, max_multiplier, sorted(seen)
+    )
 
+
+def _find_crossing(
+    kl_at: Callable[[float], float], target_kl: float, tolerance: float, max_multiplier: float, start: float
+) -> tuple[float | None, float | None]:
+    """(|multiplier|, KL) within `tolerance` of the target: doubling from `start`, then bisection / secant steps
+    on (log m, log KL); (None, None) when even `max_multiplier` stays below the target."""
     lo, kl_lo = 0.0, 0.0
-    hi = min(0.01 * probe.resid_norm(layer) / vnorm, max_multiplier)  # 1% of the residual norm
+    hi = min(start, max_multiplier)  # 1% of the residual norm
     kl_hi = kl_at(hi)
     while kl_hi < target_kl:
         if hi >= max_multiplier:
-            return result(None, None)
+            return None, None
         lo, kl_lo = hi, kl_hi
         hi = min(2 * hi, max_multiplier)
         kl_hi = kl_at(hi)
     for step in range(60):
         if abs(kl_hi - target_kl) <= tolerance * target_kl:
-            return result(hi, kl_hi)
+            return hi, kl_hi
         if abs(kl_lo - target_kl) <= tolerance * target_kl and lo > 0:
-            return result(lo, kl_lo)
+            return lo, kl_lo
         if lo > 0 and kl_lo > 0 and step % 2:  # secant on (log m, log KL): KL ~ c·m^p near a smooth crossing
             p = math.log(kl_hi / kl_lo) / math.log(hi / lo)
             mid = lo * math.exp(math.log(target_kl / kl_lo) / p) if p > 0 else math.sqrt(lo * hi)

@@ -172,60 +172,74 @@ def find_threshold(
     tolerance = max_multiplier / 100 if tolerance is None else float(tolerance)
     if not tolerance > 0:
         raise CAAEvalError(f"tolerance={tolerance}: give a positive width")
-    scores: dict[float, np.ndarray] = {}
-
-    def mean_at(m: float) -> float:
-        m = float(m)
-        if m not in scores:
-            values = np.asarray(score(m), dtype=np.float64).reshape(-1)
-            if values.size == 0 or not np.all(np.isfinite(values)):
-                raise CAAEvalError(f"multiplier {format_multiplier(m)}: the scorer returned no or non-finite scores")
-            if scores and values.size != next(iter(scores.values())).size:
-                raise CAAEvalError("the scorer returned a different number of items at different multipliers")
-            scores[m] = values
-            log.info("multiplier %s: mean %.4f", format_multiplier(m), values.mean())
-        return float(scores[m].mean())
-
-    baseline = mean_at(0.0)
-    lo, hi = 0.0, None
-    if baseline >= threshold:
-        hi = 0.0
-        mean_at(max_multiplier / grid)  # one grid point past the crossing, as below
-    else:
-        for k in range(1, grid + 1):
-            m = max_multiplier * k / grid
-            if mean_at(m) >= threshold:
-                hi = m
-                break
-            lo = m
-        if hi is not None:
-            above = hi + max_multiplier / grid  # one grid point past the crossing, so resamples can cross later
-            if above <= max_multiplier * (1 + 1e-9):
-                mean_at(above)
-            while hi - lo > tolerance:
-                mid = (lo + hi) / 2
-                if mean_at(mid) >= threshold:
-                    hi = mid
-                else:
-                    lo = mid
-    curve = sorted((m, float(v.mean())) for m, v in scores.items())
+    curve = _Curve(score)
+    baseline = curve.mean_at(0.0)
+    lo, hi = _search(curve, threshold, max_multiplier, grid, tolerance, baseline)
+    scores = curve.scores
     m_ci, s_ci = _bootstrap(scores, threshold, max_multiplier, hi, confidence, n_resamples, seed)
-    n_items = next(iter(scores.values())).size
     return Elicitation(
         threshold,
         max_multiplier,
         tolerance,
-        n_items,
+        next(iter(scores.values())).size,
         baseline,
         hi is not None,
         hi,
         None if hi is None else (lo, hi),
-        None if hi is None else mean_at(hi),
+        None if hi is None else curve.mean_at(hi),
         s_ci,
         m_ci,
-        curve,
+        sorted((m, float(v.mean())) for m, v in scores.items()),
         confidence,
     )
+
+
+class _Curve:
+    """The scorer's per-item scores at each multiplier asked for, each computed once and checked."""
+
+    def __init__(self, score: Scorer):
+        self.score = score
+        self.scores: dict[float, np.ndarray] = {}
+
+    def mean_at(self, m: float) -> float:
+        m = float(m)
+        if m not in self.scores:
+            values = np.asarray(self.score(m), dtype=np.float64).reshape(-1)
+            if values.size == 0 or not np.all(np.isfinite(values)):
+                raise CAAEvalError(f"multiplier {format_multiplier(m)}: the scorer returned no or non-finite scores")
+            if self.scores and values.size != next(iter(self.scores.values())).size:
+                raise CAAEvalError("the scorer returned a different number of items at different multipliers")
+            self.scores[m] = values
+            log.info("multiplier %s: mean %.4f", format_multiplier(m), values.mean())
+        return float(self.scores[m].mean())
+
+
+def _search(
+    curve: _Curve, threshold: float, max_multiplier: float, grid: int, tolerance: float, baseline: float
+) -> tuple[float, float | None]:
+    """(lo, hi): the bracket of the crossing after the grid pass and bisection; hi None = never reached."""
+    lo, hi = 0.0, None
+    step = max_multiplier / grid
+    if baseline >= threshold:
+        curve.mean_at(step)  # one grid point past the crossing, as below
+        return lo, 0.0
+    for k in range(1, grid + 1):
+        m = max_multiplier * k / grid
+        if curve.mean_at(m) >= threshold:
+            hi = m
+            break
+        lo = m
+    if hi is None:
+        return lo, None
+    if hi + step <= max_multiplier * (1 + 1e-9):  # one grid point past the crossing, so resamples can cross later
+        curve.mean_at(hi + step)
+    while hi - lo > tolerance:
+        mid = (lo + hi) / 2
+        if curve.mean_at(mid) >= threshold:
+            hi = mid
+        else:
+            lo = mid
+    return lo, hi
 
 
 def markdown_table(rows: list[tuple[str, Elicitation]]) -> str:

@@ -23,6 +23,7 @@ from caa_eval.core.layers import ModelLayout, hidden_of
 from caa_eval.core.prompts import ab_answer_prompt, prompt_for
 from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
+from caa_eval.files import check_output
 from caa_eval.vocab import BEHAVIOURS, behaviour_key, parse_layers, parse_site
 
 __all__ = [
@@ -295,8 +296,13 @@ def default_behaviour(data_path: Path) -> str:
     return name
 
 
-def _check_site(site: str) -> None:
+def _check_settings(layers: Any, site: str, read: str, batch_size: int) -> None:
+    parse_layers(layers)
     parse_site(site)
+    if read not in READ_RULES:
+        raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
+    if batch_size < 1:
+        raise CAAEvalError(f"--batch-size {batch_size}: write 1 or more")
 
 
 def extract_to_file(
@@ -321,8 +327,7 @@ def extract_to_file(
 
     Args:
         model_name: HF path/ID or `smollm2-135m-instruct` (loaded unless `model`/`tokenizer` are given).
-        data_path: JSON/JSONL contrast pairs.
-        out: output `.safetensors` path.
+        data_path, out: the JSON/JSONL contrast pairs; the output `.safetensors` path.
         layers: layer spec (`all`, 13, `10-14`, a list).
         site: `residual`, `mlp` or `attn`.
         behaviour: name recorded in the file (default: CAA's folder name, else the file's stem).
@@ -330,20 +335,13 @@ def extract_to_file(
         read: `letter` (CAA) or `answer_mean` (free-text answers).
         device: where a model loaded here runs (`cuda`, `cuda:N`, `mps`, `cpu`; None/`auto`: cuda if available).
         dtype: the weights' dtype of a model loaded here (`float32`, `bfloat16`, `float16`).
-        layers_path: dotted path to the decoder blocks for models whose blocks are not found structurally.
-        layout: the given model's `ModelLayout` (instead of `layers_path`).
+        layers_path, layout: where the decoder blocks are, for models not found structurally (a dotted path, or
+            the given model's `ModelLayout`).
     """
-    from caa_eval.files import check_output
-
     data_path = Path(data_path)
     # everything that can be checked without the model is checked before loading it
     check_output(out, "out")
-    parse_layers(layers)
-    _check_site(site)
-    if read not in READ_RULES:
-        raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
-    if batch_size < 1:
-        raise CAAEvalError(f"--batch-size {batch_size}: write 1 or more")
+    _check_settings(layers, site, read, batch_size)
     pairs = data.load_contrast_pairs(data_path, free_text_answers=read == "answer_mean")
     name = behaviour_key(behaviour) if behaviour else default_behaviour(data_path)
     if model is None:

@@ -104,20 +104,15 @@ def run_cell(
     spec: dict[str, Any],
     vectors: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run one cell into RUN_DIR/.partial/<id>/, move it to cells/<id>/, then write DONE.
+    """Run one cell into RUN_DIR/.partial/<id>/, move it to cells/<id>/, then write DONE; return lm-eval's results.
 
     Args:
         lm: the loaded `SteeredHFLM` of the cell's condition.
-        cfg: the sweep config.
-        cell: the cell to run.
-        cond: its condition.
+        cfg, cell, cond: the sweep config, the cell, its condition.
         manager: lm-eval's TaskManager.
         run_dir: the run folder.
         spec: `cell_spec(...)`, stored with its hash in cell.json.
         vectors: the sweep's loaded vectors (`VectorStore.loaded`), so the file is not read again.
-
-    Returns:
-        lm-eval's results (without the samples).
     """
     from caa_eval.lmeval.run import evaluate_to_folder
 
