@@ -7,6 +7,7 @@ spare block never runs, so every number must equal the plain tiny model's, which
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,6 @@ def test_steered_hf_and_its_grid_equal_the_plain_model(spare_dir, tiny_model_dir
 
 
 def _cell_lls(run_dir: Path) -> dict[str, list[float]]:
-    import json
-
     out = {}
     for cell in sorted((run_dir / "cells").iterdir()):
         samples = sorted(cell.glob("samples_*.jsonl"))
@@ -147,3 +146,10 @@ def test_demo_runs_on_the_model_that_needs_layers_path(spare_dir, tmp_path, caps
     assert "| +2 |" in text and "| -2 |" in text
     runs = tmp_path / "demo" / "runs"
     assert {p.name for p in runs.iterdir()} == {"m-2", "m+0", "m+2"}
+    for m in ("-2", "+0", "+2"):
+        recorded = json.loads(next((runs / f"m{m}").glob("results_*.json")).read_text())
+        assert recorded["config"]["model"] == "SteeredHFLM"
+        assert float(recorded["config"]["model_args"]["multiplier"]) == float(m)
+        assert recorded["steering"]["multiplier"] == float(m) and (m == "+0") == (
+            recorded["steering"]["vector"] is None
+        )
