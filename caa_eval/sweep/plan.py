@@ -125,6 +125,8 @@ def plan_cells(cfg: SweepConfig) -> list[Cell]:
             )
         for b in cfg.behaviours:
             tasks = cfg.behaviour_tasks(b)
+            if not tasks:  # a vector-only behaviour: it counts in the normalisation, runs nothing
+                continue
             for layer in cfg.layers:
                 for site in cfg.sites:
                     for positions in cfg.positions:
