@@ -36,6 +36,7 @@ MODELS: dict[str, tuple[float, int, int, float]] = {
 # task family -> items per task (CAA's data); open-ended sycophancy has 53
 ITEMS = {"caa_ab": 50, "caa_open": 50, "caa_mmlu_2opt": 570, "caa_tqa_2opt": 817}
 ITEM_TOKENS = {"caa_ab": 101, "caa_open": 41, "caa_mmlu_2opt": 94, "caa_tqa_2opt": 68}  # prompt tokens per item
+SUBTASKS = {"caa_mmlu_2opt": 57, "caa_tqa_2opt": 32}  # subjects / categories: lm-eval's limit is per subtask
 PAIR_TOKENS = 230  # both answers of one contrast pair
 GENERATE_PAIRS = {
     "coordinate-other-ais": 360,
@@ -57,8 +58,9 @@ def _items(task: str, behaviour: str | None, limit: int | float | None) -> int:
     n = 53 if fam == "caa_open" and behaviour == "sycophancy" else ITEMS.get(fam, 50)
     if limit is None:
         return n
-    if fam == "caa_mmlu_2opt":  # the limit is per subject (57 subjects of 10)
-        return min(n, 57 * math.ceil(limit * 10 if limit < 1 else limit))
+    if fam in SUBTASKS:  # the limit is per subject / category (at most this many items)
+        per = n / SUBTASKS[fam]
+        return min(n, SUBTASKS[fam] * math.ceil(limit * per if limit < 1 else limit))
     return min(n, math.ceil(n * limit) if limit < 1 else int(limit))
 
 

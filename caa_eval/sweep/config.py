@@ -72,6 +72,7 @@ CONFIG_KEYS = {
     "output": "run folder (default outputs/<config file stem>)",
     "include_path": "extra lm-eval task folder(s) with your own task YAMLs",
     "include_default_tasks": "true = also index lm-eval's built-in tasks (slower start)",
+    "task_metadata": "mapping passed to the tasks as lm-eval metadata, e.g. {tqa_seed: caa} (CAA's TruthfulQA letters)",
     "caa_data_dir": "CAA datasets/ folder (default $CAA_EVAL_DATA_DIR, then the download cache)",
     "mmlu_dir": "folder of MMLU test CSVs (default $CAA_EVAL_MMLU_DIR, then the download cache)",
     "report": "true (default) = build RUN_DIR/report at the end",
@@ -124,6 +125,7 @@ class SweepConfig:
     output: Path = Path("outputs/sweep")
     include_path: list[Path] = field(default_factory=list)
     include_default_tasks: bool = False
+    task_metadata: dict[str, Any] = field(default_factory=dict)  # lm-eval task metadata, e.g. {tqa_seed: caa}
     caa_data_dir: Path | None = None
     mmlu_dir: Path | None = None
     report: bool = True
@@ -292,6 +294,11 @@ def config_from_dict(
         raise config_error(
             source, "gen_kwargs", f"{gen_kwargs!r} is not a mapping", "write e.g. gen_kwargs: {max_gen_toks: 50}"
         )
+    task_metadata = cfg_in.get("task_metadata") or {}
+    if not isinstance(task_metadata, dict):
+        raise config_error(
+            source, "task_metadata", f"{task_metadata!r} is not a mapping", "write e.g. task_metadata: {tqa_seed: caa}"
+        )
     folders = {
         key: config_path(cfg_in[key], base, source, key) if cfg_in.get(key) else None
         for key in ("caa_data_dir", "mmlu_dir")
@@ -318,6 +325,7 @@ def config_from_dict(
         gen_kwargs=gen_kwargs,
         output=out_dir,
         include_path=include_path,
+        task_metadata=dict(task_metadata),
         include_default_tasks=parse_bool(cfg_in.get("include_default_tasks", False), source, "include_default_tasks"),
         report=parse_bool(cfg_in.get("report", True), source, "report"),
         source=source,

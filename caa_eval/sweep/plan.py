@@ -193,6 +193,8 @@ def cell_spec(cfg: SweepConfig, cell: Cell, vector_sha: str | None) -> dict[str,
         spec["vector_layer"] = cell.vector_layer
     if cfg.gen_kwargs:
         spec["gen_kwargs"] = cfg.gen_kwargs
+    if cfg.task_metadata:
+        spec["task_metadata"] = cfg.task_metadata
     if cell.open_tasks:
         spec["judge"] = {"backend": cfg.judge.backend, "model": cfg.judge.model, "rubrics": cfg.judge.rubrics}
     return spec
