@@ -4,7 +4,7 @@ One module per step: `experiments` (the named experiments: shipped sweep configs
 they reproduce, known deviations), `reference` (CAA's published aggregated results, shipped in
 `reference/` with their source and licence), `run` (an experiment on the sweep runner, with CAA's or
 extracted vectors), `estimate` (forward passes, GPU memory and time of a dry run), `compare` (ours vs
-CAA's per cell, with our CI and a verdict) and `verdict` (summary line, text, JSON, markdown).
+CAA's per cell, with our CI and a verdict) and `render` (summary line, text, JSON, markdown).
 
     from caa_eval import reproduce, stats
     exp = reproduce.get_experiment("ab-7b")
@@ -22,7 +22,7 @@ from caa_eval.reproduce.compare import (
 )
 from caa_eval.reproduce.experiments import CONFIG_DIR, EXPERIMENTS, Experiment, ReferenceSelection, get_experiment
 from caa_eval.reproduce.reference import REFERENCE_DIR, ReferenceCell, reference_cells
-from caa_eval.reproduce.verdict import as_json, markdown, summary_line, text_lines
+from caa_eval.reproduce.render import as_json, markdown, summary_line, text_lines
 
 __all__ = [
     "CONFIG_DIR",
