@@ -16,7 +16,14 @@ from typing import Any
 
 from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
-from caa_eval.sweep.entries import DEFAULT_CONDITION, Behaviour, Condition, parse_behaviours, parse_conditions
+from caa_eval.sweep.entries import (
+    DEFAULT_CONDITION,
+    Behaviour,
+    Condition,
+    check_system_prompts,
+    parse_behaviours,
+    parse_conditions,
+)
 from caa_eval.sweep.validate import (
     as_list,
     config_error,
@@ -61,8 +68,8 @@ CONFIG_KEYS = {
     "sites": f"list of {' | '.join(vocab.SITES)}",
     "positions": "list of after_instruction | all | generated | span:START:END | regex:PATTERN",
     "tasks": "task names or templates per behaviour, e.g. [caa_ab_{behaviour}, caa_mmlu_2opt, caa_open_{behaviour}]",
-    "conditions": "list of {name, pretrained, peft, model_args, system_instruction, allow_fingerprint_mismatch, "
-    "finetune: {direction: pos|neg, ...}}",
+    "conditions": "list of {name, pretrained, peft, model_args, system_instruction, system_prompt: pos|neg|TEXT, "
+    "allow_fingerprint_mismatch, finetune: {direction: pos|neg, ...}}",
     "limit": "items per task (MMLU: per subject); a number >= 1, or a fraction < 1",
     "batch_size": "lm-eval batch size (a number or 'auto')",
     "device": "cpu | cuda | cuda:N | mps | auto (default auto: cuda if available, else cpu)",
@@ -303,6 +310,8 @@ def config_from_dict(
         key: config_path(cfg_in[key], base, source, key) if cfg_in.get(key) else None
         for key in ("caa_data_dir", "mmlu_dir")
     }
+    conditions = parse_conditions(cfg_in.get("conditions"), source, base)
+    check_system_prompts(conditions, behaviours, source)
     return SweepConfig(
         model=model.strip(),
         behaviours=behaviours,
@@ -312,7 +321,7 @@ def config_from_dict(
         sites=parse_sites(cfg_in.get("sites", ["residual"]), source),
         positions=parse_positions(cfg_in.get("positions", ["after_instruction"]), source),
         tasks=tasks,
-        conditions=parse_conditions(cfg_in.get("conditions"), source, base),
+        conditions=conditions,
         vectors_dir=vectors_dir,
         normalize=bool(normalize),
         normalize_by_default=by_default,
