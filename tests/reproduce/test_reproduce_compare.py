@@ -174,7 +174,9 @@ def test_cli_exit_codes_json_and_md(tmp_path, monkeypatch, capsys):
     assert data["cells"][0]["ours"] == pytest.approx(0.5) and data["cells"][0]["verdict"] == "reproduced"
 
     monkeypatch.setattr(reference_module, "REFERENCE_DIR", _plant(tmp_path / "off", {("refusal", 1.0, ""): 0.95}))
-    code = cli.main(["reproduce", "compare", str(path), "--reference", "ab-7b", "--md", str(out_md), "--tolerance", "0.1"])
+    code = cli.main(
+        ["reproduce", "compare", str(path), "--reference", "ab-7b", "--md", str(out_md), "--tolerance", "0.1"]
+    )
     assert code == 1  # 0.95 is outside 0.5 +- 0.1 and outside the CI of 4 items within [0.2, 0.8]
     assert "differs: refusal +1 (0.50 vs 0.95)" in capsys.readouterr().out
     assert "| refusal +1 | 0.95 | 0.50 | -0.450 |" in out_md.read_text()
