@@ -120,3 +120,14 @@ def test_shipped_reference_files_carry_source_and_licence():
     assert vocab.BEHAVIOURS  # the reference covers CAA's seven behaviours
     behaviours = {c.behaviour for c in reproduce.reference_cells(reproduce.get_experiment("layers-7b"))}
     assert behaviours == set(vocab.BEHAVIOURS)
+
+
+def test_mmlu_and_tqa_references_are_the_per_category_macro_means(shared_file):
+    """The paper's tables use the per-category macro mean; TruthfulQA's categories differ in size, so it differs
+    from the item mean there."""
+    with shared_file("reference/caa_results/results_summary_ab_mmlu_tqa.csv").open(encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["type"] == "truthful_qa" and r["model_size"] == "7b"]
+    published = {float(r["multiplier"]): float(r["p_category_macro_mean"]) for r in rows}
+    item_means = {float(r["multiplier"]): float(r["p_mean_repo_formula"]) for r in rows}
+    ours = {c.multiplier: c.value for c in reproduce.reference_cells(reproduce.get_experiment("tqa-7b"))}
+    assert ours == published and ours != item_means
