@@ -84,24 +84,23 @@ def import_caa_vectors(folder: Path, model: str, run_dir: Path) -> Path:
         model: the experiment's model id; its last path part names CAA's files (Llama-2-7b-chat-hf).
         run_dir: the run folder; the files go to RUN_DIR/caa_vectors/<model>/.
     """
-    from caa_eval.core.caa_layout import import_caa_dir, read_caa_dir
+    from caa_eval.core.caa_layout import detect_normalized, import_caa_dir, read_caa_dir
 
     if not folder.is_dir():
         raise CAAEvalError(f"--vectors caa {folder}: no such folder; give CAA's vectors/ folder")
     name = Path(model).name
-    found = sorted(read_caa_dir(folder))
+    found = read_caa_dir(folder)
     if name not in found:
-        raise CAAEvalError(f"--vectors caa {folder}: no vectors of {name} (found: {', '.join(found) or 'none'})")
-    written = import_caa_dir(folder, run_dir / "caa_vectors", normalized=None)
-    target = run_dir / "caa_vectors" / name
-    from caa_eval.core import vectors
-
-    if any(vectors.load(p).normalization for p in written if p.parent == target):
         raise CAAEvalError(
-            f"--vectors caa {folder}: these are CAA's normalised vectors; give its raw vectors/ folder "
-            "(the sweep rescales them itself)"
+            f"--vectors caa {folder}: no vectors of {name} (found: {', '.join(sorted(found)) or 'none'})"
         )
-    return target
+    if detect_normalized(folder, found[name]) is not False:  # checked before anything is written
+        raise CAAEvalError(
+            f"--vectors caa {folder}: these are CAA's normalised vectors (or cannot tell); give its raw vectors/ "
+            "folder (the sweep rescales them itself)"
+        )
+    import_caa_dir(folder, run_dir / "caa_vectors", normalized=False)
+    return run_dir / "caa_vectors" / name
 
 
 def run_experiment(
