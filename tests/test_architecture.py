@@ -26,7 +26,7 @@ FLOORS: list[set[str]] = [
     {"judge"},
     {"stats"},
     {"report"},
-    {"sweep", "analysis", "demo"},
+    {"sweep", "analysis", "demo", "reproduce"},
     {"cli"},
 ]
 
