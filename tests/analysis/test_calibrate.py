@@ -85,9 +85,9 @@ def test_kl_and_norm_equal_independent_computation(tiny_model, vec, probe):
         assert kl == pytest.approx(ref_kl, rel=1e-3, abs=1e-7)
         assert probe.resid_norm(LAYER) == pytest.approx(ref_norm, rel=1e-5)
         gaps.append(abs(ref_kl - ref_reverse) / max(ref_kl, 1e-12))
-    # at the large multipliers the two KL directions differ by far more than the 1e-3 tolerance: a probe that
+    # the two KL directions differ by ~100x the 1e-3 tolerance here (measured 0.19 at m=-2): a probe that
     # computed KL(unsteered ‖ steered) would fail above
-    assert max(gaps) > 0.2, gaps
+    assert max(gaps) > 0.1, gaps
 
 
 def test_kl_with_every_position_steered(tiny_model, vec, probe):

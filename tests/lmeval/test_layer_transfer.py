@@ -86,7 +86,14 @@ def test_layer_transfer_equals_a_run_steered_by_hand_with_that_layers_vector(tin
     )
     m = 2.5
     lm = SteeredHFLM(
-        pretrained=str(tiny_model_dir), vector=str(path), layers=[1, 3], vector_layer=2, multiplier=m, positions="all"
+        pretrained=str(tiny_model_dir),
+        vector=str(path),
+        layers=[1, 3],
+        vector_layer=2,
+        multiplier=m,
+        positions="all",
+        batch_size=2,
+        device="cpu",
     )
     pairs = [("Is the sky green? (A) Yes (B) No\nAnswer: (", "A"), ("Name a colour of the sea:", " blue and grey")]
     got = [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)])]

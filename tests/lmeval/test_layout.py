@@ -148,8 +148,7 @@ def test_demo_runs_on_the_model_that_needs_layers_path(spare_dir, tmp_path, caps
     assert {p.name for p in runs.iterdir()} == {"m-2", "m+0", "m+2"}
     for m in ("-2", "+0", "+2"):
         recorded = json.loads(next((runs / f"m{m}").glob("results_*.json")).read_text())
-        assert recorded["config"]["model"] == "SteeredHFLM"
         assert float(recorded["config"]["model_args"]["multiplier"]) == float(m)
-        assert recorded["steering"]["multiplier"] == float(m) and (m == "+0") == (
-            recorded["steering"]["vector"] is None
+        assert recorded["config"]["steering"]["multiplier"] == float(m) and (m == "+0") == (
+            recorded["config"]["steering"]["vector"] is None
         )
