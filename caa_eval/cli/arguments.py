@@ -301,7 +301,9 @@ def _parsers(name: str, parser: argparse.ArgumentParser) -> Iterator[tuple[str, 
 def argument_name(action: argparse.Action) -> str:
     """How the table names an argument: its first long option, else the positional's name."""
     longs = [o for o in action.option_strings if o.startswith("--")]
-    return longs[0] if longs else (action.option_strings[0] if action.option_strings else action.dest)
+    if longs or action.option_strings:
+        return (longs or action.option_strings)[0]
+    return str(action.metavar or action.dest)
 
 
 def _parser_rule(action: argparse.Action, outputs: dict[str, str]) -> Rule | None:

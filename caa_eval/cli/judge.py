@@ -132,7 +132,11 @@ def _check_url(args: argparse.Namespace) -> None:
 
 
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
-    custom("paths", "one or more existing run folders / samples files (none with --show-rubrics)", _check_paths),
+    custom(
+        "RUN_DIR_OR_SAMPLES",
+        "one or more existing run folders / samples files (none with --show-rubrics)",
+        _check_paths,
+    ),
     free("--judge-model", "a model name the backend knows", "at the first judge call", before_load=False),
     custom("--judge-base-url", "an http:// or https:// URL", _check_url),
     number("--concurrency", ge=1, example="8", integer=True, why="requests in flight"),

@@ -13,7 +13,9 @@ from typing import Any
 from caa_eval.cli.arguments import custom, existing_path, free
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["configure", "overrides", "run", "ARGUMENTS"]
+__all__ = ["configure", "overrides", "run", "ARGUMENTS", "OUTPUTS"]
+
+OUTPUTS = {"out": "folder"}  # checked writable by the dispatcher (a config's `output` is checked by run_sweep)
 
 _LAUNCHER_VARS = (
     "RANK",
@@ -164,7 +166,6 @@ _WITH_CONFIG = "with the config (load_config, YAML only), before any model loads
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
     existing_path("config", what="a sweep YAML"),
     custom("config", "its keys validate, with the flags below applied", _check_config),
-    free("--out", "a run folder path (a file there is refused)", _WITH_CONFIG),
     free("--model", "HF path/ID or the embedded alias", "when the model loads (the load itself)", before_load=False),
     free("--limit", "a whole count >= 1 or a fraction in (0, 1)", _WITH_CONFIG),
     free("--layers", "layer specs >= 0 (13, 10,13,16, 10-14)", _WITH_CONFIG),

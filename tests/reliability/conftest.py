@@ -33,7 +33,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def inputs(tmp_path_factory, tiny_model_dir) -> dict[str, str]:
-    return _inputs.build(tmp_path_factory.mktemp("reliability"), tiny_model_dir)
+    paths = _inputs.build(tmp_path_factory.mktemp("reliability"), tiny_model_dir)
+    # the working folder every case runs in and the user cache (CAA_EVAL_CACHE): watched like the inputs
+    paths["cwd"] = str(tmp_path_factory.mktemp("reliability_cwd"))
+    paths["cache"] = str(tmp_path_factory.mktemp("reliability_cache"))
+    return paths
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +52,10 @@ def env(inputs, capsys, shared, monkeypatch) -> _harness.Env:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("CAA_EVAL_DATA_DIR", str(Path(inputs["sweep"]) / "caa"))
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # `caa-eval eval` hands sys.argv to lm_eval
-    return _harness.Env(paths=inputs, capsys=capsys, watched=[Path(inputs["root"])], shared=shared)
+    monkeypatch.chdir(inputs["cwd"])
+    monkeypatch.setenv("CAA_EVAL_CACHE", inputs["cache"])
+    watched = [Path(inputs[k]) for k in ("root", "cwd", "cache")]
+    return _harness.Env(paths=inputs, capsys=capsys, watched=watched, shared=shared)
 
 
 def _cell(text: object, width: int = 150) -> str:
