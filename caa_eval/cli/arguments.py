@@ -49,6 +49,7 @@ __all__ = [
     "device",
     "positions",
     "existing_path",
+    "vector_file",
     "vector_layer",
     "vector_file_layers",
     "check_model_layers",
@@ -186,15 +187,37 @@ def existing_path(flag: str, kind: str = "file", dest: str | None = None, what: 
             if item is None:
                 continue
             path = Path(item).expanduser()
-            found = path.exists() if kind == "any" else (path.is_file() if kind == "file" else path.is_dir())
-            if not found:
+            if not path.exists():
                 shown = "file or folder" if kind == "any" else kind
-                problem = "not found" if not path.exists() else f"is not a {kind}"
-                raise CAAEvalError(f"{flag} {item}: {shown} {problem}; check the path")
+                raise CAAEvalError(f"{flag} {item}: not found (no such {shown}); check the path")
+            if kind != "any" and path.is_dir() != (kind == "folder"):
+                actual = "folder" if path.is_dir() else "file"
+                raise CAAEvalError(f"{flag} {item}: is not a {kind} (it is a {actual}); pass a {kind}")
 
     return Rule(
         flag, f"an existing {'file or folder' if kind == 'any' else kind}" + (f" ({what})" if what else ""), check
     )
+
+
+def vector_file(flag: str, dest: str | None = None) -> Rule:
+    """Existing vector file(s): a folder or a missing path is refused as the vector loader would, before it runs."""
+    key = dest or _dest(flag)
+
+    def check(args: argparse.Namespace) -> None:
+        value = getattr(args, key, None)
+        for item in value if isinstance(value, list) else [value]:
+            if item is None:
+                continue
+            path = Path(item).expanduser()
+            if path.is_dir():
+                raise CAAEvalError(
+                    f"{flag} {item} is a folder, not a vector file; pass one .safetensors file (a CAA vectors/ "
+                    "folder: convert it with `caa-eval import-caa`)"
+                )
+            if not path.is_file():
+                raise CAAEvalError(f"{flag}: vector file not found: {item}; check the path")
+
+    return Rule(flag, "an existing vector file (.safetensors, or CAA's / lm-eval's .pt)", check)
 
 
 def vector_file_layers(path: str | Path) -> list[int] | None:

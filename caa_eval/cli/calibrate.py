@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from caa_eval.cli.arguments import after_load, custom, existing_path, free, number, positions, vector_layer
+from caa_eval.cli.arguments import after_load, custom, free, number, positions, vector_file, vector_layer
 from caa_eval.errors import CAAEvalError
 
 __all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
     free("--model", "HF path/ID or the embedded alias", "when the model loads (the load itself)", before_load=False),
-    existing_path("--vector", what="caa-eval vector files"),
+    vector_file("--vector"),
     vector_layer("--vector", "--layer"),
     after_load("--layer", "exists in the model", "right after the model loads, before any forward pass"),
     number("--kl", gt=0, example="0.1", why="a KL divergence is positive; 0 is the unsteered model"),

@@ -115,9 +115,6 @@ def run(args: argparse.Namespace) -> int:
 
     from caa_eval.lmeval.model import SteeredHFLM
 
-    manager = TaskManager(
-        include_path=[str(tasks_dir())], metadata={"caa_data_dir": str(args.data_dir)} if args.data_dir else None
-    )
     kwargs = {
         "pretrained": args.model,
         "batch_size": args.batch_size,
@@ -128,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
         kwargs["dtype"] = args.dtype
     lm = SteeredHFLM(**kwargs)
     check_model_layers(lm.model, [job[3] for job in jobs], "--layer")
+    manager = TaskManager(  # after the layer check: indexing lm-eval's tasks takes seconds
+        include_path=[str(tasks_dir())], metadata={"caa_data_dir": str(args.data_dir)} if args.data_dir else None
+    )
     out = {
         "model": args.model,
         "threshold": args.threshold,

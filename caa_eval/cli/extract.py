@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    if args.out.suffix != ".safetensors":
+    if args.out.suffix != ".safetensors" and not args.out.is_dir():  # a folder: the OUTPUTS check says so
         raise CAAEvalError(f"--out {args.out}: use a .safetensors file name")
 
 

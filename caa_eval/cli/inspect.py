@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from caa_eval.cli.arguments import existing_path
+from caa_eval.cli.arguments import vector_file
 
 __all__ = ["configure", "run", "ARGUMENTS"]
 
@@ -26,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
-    existing_path("file", what="a vector file (its contents are what inspect checks and prints)"),
+    vector_file("file"),
 ]

@@ -115,7 +115,9 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise CAAEvalError("RUN_DIR_OR_SAMPLES: no input; pass an lm-eval output folder or a samples_*.jsonl file")
     for p in args.paths:
         if not Path(p).expanduser().exists():
-            raise CAAEvalError(f"RUN_DIR_OR_SAMPLES {p}: not found; pass an lm-eval output folder or samples file")
+            raise CAAEvalError(
+                f"RUN_DIR_OR_SAMPLES {p}: not found (no such file or folder); pass an lm-eval output folder or a samples_*.jsonl file"
+            )
 
 
 def _check_cache(args: argparse.Namespace) -> None:

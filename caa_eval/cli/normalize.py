@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from caa_eval.cli.arguments import custom, existing_path
+from caa_eval.cli.arguments import custom, vector_file
 from caa_eval.errors import CAAEvalError
 
 __all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_files(args: argparse.Namespace) -> None:
     if len(args.files) < 2:
-        raise CAAEvalError("files: one vector file has nothing to share a mean norm with; pass two or more")
+        raise CAAEvalError(
+            "files: normalising needs at least two vector files (one has nothing to share a mean norm with); pass two or more"
+        )
     names = [p.name for p in args.files]
     if len(set(names)) < len(names):
         raise CAAEvalError("files: two inputs share a file name (outputs keep the names); rename one")
@@ -44,7 +46,7 @@ def _check_out_dir(args: argparse.Namespace) -> None:
 
 
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
-    existing_path("files", what="vector files of one model"),
+    vector_file("files"),
     custom("files", "two or more, with distinct file names", _check_files),
     custom("--out-dir", "not the folder of an input (outputs keep the input names)", _check_out_dir),
 ]

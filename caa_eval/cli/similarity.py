@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from caa_eval.cli.arguments import existing_path, free
+from caa_eval.cli.arguments import free, vector_file
 
 __all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
 
@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
-    existing_path("file", what="a vector file"),
-    existing_path("a", what="a vector file"),
-    existing_path("b", what="a vector file"),
+    vector_file("file"),
+    vector_file("a"),
+    vector_file("b"),
     free("--title", "any text"),
 ]

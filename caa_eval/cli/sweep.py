@@ -147,7 +147,15 @@ def _check_config(args: argparse.Namespace) -> None:
 
     over = overrides(args)
     try:
-        load_config(args.config, over)
+        cfg = load_config(args.config, over)
+        if not args.dry_run:  # what run_sweep checks first, here before its notes reach the terminal
+            from caa_eval.files import check_output
+            from caa_eval.models import resolve_device
+
+            check_output(cfg.output, "--out" if args.out else "output", folder=True)
+            if cfg.vectors_dir is not None:
+                check_output(cfg.vectors_dir, "vectors", folder=True)
+            resolve_device(cfg.device)
     except CAAEvalError as exc:
         key = re.search(r"key '(\w+)'", str(exc))
         if key and over.get(key.group(1)) is not None and key.group(1) in _FLAG_OF_KEY:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from caa_eval.cli.arguments import after_load, custom, existing_path, free, number, vector_layer
+from caa_eval.cli.arguments import after_load, custom, free, number, vector_file, vector_layer
 from caa_eval.errors import CAAEvalError
 
 __all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
@@ -100,7 +100,7 @@ def _check_generate(args: argparse.Namespace) -> None:
 
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
     free("--model", "HF path/ID or the embedded alias", "when the model loads (the load itself)", before_load=False),
-    existing_path("--vector", what="a caa-eval vector file"),
+    vector_file("--vector"),
     vector_layer("--vector", "--layer"),
     after_load("--layer", "exists in the model", "right after the model loads, before any forward pass"),
     free("--prompt", "any text; exactly one of --prompt / --question", "argparse (usage error)"),

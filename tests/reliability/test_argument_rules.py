@@ -108,8 +108,14 @@ BAD: dict[tuple[str, str], tuple[list[str], str]] = {
     ("tokens", "--generate"): (["--generate", "3"], "--generate"),
     ("tokens", "--scale"): (["--scale", "2"], "--scale"),
     ("similarity layers", "file"): (["similarity", "layers", "{vec}/nope.safetensors", "--csv", "{out}/s.csv"], "file"),
-    ("similarity files", "a"): (["similarity", "files", "{vec}/nope.safetensors", VEC, "--csv", "{out}/s.csv"], "a "),
-    ("similarity files", "b"): (["similarity", "files", VEC, "{vec}/nope.safetensors", "--csv", "{out}/s.csv"], "b "),
+    ("similarity files", "a"): (
+        ["similarity", "files", "{vec}/nope.safetensors", VEC, "--csv", "{out}/s.csv"],
+        "a: vector file not found",
+    ),
+    ("similarity files", "b"): (
+        ["similarity", "files", VEC, "{vec}/nope.safetensors", "--csv", "{out}/s.csv"],
+        "b: vector file not found",
+    ),
     ("elicit", "--behavior"): (["--behavior", "sycophancy", "refusal"], "{behavior}"),
     ("elicit", "--vector"): (["--vector", "{vec}/nope.safetensors"], "--vector"),
     ("elicit", "--layer"): (["--layer", "3"], "--layer"),
