@@ -328,3 +328,20 @@ def test_layer_missing_from_the_model_is_refused_before_any_forward_pass(key, en
         expect,
     )
     check(case, env)
+
+
+@pytest.mark.parametrize(
+    "argv", [["calibrate"], ["tokens", "--prompt", "hi"], ["extract", "--out", "{out}/v.safetensors"]]
+)
+def test_missing_required_flag_is_the_usage_block_and_one_line(argv, env, no_loading):
+    """argparse's own usage errors keep the usage block, followed by exactly one error line naming the flag."""
+    from _harness import error_lines
+
+    from caa_eval import cli as caa_cli
+
+    with pytest.raises(SystemExit) as exc:
+        caa_cli.main([env.fmt(a) for a in argv])
+    err = env.capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith(f"usage: caa-eval {argv[0]}")
+    lines = error_lines(err)
+    assert len(lines) == 1 and "the following arguments are required: --" in lines[0], err
