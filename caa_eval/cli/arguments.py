@@ -139,9 +139,18 @@ def after_load(flag: str, rule: str, where: str) -> Rule:
     return Rule(flag, rule, None, False, where)
 
 
-def custom(flag: str, rule: str, check: Check) -> Rule:
-    """A rule with its own check function (one CAAEvalError line naming `flag`)."""
-    return Rule(flag, rule, check)
+def custom(flag: str, rule: str, check: Check, dest: str | None = None) -> Rule:
+    """A rule with its own check function (one CAAEvalError line naming `flag`).
+
+    The check runs only when the parsed arguments hold `dest` (the flag's name by default), so a rule of one
+    mode (`reproduce run`) is skipped for another (`reproduce compare`).
+    """
+    key = dest or _dest(flag)
+
+    def guarded(args: argparse.Namespace) -> object:
+        return check(args) if hasattr(args, key) else None
+
+    return Rule(flag, rule, guarded)
 
 
 def parsed(flag: str, rule: str, parse: Callable[[Any], Any], dest: str | None = None) -> Rule:

@@ -225,7 +225,12 @@ def _check_tolerance(args: argparse.Namespace) -> None:
 _LOAD = "when the model loads (the load itself)"
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
     free("--model", "HF path/ID or the embedded alias", _LOAD, before_load=False),
-    custom("--behavior", "behaviour names or all; several need a --vector pattern with {behavior}", _check_behaviours),
+    custom(
+        "--behavior",
+        "behaviour names or all; several need a --vector pattern with {behavior}",
+        _check_behaviours,
+        "behaviours",
+    ),
     custom("--vector", "one existing vector file per behaviour (pattern with {behavior})", _check_vectors),
     free(
         "--layer",

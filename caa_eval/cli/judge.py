@@ -138,6 +138,7 @@ ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (
         "RUN_DIR_OR_SAMPLES",
         "one or more existing run folders / samples files (none with --show-rubrics)",
         _check_paths,
+        dest="paths",
     ),
     free("--judge-model", "a model name the backend knows", "at the first judge call", before_load=False),
     custom("--judge-base-url", "an http:// or https:// URL", _check_url),

@@ -51,6 +51,8 @@ BASE: dict[str, list[str]] = {  # argv that passes every rule (test_base_argv_re
     "data status": ["data", "status"],
     "tasks": ["tasks"],
     "model prepare": ["model", "prepare"],
+    "reproduce run": ["reproduce", "run", "ab-7b", "--dry-run", "--out", "{out}/repro"],
+    "reproduce compare": ["reproduce", "compare", "{scores}/good.csv", "--reference", "ab-7b"],
 }
 
 # (command, argument) -> (bad argv: appended to BASE, or a whole argv starting with the command; text the one
@@ -153,6 +155,17 @@ BAD: dict[tuple[str, str], tuple[list[str], str]] = {
     ("finetune", "--device"): (["--device", "tpu"], "--device"),
     ("finetune", "--data-dir"): (["--data-dir", "{out}/nope"], "--data-dir"),
     ("data download", "--base-url"): (["--base-url", "ftp://mirror"], "--base-url"),
+    ("reproduce run", "name"): (["reproduce", "run", "ab-9b", "--dry-run"], "name"),
+    ("reproduce run", "--limit"): (["--limit", "0"], "--limit"),
+    ("reproduce run", "--vectors"): (["--vectors", "caa", "{out}/nope"], "--vectors"),
+    ("reproduce run", "--behaviours"): (["--behaviours", "sycophancy,sycophantic"], "--behaviours"),
+    ("reproduce compare", "run_dir"): (
+        ["reproduce", "compare", "{scores}/nope.csv", "--reference", "ab-7b"],
+        "run_dir",
+    ),
+    ("reproduce compare", "--reference"): (["--reference", "ab-9b"], "--reference"),
+    ("reproduce compare", "--tolerance"): (["--tolerance", "-0.1"], "--tolerance"),
+    ("reproduce compare", "--seed"): (["--seed", "-1"], "--seed"),
 }
 
 
@@ -289,6 +302,7 @@ UNTESTED_AFTER_LOAD = {  # rows whose value only the load itself (or the first e
     ("elicit", "--model"),
     ("finetune", "--model"),
     ("sweep", "--model"),
+    ("reproduce run", "--model"),
     ("judge", "--judge-model"),
     ("elicit", "--task"),
     ("elicit", "--metric"),
@@ -344,4 +358,4 @@ def test_missing_required_flag_is_the_usage_block_and_one_line(argv, env, no_loa
     err = env.capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith(f"usage: caa-eval {argv[0]}")
     lines = error_lines(err)
-    assert len(lines) == 1 and "the following arguments are required: --" in lines[0], err
+    assert len(lines) == 1 and "required" in lines[0] and "--" in lines[0], err
