@@ -379,6 +379,12 @@ def command_rows(command: str, module_name: str) -> list[tuple[str, str, Rule | 
     return rows
 
 
+def _when(rule: Rule) -> str:
+    if rule.where == "nothing to refuse":
+        return "-"
+    return "yes" if rule.before_load else "no"
+
+
 def rules_table(commands: dict[str, tuple[str, str]]) -> str:
     """docs/reliability.md's argument table: command, argument, rule, checked before load, where."""
     lines = [
@@ -392,9 +398,7 @@ def rules_table(commands: dict[str, tuple[str, str]]) -> str:
         else:
             rows = [(c, a, r) for c, a, r in command_rows(command, module_name)]
         for name, arg, rule in rows:
-            text, before, where = (
-                (rule.rule, "yes" if rule.before_load else "no", rule.where) if rule else ("(no rule)", "-", "-")
-            )
+            text, before, where = (rule.rule, _when(rule), rule.where) if rule else ("(no rule)", "-", "-")
             cell = text.replace("|", "\\|")
             lines.append(f"| {name} | `{arg}` | {cell} | {before} | {where.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
