@@ -283,7 +283,7 @@ def vector_layer(vector_flag: str, layer_flag: str, vector_dest: str | None = No
                 raise CAAEvalError(f"{item} holds layers {_ranges(layers)}; choose one with {layer_flag} {layers[0]}")
             if layer is not None and layer not in layers:
                 raise CAAEvalError(
-                    f"{layer_flag} {layer}: {item} has no vector for it (it holds layers {_ranges(layers)}); "
+                    f"{layer_flag} {layer}: {item} has no vector for layer {layer} (it holds layers {_ranges(layers)}); "
                     f"pick one of those or re-extract with --layers including {layer}"
                 )
 

@@ -93,9 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_out(args: argparse.Namespace) -> None:
+    from caa_eval.finetune.train import is_complete
+
     out = args.out.expanduser()
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise CAAEvalError(f"--out {out} is not empty; choose a new folder or pass --overwrite")
+        what = "an adapter" if is_complete(out) else "files"
+        raise CAAEvalError(f"--out {out} already holds {what}; choose a new folder or pass --overwrite")
 
 
 def _caa_behaviour(name: str) -> str:

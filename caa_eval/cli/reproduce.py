@@ -119,13 +119,13 @@ def run(args: argparse.Namespace) -> int:
     return _run(args) if args.action == "run" else _compare(args)
 
 
-def _check_experiment(name: str, flag: str) -> None:
+def _check_experiment(name: str, flag: str | None) -> None:
     from caa_eval.reproduce import get_experiment
 
     try:
         get_experiment(name)
     except CAAEvalError as exc:
-        raise CAAEvalError(f"{flag}: {exc}") from None
+        raise CAAEvalError(f"{flag}: {exc}" if flag else str(exc)) from None
 
 
 def _check_vectors(args: argparse.Namespace) -> None:
@@ -146,7 +146,7 @@ def _check_behaviours(args: argparse.Namespace) -> None:
 
 
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
-    custom("name", "one of the shipped experiments", lambda a: _check_experiment(a.name, "name")),
+    custom("name", "one of the shipped experiments", lambda a: _check_experiment(a.name, None)),
     custom("--limit", "a whole count >= 1 or a fraction in (0, 1)", lambda a: _limit(a.limit)),
     custom("--vectors", "extract, or caa DIR with DIR an existing folder", _check_vectors),
     free("--model", "HF path/ID or the embedded alias", "when the model loads (the load itself)", before_load=False),

@@ -155,7 +155,7 @@ BAD: dict[tuple[str, str], tuple[list[str], str]] = {
     ("finetune", "--device"): (["--device", "tpu"], "--device"),
     ("finetune", "--data-dir"): (["--data-dir", "{out}/nope"], "--data-dir"),
     ("data download", "--base-url"): (["--base-url", "ftp://mirror"], "--base-url"),
-    ("reproduce run", "name"): (["reproduce", "run", "ab-9b", "--dry-run"], "name"),
+    ("reproduce run", "name"): (["reproduce", "run", "ab-9b", "--dry-run"], "unknown experiment 'ab-9b'"),
     ("reproduce run", "--limit"): (["--limit", "0"], "--limit"),
     ("reproduce run", "--vectors"): (["--vectors", "caa", "{out}/nope"], "--vectors"),
     ("reproduce run", "--behaviours"): (["--behaviours", "sycophancy,sycophantic"], "--behaviours"),
