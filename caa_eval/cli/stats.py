@@ -62,6 +62,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="primary",
         help="for run folders: 'primary' (default), 'all', or comma-separated metric names",
     )
+    parser.add_argument(
+        "--split-by",
+        metavar="COLUMN",
+        help="also report per-item steerability per value of this item column (besides matching_letter)",
+    )
     add_common_arguments(parser)
 
 
@@ -80,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         table, alpha=args.alpha, n_permutations=args.n_permutations, primary_test=args.test, **options
     )
     dose = stats.compute_dose_response(table, **options)
+    steer = stats.steerability(table, split_by=args.split_by, **options)
     print(stats.format_cells(cells))
     print()
     print(
@@ -89,8 +95,12 @@ def run(args: argparse.Namespace) -> int:
     print()
     print("Dose-response (per-item OLS slope of score on multiplier; Page's L trend test, two-sided):")
     print(stats.format_dose(dose))
+    print()
+    print("Per-item steerability (slope of log-odds / score on multiplier per item; anti = share of slopes < 0):")
+    print(stats.format_steerability(steer))
     if args.json:
-        write_atomic(args.json, json.dumps(stats.stats_json(cells, dose, str(args.input)), indent=2, allow_nan=False))
+        document = stats.stats_json(cells, dose, str(args.input), steer)
+        write_atomic(args.json, json.dumps(document, indent=2, allow_nan=False))
         print(f"\nwrote {args.json}")
     if args.csv:
         write_atomic(args.csv, cells.to_csv(index=False))
