@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         args: the parsed arguments.
     """
     from caa_eval import stats
-    from caa_eval.report.steerability import title, steerability_figure, steerability_sentence
+    from caa_eval.report.steerability import steerability_figure, steerability_sentence, title
 
     if args.n_resamples < 100:
         raise CAAEvalError("--n-resamples must be at least 100")

@@ -6,6 +6,7 @@ sentence that says what it means. Numbers: caa_eval.stats.steerability; definiti
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,14 @@ def steerability_sentence(entry: dict[str, Any]) -> str:
     if by and by["difference_p"] is not None and by["A"]["n_items"] and by["B"]["n_items"]:
         p = by["difference_p"]
         if p < 0.05:
-            top = "A" if by["A"]["slope_mean"] > by["B"]["slope_mean"] else "B"
-            text += f"; the effect is carried by items whose matching answer is {top} (letter-bias p = {p:.2g})"
+            top, low = ("A", "B") if by["A"]["slope_mean"] > by["B"]["slope_mean"] else ("B", "A")
+            if by[low]["slope_mean"] < 0 < by[top]["slope_mean"]:
+                text += (
+                    f"; items whose matching answer is {top} move with the vector and those with {low} against it "
+                    f"(letter-bias p = {p:.2g}): the vector moves the answer letter more than the behaviour"
+                )
+            else:
+                text += f"; the effect is carried by items whose matching answer is {top} (letter-bias p = {p:.2g})"
         else:
             text += f"; items whose matching answer is A and B move alike (letter-bias p = {p:.2g})"
     return text + "."
@@ -97,7 +104,7 @@ def steerability_figure(fit: GroupFit, title: str, path: Path) -> Path:
     hist.axvline(0, color="grey", linewidth=0.8)
     hist.set_xlabel("per-item slope (propensity per unit multiplier)")
     hist.set_ylabel("items")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=9)
     return save_png(fig, path)
 
 

@@ -169,7 +169,8 @@ def format_steerability(steer: Steerability) -> str:
         view["sig+"] = entries["significantly_positive_fraction"].map(lambda v: _fmt_num(v, 2))
         view["rho"] = entries["spearman_mean"].map(lambda v: _fmt_num(np.nan if v is None else v, 2))
         by = entries["by_letter"] if "by_letter" in entries else pd.Series([None] * len(entries))
-        view["letter p"] = [_fmt_p(b["difference_p"]) if isinstance(b, dict) and b["difference_p"] is not None
-                            else "-" for b in by]
+        view["letter p"] = [
+            _fmt_p(b["difference_p"]) if isinstance(b, dict) and b["difference_p"] is not None else "-" for b in by
+        ]
         lines = [view.drop(columns=_constant_keys(view, entries)).to_string(index=False)]
     return "\n".join(lines + [f"skipped: {why}" for why in steer.skipped])
