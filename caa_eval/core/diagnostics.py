@@ -11,8 +11,12 @@ A layer sweep's report correlates both with the per-layer steerability (docs/sta
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from scipy import stats as sps
+
+if TYPE_CHECKING:  # torch only where activations are (a report reads DIAGNOSTICS_KEY without it)
+    import torch
 
 __all__ = ["DIAGNOSTICS_KEY", "layer_diagnostics"]
 
@@ -26,9 +30,11 @@ def layer_diagnostics(pos: torch.Tensor, neg: torch.Tensor) -> dict[str, float]:
         pos: (pairs, hidden) activations with the matching answer.
         neg: (pairs, hidden) activations with the non-matching answer, same order.
     """
+    from torch.nn.functional import cosine_similarity
+
     diffs = (pos - neg).double()
     mean = diffs.mean(0)
-    cos = torch.nn.functional.cosine_similarity(diffs, mean[None, :], dim=1)
+    cos = cosine_similarity(diffs, mean[None, :], dim=1)
     unit = mean / mean.norm().clamp_min(1e-30)
     on_pos = (pos.double() @ unit).numpy()
     on_neg = (neg.double() @ unit).numpy()

@@ -17,6 +17,7 @@ from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 from caa_eval.report.figures import dose_figures, layer_figures
+from caa_eval.report.layer_check import layer_check_markdown, layer_correlations, sweep_diagnostics
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
 from caa_eval.report.steerability import card_figures, card_markdown
 from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
@@ -161,6 +162,7 @@ def build_report(
     per_kl = effect_per_kl(cells, scales)
     steer = steerability(table, seed=seed, n_resamples=n_resamples)
     card = card_figures(steer, out, notes)
+    layer_check = layer_correlations(steer, sweep_diagnostics(source))
     figures = (
         dose_figures(cells, out, notes)
         + layer_figures(cells, out, _vector_layer(source))
@@ -206,6 +208,7 @@ def build_report(
         "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
         "steerability": steer.entries,
         "steerability_skipped": steer.skipped,
+        "layer_diagnostics": layer_check,
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
     return write_atomic(
@@ -215,7 +218,9 @@ def build_report(
             cells,
             dose,
             alpha,
-            scale_markdown(scales, per_kl, alpha, why_no_scale) + card_markdown(steer, cells, card),
+            scale_markdown(scales, per_kl, alpha, why_no_scale)
+            + card_markdown(steer, cells, card)
+            + layer_check_markdown(layer_check),
         ),
     )
 
