@@ -9,7 +9,7 @@ from pathlib import Path
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 
-__all__ = ["configure", "run", "add_common_arguments", "check_common_arguments", "OUTPUTS"]
+__all__ = ["configure", "run", "add_common_arguments", "check_common_arguments", "metrics_argument", "OUTPUTS"]
 
 OUTPUTS = {"json": "file", "csv": "file"}
 
@@ -44,7 +44,8 @@ def check_common_arguments(args: argparse.Namespace) -> None:
         raise CAAEvalError("--n-resamples and --n-permutations must be at least 100")
 
 
-def _metrics(value: str) -> str | list[str]:
+def metrics_argument(value: str) -> str | list[str]:
+    """`--metrics`: "primary", "all" or a comma-separated list of metric names."""
     return value if value in ("primary", "all") else [m.strip() for m in value.split(",") if m.strip()]
 
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from caa_eval import stats
 
     check_common_arguments(args)
-    table = stats.load_any(args.input, _metrics(args.metrics))
+    table = stats.load_any(args.input, metrics_argument(args.metrics))
     options = {"seed": args.seed, "n_resamples": args.n_resamples}
     cells = stats.paired_stats(
         table, alpha=args.alpha, n_permutations=args.n_permutations, primary_test=args.test, **options

@@ -27,6 +27,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="figure of item propensity curves + slope histogram (one group; several: NAME_01.png, NAME_02.png, …)",
     )
+    parser.add_argument(
+        "--metrics",
+        default="primary",
+        help="for run folders: 'primary' (default; every metric of tasks without one), 'all', or a comma-separated list",
+    )
     parser.add_argument("--split-by", metavar="COLUMN", help="also report per value of this item column")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
@@ -43,11 +48,12 @@ def run(args: argparse.Namespace) -> int:
         args: the parsed arguments.
     """
     from caa_eval import stats
+    from caa_eval.cli.stats import metrics_argument
     from caa_eval.report.steerability import steerability_figure, steerability_sentence, title
 
     if args.n_resamples < 100:
         raise CAAEvalError("--n-resamples must be at least 100")
-    table = stats.load_any(args.input)
+    table = stats.load_any(args.input, metrics_argument(args.metrics))
     steer = stats.steerability(table, split_by=args.split_by, seed=args.seed, n_resamples=args.n_resamples)
     print(stats.format_steerability(steer))
     for entry in steer.entries:

@@ -51,9 +51,11 @@ def steerability_sentence(entry: dict[str, Any]) -> str:
     text = f"{_pct(anti)} of items (95% CI {_pct(low)}–{_pct(high)}) move against the vector"
     ci = entry["slope_mean_ci"]
     if ci and ci[0] > 0:
-        text += f", though the mean slope is positive ({entry['slope_mean']:+.3f}, CI excludes 0)"
+        text += f"; the mean slope is positive ({entry['slope_mean']:+.3f}, 95% CI excludes 0)"
     elif ci and ci[1] < 0:
-        text += f", and the mean slope is negative ({entry['slope_mean']:+.3f}): the vector lowers this behaviour"
+        text += (
+            f"; the mean slope is negative ({entry['slope_mean']:+.3f}, 95% CI excludes 0): the vector lowers the score"
+        )
     else:
         text += f"; the mean slope ({entry['slope_mean']:+.3f}) is not distinguishable from 0"
     by = entry.get("by_letter")
