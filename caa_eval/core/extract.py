@@ -254,11 +254,8 @@ def extract_with_diagnostics(
     progress: bool = True,
     read: str = "letter",
 ) -> tuple[dict[int, torch.Tensor], dict[str, dict[str, float]]]:
-    """The vectors of extract_vectors and, per layer, the pairs' consistency and AUROC (core.diagnostics).
-
-    Args: as extract_vectors. Holds every pair's two activations per layer on the CPU until the end
-    (2 × pairs × layers × hidden × 4 bytes).
-    """
+    """extract_vectors' vectors and, per layer, the pairs' consistency and AUROC (core.diagnostics); holds every
+    pair's two activations per layer on the CPU until the end (2 × pairs × layers × hidden × 4 bytes)."""
     acts = _activations(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)
     vectors = {layer: ((pos - neg).double().sum(0) / len(pos)).to(torch.float32) for layer, (pos, neg) in acts.items()}
     return vectors, {str(layer): layer_diagnostics(pos, neg) for layer, (pos, neg) in acts.items()}

@@ -17,9 +17,8 @@ from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 from caa_eval.report.figures import dose_figures, layer_figures
-from caa_eval.report.layer_check import layer_check_markdown, layer_correlations, sweep_diagnostics
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
-from caa_eval.report.steerability import card_figures, card_markdown
+from caa_eval.report.steerability import steerability_section
 from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
     cells_markdown,
@@ -36,7 +35,6 @@ from caa_eval.stats import (
     load_long_table,
     long_table_from_runs,
     macro_mean,
-    steerability,
     steering_scales,
     to_records,
     validate_long_table,
@@ -160,9 +158,7 @@ def build_report(
     old_figures = _previous_figures(out)
     scales, why_no_scale = _scales(source)
     per_kl = effect_per_kl(cells, scales)
-    steer = steerability(table, seed=seed, n_resamples=n_resamples)
-    card = card_figures(steer, out, notes)
-    layer_check = layer_correlations(steer, sweep_diagnostics(source))
+    card, card_records, card_lines = steerability_section(table, cells, source, out, notes, seed, n_resamples)
     figures = (
         dose_figures(cells, out, notes)
         + layer_figures(cells, out, _vector_layer(source))
@@ -206,9 +202,7 @@ def build_report(
         "figures": figures,
         "warnings": notes,
         "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
-        "steerability": steer.entries,
-        "steerability_skipped": steer.skipped,
-        "layer_diagnostics": layer_check,
+        **card_records,
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
     return write_atomic(
@@ -218,9 +212,7 @@ def build_report(
             cells,
             dose,
             alpha,
-            scale_markdown(scales, per_kl, alpha, why_no_scale)
-            + card_markdown(steer, cells, card)
-            + layer_check_markdown(layer_check),
+            scale_markdown(scales, per_kl, alpha, why_no_scale) + card_lines,
         ),
     )
 

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from caa_eval.report.figures import new_figure, save_png
-from caa_eval.stats.steerability import GroupFit, Steerability
+from caa_eval.report.layer_check import layer_check_markdown, layer_correlations, sweep_diagnostics
+from caa_eval.stats.steerability import GroupFit, Steerability, steerability
 from caa_eval.stats.table import CONFIG_KEY, GROUP_KEY
 from caa_eval.vocab import PROBABILITY_METRICS, format_multiplier
 
@@ -27,6 +28,7 @@ __all__ = [
     "card_figures",
     "card_markdown",
     "title",
+    "steerability_section",
 ]
 
 STEERABLE_COLOUR = "#0072B2"  # Okabe-Ito blue and vermillion: distinguishable with every common colour blindness
@@ -185,3 +187,30 @@ def card_markdown(steer: Steerability, cells: pd.DataFrame, figures: list[dict[s
             lines += [f"![steerability: {title(e)}]({by_title[title(e)]})", ""]
     lines += [f"- skipped: {why}" for why in steer.skipped] + ([""] if steer.skipped else [])
     return lines
+
+
+def steerability_section(
+    table: pd.DataFrame,
+    cells: pd.DataFrame,
+    source: Any,
+    out_dir: Path,
+    notes: list[str],
+    seed: int = 0,
+    n_resamples: int = 2000,
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    """Everything the report adds for steerability: (figures, report.json keys, report.md lines).
+
+    Args:
+        table: the report's long table.
+        cells: compute_stats output (the card's mean-shift column).
+        source: the report's input (a sweep folder adds the layer-diagnostics check).
+        out_dir: where the PNGs go.
+        notes: report warnings.
+        seed: seed of the bootstraps.
+        n_resamples: bootstrap resamples.
+    """
+    steer = steerability(table, seed=seed, n_resamples=n_resamples)
+    figures = card_figures(steer, out_dir, notes)
+    check = layer_correlations(steer, sweep_diagnostics(source))
+    records = {"steerability": steer.entries, "steerability_skipped": steer.skipped, "layer_diagnostics": check}
+    return figures, records, card_markdown(steer, cells, figures) + layer_check_markdown(check)

@@ -21,6 +21,7 @@ from scipy import stats as sps
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.stats.cells import Baselines
+from caa_eval.stats.dose import multiplier_matrix
 from caa_eval.stats.table import GROUP_KEY, LETTER_COLUMN, cell_label, validate_long_table
 from caa_eval.stats.tests import NOISE, mean_ci, seeded_rng
 from caa_eval.vocab import PROBABILITY_METRICS, format_multiplier
@@ -221,10 +222,7 @@ def group_fits(table: pd.DataFrame, columns: list[str] | None = None) -> tuple[l
     for group, rows in table[table["multiplier"] != 0].groupby(GROUP_KEY, sort=True):
         group = tuple(group)
         key = dict(zip(GROUP_KEY, group))
-        base = baselines.get(group)[0]
-        steered = rows.pivot(index="item_id", columns="multiplier", values="score")
-        matrix = pd.concat([base.rename(0.0), steered], axis=1)
-        matrix = matrix[sorted(matrix.columns)]
+        matrix = multiplier_matrix(rows, baselines.get(group)[0])
         if matrix.shape[1] < MIN_MULTIPLIERS:
             skipped.append(
                 f"{cell_label(group, GROUP_KEY)}: no steerability, only {matrix.shape[1]} multipliers "
