@@ -103,7 +103,10 @@ def steerability_figure(fit: GroupFit, title: str, path: Path) -> Path:
     curves.set_ylabel(f"log-odds of {fit.key['metric']}" if log_odds else fit.key["metric"])
     curves.legend(fontsize=7, loc="best")
     slopes = fit.fits["slope"].to_numpy(dtype=float)
-    bins = np.histogram_bin_edges(slopes, bins=min(20, max(5, int(math.sqrt(max(slopes.size, 1))) * 2)))
+    low, high = float(slopes.min()), float(slopes.max())
+    if high - low <= 1e-9 * max(1.0, abs(high)):  # all items alike: one visible bar around the common slope
+        low, high = low - 0.5, high + 0.5
+    bins = np.linspace(low, high, min(20, max(5, int(math.sqrt(slopes.size)) * 2)) + 1)
     hist.hist([slopes[slopes < 0], slopes[slopes >= 0]], bins=bins, stacked=True, color=[ANTI_COLOUR, STEERABLE_COLOUR])
     hist.axvline(0, color="grey", linewidth=0.8)
     hist.set_xlabel("per-item slope (propensity per unit multiplier)")
