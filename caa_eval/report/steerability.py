@@ -106,8 +106,17 @@ def steerability_figure(fit: GroupFit, title: str, path: Path) -> Path:
     low, high = float(slopes.min()), float(slopes.max())
     if high - low <= 1e-9 * max(1.0, abs(high)):  # all items alike: one visible bar around the common slope
         low, high = low - 0.5, high + 0.5
-    bins = np.linspace(low, high, min(20, max(5, int(math.sqrt(slopes.size)) * 2)) + 1)
-    hist.hist([slopes[slopes < 0], slopes[slopes >= 0]], bins=bins, stacked=True, color=[ANTI_COLOUR, STEERABLE_COLOUR])
+    width = (high - low) / min(20, max(5, int(math.sqrt(slopes.size)) * 2))
+    bins = (
+        np.arange(math.floor(low / width), math.ceil(high / width) + 1) * width
+    )  # 0 is a bin edge: bars are one colour
+    hist.hist(
+        [slopes[slopes < 0], slopes[slopes >= 0]],
+        bins=bins,
+        stacked=True,
+        color=[ANTI_COLOUR, STEERABLE_COLOUR],
+        edgecolor="white",
+    )
     hist.axvline(0, color="grey", linewidth=0.8)
     hist.set_xlabel("per-item slope (propensity per unit multiplier)")
     hist.set_ylabel("items")
