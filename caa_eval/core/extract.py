@@ -183,7 +183,7 @@ class _Reader:
 @torch.no_grad()
 def _shared_prefix_batch(
     base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device
-) -> dict[int, torch.Tensor]:
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Prefix once with a KV cache, then both letters as one step: returns (pos, neg) per layer, each (B, H)."""
     from transformers import DynamicCache
 
@@ -217,8 +217,9 @@ def _full_rows_batch(
     read = torch.tensor([r.read for r in rows], device=device)
     diffs = {}
     for layer, out in outputs.items():
-        if rows[0].span is not None:
-            picked = torch.stack([out[i, r.span[0] : r.span[1]].mean(0) for i, r in enumerate(rows)])
+        spans = [r.span for r in rows]
+        if all(s is not None for s in spans):
+            picked = torch.stack([out[i, s[0] : s[1]].mean(0) for i, s in enumerate(spans) if s is not None])
         else:
             picked = out[torch.arange(len(rows), device=device), read]
         diffs[layer] = (picked[0::2].float(), picked[1::2].float())
@@ -273,7 +274,7 @@ def _activations(
     read: str,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, every pair's (matching, non-matching) activation, each (pairs, hidden) float32 on the CPU."""
-    layers = parse_layers(layers, len(decoder_layers(model)))
+    chosen = parse_layers(layers, len(decoder_layers(model)))
     if batch_size < 1:
         raise CAAEvalError("--batch-size must be at least 1")
     rows = build_rows(tokenizer, pairs, system_prompt, read)
@@ -282,8 +283,8 @@ def _activations(
     device = next(model.parameters()).device
     base = decoder_base(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0].ids))  # similar lengths share a batch
-    parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {layer: [] for layer in layers}
-    reader = _Reader(model, layers, site)
+    parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {layer: [] for layer in chosen}
+    reader = _Reader(model, chosen, site)
     was_training = model.training
     model.eval()
     try:
