@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser: the `caa-eval steerability` parser.
     """
     parser.add_argument("input", type=Path, help="sweep folder, lm_eval --output_path folder or .csv/.jsonl long table")
-    parser.add_argument("--json", type=Path, help="write {'steerability': [...], 'skipped': [...]} here")
+    parser.add_argument("--json", type=Path, help="write {'steerability': [...], 'steerability_skipped': [...]} here")
     parser.add_argument(
         "--png",
         type=Path,
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     for entry in steer.entries:
         print(f"\n{title(entry)}: {steerability_sentence(entry)}")
     if args.json:
-        document = {"input": str(args.input), "steerability": steer.entries, "skipped": steer.skipped}
+        document = {"input": str(args.input), "steerability": steer.entries, "steerability_skipped": steer.skipped}
         write_atomic(args.json, json.dumps(document, indent=2, allow_nan=False))
         print(f"\nwrote {args.json}")
     groups = [g for g in steer.groups if len(g.fits)]
