@@ -51,6 +51,7 @@ BASE: dict[str, list[str]] = {  # argv that passes every rule (test_base_argv_re
     "data status": ["data", "status"],
     "tasks": ["tasks"],
     "model prepare": ["model", "prepare"],
+    "steerability": ["steerability", "{scores}/good.csv"],
     "reproduce run": ["reproduce", "run", "ab-7b", "--dry-run", "--out", "{out}/repro"],
     "reproduce compare": ["reproduce", "compare", "{scores}/good.csv", "--reference", "ab-7b"],
 }
@@ -155,6 +156,10 @@ BAD: dict[tuple[str, str], tuple[list[str], str]] = {
     ("finetune", "--device"): (["--device", "tpu"], "--device"),
     ("finetune", "--data-dir"): (["--data-dir", "{out}/nope"], "--data-dir"),
     ("data download", "--base-url"): (["--base-url", "ftp://mirror"], "--base-url"),
+    ("steerability", "input"): (["steerability", "{scores}/nope.csv"], "input"),
+    ("steerability", "--metrics"): (["--metrics", ","], "--metrics"),
+    ("steerability", "--seed"): (["--seed", "-1"], "--seed"),
+    ("steerability", "--n-resamples"): (["--n-resamples", "10"], "--n-resamples"),
     ("reproduce run", "name"): (["reproduce", "run", "ab-9b", "--dry-run"], "unknown experiment 'ab-9b'"),
     ("reproduce run", "--limit"): (["--limit", "0"], "--limit"),
     ("reproduce run", "--vectors"): (["--vectors", "caa", "{out}/nope"], "--vectors"),
@@ -265,7 +270,7 @@ def test_bad_argument_is_refused_before_anything_loads(key, env, no_loading):
 
 # ---------------------------------------------------------------------------------------------- after the load
 
-AFTER_LOAD: dict[tuple[str, str], tuple[list[str], str]] = {  # layer 7: in the vector file, not in the 4-layer model
+AFTER_LOAD: dict[tuple[str, str], tuple[list[str], str]] = {  # layer 7: in the vector file, not the 4-layer model
     ("tokens", "--layer"): (
         ["tokens", "--model", "{tiny}", "--vector", "{far}", "--layer", "7", "--prompt", "hi"]
         + ["--json", "{out}/t.json", "--html", "{out}/t.html"],
@@ -293,6 +298,14 @@ AFTER_LOAD: dict[tuple[str, str], tuple[list[str], str]] = {  # layer 7: in the 
         ["elicit", "--model", "{tiny}", "--behavior", "sycophancy", "--vector", "{far}", "--layer", "7"]
         + ["--json", "{out}/e.json", "--device", "cpu"],
         "--layer 7: the model has layers 0..3",
+    ),
+    ("stats", "--split-by"): (
+        ["stats", "{scores}/good.csv", "--split-by", "nope"],
+        "--split-by 'nope': no such column",
+    ),
+    ("steerability", "--split-by"): (
+        ["steerability", "{scores}/good.csv", "--split-by", "nope"],
+        "--split-by 'nope': no such column",
     ),
 }
 UNTESTED_AFTER_LOAD = {  # rows whose value only the load itself (or the first evaluation) can refuse
@@ -326,6 +339,7 @@ def far_vector(env, tmp_path_factory):
 
 @pytest.mark.parametrize("key", sorted(AFTER_LOAD), ids=lambda k: f"{k[0]} {k[1]}")
 def test_layer_missing_from_the_model_is_refused_before_any_forward_pass(key, env, far_vector, monkeypatch):
+    """What needs the model (its depth) or the data (a column) is refused right after that load, in one line."""
     from transformers.models.llama import modeling_llama
 
     def no_forward(*a, **k):
