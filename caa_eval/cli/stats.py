@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         table, alpha=args.alpha, n_permutations=args.n_permutations, primary_test=args.test, **options
     )
     dose = stats.compute_dose_response(table, **options)
+    stats.warn_no_baseline(cells)
     print(stats.format_cells(cells))
     print()
     print(

@@ -37,6 +37,7 @@ from caa_eval.stats import (
     steering_scales,
     to_records,
     validate_long_table,
+    warn_no_baseline,
 )
 from caa_eval.vocab import primary_metric
 
@@ -152,7 +153,7 @@ def build_report(
         n_resamples=n_resamples,
         n_permutations=n_permutations,
     )  # with >= 2 conditions only
-    notes = list(warnings_)
+    notes = list(warnings_) + warn_no_baseline(cells)
     out.mkdir(parents=True, exist_ok=True)
     old_figures = _previous_figures(out)
     scales, why_no_scale = _scales(source)

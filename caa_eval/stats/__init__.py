@@ -15,11 +15,14 @@ from __future__ import annotations
 from caa_eval.stats.cells import (
     BASELINE_TOLERANCE,
     CELL_COLUMNS,
+    NO_BASELINE,
     Baselines,
+    MissingBaseline,
     compute_dose_response,
     compute_stats,
     paired_stats,
     per_item_slopes,
+    warn_no_baseline,
 )
 from caa_eval.stats.format import format_cells, format_dose, stats_json, to_records
 from caa_eval.stats.runs import SCALE_COLUMNS, SCALE_KEY, long_table_from_runs, parse_model_args, steering_scales
@@ -93,7 +96,10 @@ __all__ = [
     # cells and dose-response
     "BASELINE_TOLERANCE",
     "CELL_COLUMNS",
+    "NO_BASELINE",
     "Baselines",
+    "MissingBaseline",
+    "warn_no_baseline",
     "compute_stats",
     "paired_stats",
     "per_item_slopes",

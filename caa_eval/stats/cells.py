@@ -8,6 +8,7 @@ are enough to see CAA-sized effects. docs/statistics.md explains each column.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Any
@@ -42,12 +43,17 @@ from caa_eval.vocab import format_multiplier
 __all__ = [
     "BASELINE_TOLERANCE",
     "CELL_COLUMNS",
+    "NO_BASELINE",
+    "MissingBaseline",
+    "warn_no_baseline",
     "Baselines",
     "compute_stats",
     "paired_stats",
     "per_item_slopes",
     "compute_dose_response",
 ]
+
+log = logging.getLogger(__name__)
 
 BASELINE_TOLERANCE = 1e-6  # multiplier-0 runs at different layers must agree to this (they steer nothing)
 CELL_COLUMNS = [
@@ -82,6 +88,14 @@ CELL_COLUMNS = [
 ]
 
 
+NO_BASELINE = "no baseline"
+"""The note of a steered cell that has no multiplier-0 rows to pair with: listed, not tested."""
+
+
+class MissingBaseline(CAAEvalError):
+    """A cell has no multiplier-0 rows of its behaviour/task/metric/condition."""
+
+
 def _config_label(config: tuple[str, ...]) -> str:
     return ", ".join(f"{k}={v}" for k, v in zip(CONFIG_KEY, config) if v) or "unsteered"
 
@@ -113,7 +127,7 @@ class Baselines:
         config = tuple(keyd[k] for k in CONFIG_KEY)
         configs = self._by_base.get(base)
         if not configs:
-            raise CAAEvalError(
+            raise MissingBaseline(
                 f"no multiplier-0 baseline for cell {cell_label(group, GROUP_KEY)}; add multiplier-0 rows for "
                 f"behaviour={keyd['behaviour']}, task={keyd['task']}, metric={keyd['metric']}, "
                 f"condition={keyd['condition'] or '(none)'}"
@@ -157,8 +171,11 @@ def _paired(
     rng: np.random.Generator,
     settings: dict[str, Any],
 ) -> list[str]:
-    """Fill the cell-vs-baseline columns of `row`; returns the notes."""
-    base, base_sources, base_config, base_note = baselines.get(group)
+    """Fill the cell-vs-baseline columns of `row`; returns the notes (NO_BASELINE when there is none)."""
+    try:
+        base, base_sources, base_config, base_note = baselines.get(group)
+    except MissingBaseline:
+        return [NO_BASELINE]
     common = scores.index.intersection(base.index)
     if common.empty:
         raise CAAEvalError(
@@ -276,7 +293,7 @@ def compute_stats(
             notes += _paired(row, scores, subjects, baselines, group, multiplier, rng, settings)
         row["note"] = "; ".join(dict.fromkeys(notes))
         out.append(row)
-    cells = pd.DataFrame(out)
+    cells = _check_baselines(pd.DataFrame(out), baselines, table)
     primary = cells[f"p_{primary_test}"].where(~cells["is_baseline"])
     cells["p_holm"], cells["p_bh"] = adjust_pvalues(primary.to_numpy())
     cells["significant"] = cells["p_holm"] < alpha
@@ -292,6 +309,34 @@ def compute_stats(
         }
     )
     return cells[CELL_COLUMNS]
+
+
+def _check_baselines(cells: pd.DataFrame, baselines: Baselines, table: pd.DataFrame) -> pd.DataFrame:
+    """Cells without a baseline are listed (note NO_BASELINE, `attrs["no_baseline"]` names them) so that a report
+    never fails after the work; a table in which no steered cell has one has nothing to test and is refused."""
+    lacking = cells[[NO_BASELINE in str(n).split("; ") for n in cells["note"]]]
+    steered = cells[~cells["is_baseline"]]
+    if len(lacking) and len(lacking) == len(steered):
+        baselines.get(tuple(lacking.iloc[0][GROUP_KEY]))  # raises the one-line error naming the first cell
+    cells.attrs["no_baseline"] = [cell_label(tuple(r)) for r in lacking[CELL_KEY].itertuples(index=False)]
+    return cells
+
+
+def warn_no_baseline(cells: pd.DataFrame) -> list[str]:
+    """Log one warning line naming the cells compute_stats found without a baseline; returns it (or nothing).
+
+    Args:
+        cells: compute_stats output.
+    """
+    lacking = cells.attrs.get("no_baseline") or []
+    if not lacking:
+        return []
+    line = (
+        f"{len(lacking)} steered cell(s) have no multiplier-0 baseline and are listed as '{NO_BASELINE}', "
+        f"untested: {'; '.join(lacking)}; run the unsteered cell of their task and condition to test them"
+    )
+    log.warning("%s", line)
+    return [line]
 
 
 def paired_stats(df: pd.DataFrame, **options: Any) -> pd.DataFrame:
@@ -357,7 +402,10 @@ def compute_dose_response(
     out = []
     for group, rows in steered.groupby(GROUP_KEY, sort=True):
         group = tuple(group)
-        base = baselines.get(group)[0]
+        try:
+            base = baselines.get(group)[0]
+        except MissingBaseline:  # listed by compute_stats; no trend without the 0 point
+            continue
         steered_scores = rows.pivot(index="item_id", columns="multiplier", values="score")
         matrix = pd.concat([base.rename(0.0), steered_scores], axis=1)
         matrix = matrix[sorted(matrix.columns)]

@@ -75,6 +75,8 @@ CONFIG_KEYS = {
     "caa_data_dir": "CAA datasets/ folder (default $CAA_EVAL_DATA_DIR, then the download cache)",
     "mmlu_dir": "folder of MMLU test CSVs (default $CAA_EVAL_MMLU_DIR, then the download cache)",
     "report": "true (default) = build RUN_DIR/report at the end",
+    "cross_tasks": "true = every vector also runs every other task of the sweep, each CAA behaviour's A/B task and "
+    "the capability tasks (caa_mmlu_2opt, caa_tqa_2opt): the report's entanglement matrix",
 }
 _ALIASES = {
     "behaviors": "behaviours",
@@ -127,6 +129,7 @@ class SweepConfig:
     caa_data_dir: Path | None = None
     mmlu_dir: Path | None = None
     report: bool = True
+    cross_tasks: list[str] = field(default_factory=list)  # `cross_tasks: true`, resolved: tasks every vector runs
     source: str = "<dict>"  # where the config came from, for messages
 
     @property
@@ -134,9 +137,16 @@ class SweepConfig:
         """Where the raw (extracted) vector files live."""
         return self.vectors_dir if self.vectors_dir is not None else self.output / "vectors"
 
+    def _own_tasks(self, b: Behaviour) -> list[str]:
+        return list(dict.fromkeys(t.format(behaviour=b.task_name) for t in (b.tasks if b.tasks is not None else self.tasks)))
+
     def behaviour_tasks(self, b: Behaviour) -> list[str]:
-        """The behaviour's task list with `{behaviour}` filled in."""
-        return [t.format(behaviour=b.task_name) for t in (b.tasks if b.tasks is not None else self.tasks)]
+        """The tasks the behaviour's vector runs, `{behaviour}` filled in; with cross_tasks: every task."""
+        return self.all_tasks() if self.cross_tasks else self._own_tasks(b)
+
+    def all_tasks(self) -> list[str]:
+        """Every task of the sweep, in config order: the behaviours' own lists, then the cross tasks."""
+        return list(dict.fromkeys([t for b in self.behaviours for t in self._own_tasks(b)] + self.cross_tasks))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the manifest (paths as strings, the resolved vectors folder)."""
@@ -223,18 +233,8 @@ def _parse_vectors(cfg_in: dict[str, Any], source: str, base: Path) -> tuple[Pat
     return folder, normalize, extract_bs
 
 
-def config_from_dict(
-    raw: dict[str, Any], source: str = "<dict>", base: Path | None = None, default_output: Path | None = None
-) -> SweepConfig:
-    """Check a config mapping and build the `SweepConfig`.
-
-    Args:
-        raw: the keys of docs/sweeps.md (aliases such as `behaviors` and `out` are accepted).
-        source: the config's name in error messages.
-        base: folder that relative paths are relative to (default: the working directory).
-        default_output: run folder when `output` is not given.
-    """
-    base = base or Path.cwd()
+def _known_keys(raw: Any, source: str) -> dict[str, Any]:
+    """The config's keys with aliases resolved; an unknown key is refused with the closest known one."""
     if not isinstance(raw, dict):
         raise CAAEvalError(f"{source}: expected a mapping of keys (model, behaviours, layers, multipliers, ...)")
     cfg_in: dict[str, Any] = {}
@@ -245,26 +245,32 @@ def config_from_dict(
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(CONFIG_KEYS)}"
             raise CAAEvalError(f"{source}: unknown key '{key}'; {hint}")
         cfg_in[key] = value
-    model = cfg_in.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise config_error(source, "model", "missing", "write model: smollm2-135m-instruct (or an HF path/ID)")
-    if (base / model).exists() and not Path(model).is_absolute():
-        model = str(base / model)
+    return cfg_in
 
-    vectors_dir, normalize, extract_bs = _parse_vectors(cfg_in, source, base)
-    behaviours = parse_behaviours(cfg_in.get("behaviours"), source, base)
-    by_default = normalize is None
-    if by_default:
-        normalize = len(caa_behaviours(behaviours)) >= 2
-    elif normalize and len(behaviours) < 2:
+
+def _parse_model(value: Any, source: str, base: Path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise config_error(source, "model", "missing", "write model: smollm2-135m-instruct (or an HF path/ID)")
+    model = str(base / value) if (base / value).exists() and not Path(value).is_absolute() else value
+    return model.strip()
+
+
+def _parse_normalize(normalize: bool | None, behaviours: list[Behaviour], source: str) -> tuple[bool, bool]:
+    """(normalize, decided by default): CAA's rescaling is the default with two or more CAA behaviours."""
+    if normalize is None:
+        return len(caa_behaviours(behaviours)) >= 2, True
+    if normalize and len(behaviours) < 2:
         raise config_error(
             source,
             "normalize",
             "mean-norm rescaling needs at least two behaviours",
             "add behaviours or set normalize: false",
         )
+    return bool(normalize), False
 
-    tasks = [str(t) for t in as_list(cfg_in.get("tasks", list(DEFAULT_TASKS)))]
+
+def _parse_tasks(value: Any, behaviours: list[Behaviour], source: str) -> list[str]:
+    tasks = [str(t) for t in as_list(value)]
     if not tasks:
         raise config_error(source, "tasks", "empty list", "use e.g. tasks: [caa_ab_{behaviour}, caa_mmlu_2opt]")
     for b in behaviours:
@@ -278,7 +284,23 @@ def config_from_dict(
                     f"template {t!r} is not valid",
                     "the only placeholder is {behaviour}, e.g. caa_ab_{behaviour}",
                 ) from None
+    return tasks
 
+
+def _parse_cross_tasks(value: Any, behaviours: list[Behaviour], source: str) -> list[str]:
+    """`cross_tasks: true` -> each CAA behaviour's (or custom ab_test's) A/B task and the installed capability
+    tasks; every vector then runs these and every behaviour's own tasks (one shared-prefix pass per task)."""
+    if not parse_bool(value, source, "cross_tasks"):
+        return []
+    from caa_eval.data.catalog import shipped_task_names
+
+    ab = [vocab.ab_task_name(b.name) for b in behaviours if not b.custom or b.ab_test is not None]
+    installed = shipped_task_names()
+    return ab + [t for t in vocab.CAPABILITY_TASKS if t in installed]
+
+
+def _parse_paths(cfg_in: dict[str, Any], source: str, base: Path, default_output: Path | None) -> dict[str, Any]:
+    """output, include_path, caa_data_dir and mmlu_dir, relative to `base`."""
     include_path = [config_path(p, base, source, "include_path") for p in as_list(cfg_in.get("include_path"))]
     for p in include_path:
         if not p.is_dir():
@@ -287,27 +309,50 @@ def config_from_dict(
     out_dir = (
         config_path(output, base, source, "output") if output is not None else (default_output or Path("outputs/sweep"))
     )
-    gen_kwargs = cfg_in.get("gen_kwargs")
-    if gen_kwargs is not None and (not isinstance(gen_kwargs, dict) or not gen_kwargs):
-        raise config_error(
-            source, "gen_kwargs", f"{gen_kwargs!r} is not a mapping", "write e.g. gen_kwargs: {max_gen_toks: 50}"
-        )
     folders = {
         key: config_path(cfg_in[key], base, source, key) if cfg_in.get(key) else None
         for key in ("caa_data_dir", "mmlu_dir")
     }
+    return {"output": out_dir, "include_path": include_path, **folders}
+
+
+def _parse_gen_kwargs(value: Any, source: str) -> dict[str, Any] | None:
+    if value is not None and (not isinstance(value, dict) or not value):
+        raise config_error(
+            source, "gen_kwargs", f"{value!r} is not a mapping", "write e.g. gen_kwargs: {max_gen_toks: 50}"
+        )
+    return value
+
+
+def config_from_dict(
+    raw: dict[str, Any], source: str = "<dict>", base: Path | None = None, default_output: Path | None = None
+) -> SweepConfig:
+    """Check a config mapping and build the `SweepConfig`.
+
+    Args:
+        raw: the keys of docs/sweeps.md (aliases such as `behaviors` and `out` are accepted).
+        source: the config's name in error messages.
+        base: folder that relative paths are relative to (default: the working directory).
+        default_output: run folder when `output` is not given.
+    """
+    base = base or Path.cwd()
+    cfg_in = _known_keys(raw, source)
+    model = _parse_model(cfg_in.get("model"), source, base)
+    vectors_dir, normalize, extract_bs = _parse_vectors(cfg_in, source, base)
+    behaviours = parse_behaviours(cfg_in.get("behaviours"), source, base)
+    normalize, by_default = _parse_normalize(normalize, behaviours, source)
     return SweepConfig(
-        model=model.strip(),
+        model=model,
         behaviours=behaviours,
         layers=parse_layer_groups(cfg_in.get("layers"), source),
         multipliers=parse_multipliers(cfg_in.get("multipliers"), source),
         vector_layer=_parse_vector_layer(cfg_in.get("vector_layer"), source),
         sites=parse_sites(cfg_in.get("sites", ["residual"]), source),
         positions=parse_positions(cfg_in.get("positions", ["after_instruction"]), source),
-        tasks=tasks,
+        tasks=_parse_tasks(cfg_in.get("tasks", list(DEFAULT_TASKS)), behaviours, source),
         conditions=parse_conditions(cfg_in.get("conditions"), source, base),
         vectors_dir=vectors_dir,
-        normalize=bool(normalize),
+        normalize=normalize,
         normalize_by_default=by_default,
         extract_batch_size=extract_bs,
         limit=parse_limit(cfg_in.get("limit"), source),
@@ -315,13 +360,12 @@ def config_from_dict(
         device=parse_device(cfg_in.get("device"), source),
         dtype=cfg_in.get("dtype"),
         judge=_parse_judge(cfg_in.get("judge"), source, base),
-        gen_kwargs=gen_kwargs,
-        output=out_dir,
-        include_path=include_path,
+        gen_kwargs=_parse_gen_kwargs(cfg_in.get("gen_kwargs"), source),
         include_default_tasks=parse_bool(cfg_in.get("include_default_tasks", False), source, "include_default_tasks"),
         report=parse_bool(cfg_in.get("report", True), source, "report"),
+        cross_tasks=_parse_cross_tasks(cfg_in.get("cross_tasks", False), behaviours, source),
         source=source,
-        **folders,
+        **_parse_paths(cfg_in, source, base, default_output),
     )
 
 
