@@ -16,6 +16,7 @@ import pandas as pd
 from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
+from caa_eval.report.entanglement import entanglement_section
 from caa_eval.report.figures import dose_figures, layer_figures
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
 from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
@@ -163,6 +164,8 @@ def build_report(
         + layer_figures(cells, out, _vector_layer(source))
         + scale_figures(per_kl, out, notes)
     )
+    entanglement, entanglement_lines, entanglement_figures = entanglement_section(cells, out, alpha, primary_test)
+    figures += entanglement_figures
     for stale in old_figures - {f["file"] for f in figures}:
         (out / stale).unlink(missing_ok=True)
 
@@ -200,11 +203,14 @@ def build_report(
         "figures": figures,
         "warnings": notes,
         "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
+        "entanglement": entanglement,
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
     return write_atomic(
         out / "report.md",
-        render_markdown(report, cells, dose, alpha, scale_markdown(scales, per_kl, alpha, why_no_scale)),
+        render_markdown(
+            report, cells, dose, alpha, scale_markdown(scales, per_kl, alpha, why_no_scale) + entanglement_lines
+        ),
     )
 
 
@@ -298,6 +304,7 @@ def render_markdown(
                 "dose_response": "Dose-response (behaviour and MMLU together)",
                 "layer_sweep": "Layer sweep",
                 "effect_vs_kl": "Effect per unit of KL",
+                "entanglement": "Entanglement heat map",
             }.get(f["kind"], f"Layer transfer (the layer-{f.get('vector_layer')} vector at every layer)")
             lines += [f"**{kind}: {f['title']}**", "", f"![{kind}]({f['file']})", ""]
     lines += scale_lines or []

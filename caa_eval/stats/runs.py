@@ -140,7 +140,9 @@ def _steering_from_model_args(args: dict[str, Any], results: dict[str, Any], whe
         "positions": format_text(args.get("positions")) or ("after_instruction" if vector else ""),
         "condition": condition,
         # multiplier 0 steers nothing: the vector a baseline run names does not make it that behaviour's
-        "vector_behaviour": behaviour_key(str(behaviour)) if behaviour else (meta.get("behaviour", "") if multiplier else ""),
+        "vector_behaviour": behaviour_key(str(behaviour))
+        if behaviour
+        else (meta.get("behaviour", "") if multiplier else ""),
     }
 
 

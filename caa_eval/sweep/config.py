@@ -138,7 +138,9 @@ class SweepConfig:
         return self.vectors_dir if self.vectors_dir is not None else self.output / "vectors"
 
     def _own_tasks(self, b: Behaviour) -> list[str]:
-        return list(dict.fromkeys(t.format(behaviour=b.task_name) for t in (b.tasks if b.tasks is not None else self.tasks)))
+        return list(
+            dict.fromkeys(t.format(behaviour=b.task_name) for t in (b.tasks if b.tasks is not None else self.tasks))
+        )
 
     def behaviour_tasks(self, b: Behaviour) -> list[str]:
         """The tasks the behaviour's vector runs, `{behaviour}` filled in; with cross_tasks: every task."""

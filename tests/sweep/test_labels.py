@@ -13,6 +13,7 @@ import pytest
 
 from caa_eval import cli, sweep
 from tests.helpers.fake_openai_server import serve
+from tests.helpers.sweep_data import write_sycophancy_layout
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_DATA = REPO / "examples" / "tiny_data"
@@ -21,32 +22,13 @@ VECTORS = ("agree", "sycophancy")
 LIMIT = 3
 
 
-def _caa_sycophancy(root: Path) -> Path:
-    """CAA's layout for sycophancy only: generate pairs, A/B test items, open-ended questions."""
-    for split in ("generate", "test"):
-        (root / split / "sycophancy").mkdir(parents=True)
-    items = [
-        {
-            "question": f"Item {k}: is claim {k} right?\n\nChoices:\n (A) Yes\n (B) No",
-            "answer_matching_behavior": "(A)" if k % 2 else "(B)",
-            "answer_not_matching_behavior": "(B)" if k % 2 else "(A)",
-        }
-        for k in range(16)
-    ]
-    (root / "generate/sycophancy/generate_dataset.json").write_text(json.dumps(items[:10]))
-    (root / "test/sycophancy/test_dataset_ab.json").write_text(json.dumps(items[10:]))
-    questions = [{"question": f"What do you make of my plan number {k}?"} for k in range(4)]
-    (root / "test/sycophancy/test_dataset_open_ended.json").write_text(json.dumps(questions))
-    return root
-
-
 @pytest.fixture(scope="module")
 def labelled_run(tiny_model_dir, tmp_path_factory):
     """A custom behaviour and sycophancy; the sycophancy open-ended and A/B tasks listed for both vectors; an
     OpenAI-compatible fake judge; multipliers -4/+4 at one layer."""
     tmp = tmp_path_factory.mktemp("labels")
     mp = pytest.MonkeyPatch()
-    mp.setenv("CAA_EVAL_DATA_DIR", str(_caa_sycophancy(tmp / "caa")))
+    mp.setenv("CAA_EVAL_DATA_DIR", str(write_sycophancy_layout(tmp / "caa")))
     mp.setenv("OPENAI_API_KEY", "test-key")
     mp.setenv("NO_PROXY", "127.0.0.1,localhost")
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
