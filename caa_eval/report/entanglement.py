@@ -100,9 +100,10 @@ def entanglement_heatmap(matrix: pd.DataFrame, path: Path) -> Path:
         d = diff.iat[i, j]
         if np.isfinite(d):
             star = "*" if pd.notna(marked.iat[i, j]) and bool(marked.iat[i, j]) else ""
-            ax.text(j, i, f"{d:+.2g}{star}", ha="center", va="center", fontsize=7)
+            colour = "white" if abs(values[i, j]) > 0.6 else "black"
+            ax.text(j, i, f"{d:+.2g}{star}", ha="center", va="center", fontsize=7, color=colour)
         if pd.notna(diagonal.iat[i, j]) and bool(diagonal.iat[i, j]):
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5))
     ax.set_xticks(range(diff.shape[1]), [c.replace(" (", "\n(") for c in diff.columns], fontsize=7, rotation=30)
     ax.set_yticks(range(diff.shape[0]), list(diff.index), fontsize=7)
     fig.colorbar(image, ax=ax, label="difference vs 0 / column's max |difference|")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from caa_eval.vocab import behaviour_of_task
+from caa_eval.vocab import task_suffix
 
 __all__ = ["ENTANGLEMENT_KEYS", "entanglement_matrix", "entanglement_records", "is_diagonal"]
 
@@ -40,13 +40,14 @@ _ROW = ["vector", "condition", "layer", "multiplier"]
 
 
 def is_diagonal(vector: str, task: str) -> bool:
-    """A vector measured on its own behaviour's task: the intended effect, not a side effect.
+    """A vector measured on its own behaviour's task (`caa_ab_<b>`, `caa_open_<b>`, `caa_demo_<b>_ab`): the
+    intended effect, not a side effect.
 
     Args:
         vector: the steering vector's behaviour.
         task: the measured task.
     """
-    return task == vector or behaviour_of_task(task) == vector
+    return task == vector or f"_{task_suffix(vector)}_".lower() in f"_{task}_".lower()
 
 
 def _one_setting(steered: pd.DataFrame) -> tuple[pd.DataFrame, str]:
