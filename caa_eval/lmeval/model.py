@@ -363,7 +363,19 @@ class SteeredHFLM(HFLM):
     def generate_until(self, requests, disable_tqdm: bool = False):
         # the grid decodes a batch of prompts in advance only for the settings that run the same task
         self._request_tasks = frozenset(t for t in (getattr(r, "task_name", None) for r in requests) if t)
-        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        texts = super().generate_until(requests, disable_tqdm=disable_tqdm)
+        self._score_fluency(requests, texts)
+        return texts
+
+    def _score_fluency(self, requests: list[Any], texts: list[str]) -> None:
+        """Each generation's perplexity under the unsteered model, left for the tasks' process_results
+        (`caa_eval.lmeval.fluency`): same process and weights, steering off, one batched pass."""
+        from caa_eval.lmeval import fluency
+
+        fluency.clear()
+        contexts = [r.args[0] for r in requests]
+        for r, text, ppl in zip(requests, texts, fluency.unsteered_perplexities(self, contexts, texts)):
+            fluency.record(str(getattr(r, "task_name", "")), r.doc or {}, text, ppl)
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         grid = getattr(self, "grid", None)
