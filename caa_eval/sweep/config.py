@@ -16,7 +16,14 @@ from typing import Any
 
 from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
-from caa_eval.sweep.entries import DEFAULT_CONDITION, Behaviour, Condition, parse_behaviours, parse_conditions
+from caa_eval.sweep.entries import (
+    DEFAULT_CONDITION,
+    Behaviour,
+    Condition,
+    check_system_prompts,
+    parse_behaviours,
+    parse_conditions,
+)
 from caa_eval.sweep.validate import (
     as_list,
     config_error,
@@ -61,8 +68,8 @@ CONFIG_KEYS = {
     "sites": f"list of {' | '.join(vocab.SITES)}",
     "positions": "list of after_instruction | all | generated | span:START:END | regex:PATTERN",
     "tasks": "task names or templates per behaviour, e.g. [caa_ab_{behaviour}, caa_mmlu_2opt, caa_open_{behaviour}]",
-    "conditions": "list of {name, pretrained, peft, model_args, system_instruction, allow_fingerprint_mismatch, "
-    "finetune: {direction: pos|neg, ...}}",
+    "conditions": "list of {name, pretrained, peft, model_args, system_instruction, system_prompt: pos|neg|TEXT, "
+    "allow_fingerprint_mismatch, finetune: {direction: pos|neg, ...}}",
     "limit": "items per task (MMLU: per subject); a number >= 1, or a fraction < 1",
     "batch_size": "lm-eval batch size (a number or 'auto')",
     "device": "cpu | cuda | cuda:N | mps | auto (default auto: cuda if available, else cpu)",
@@ -343,6 +350,8 @@ def config_from_dict(
     vectors_dir, normalize, extract_bs = _parse_vectors(cfg_in, source, base)
     behaviours = parse_behaviours(cfg_in.get("behaviours"), source, base)
     normalize, by_default = _parse_normalize(normalize, behaviours, source)
+    conditions = parse_conditions(cfg_in.get("conditions"), source, base)
+    check_system_prompts(conditions, behaviours, source)
     return SweepConfig(
         model=model,
         behaviours=behaviours,
@@ -352,7 +361,7 @@ def config_from_dict(
         sites=parse_sites(cfg_in.get("sites", ["residual"]), source),
         positions=parse_positions(cfg_in.get("positions", ["after_instruction"]), source),
         tasks=_parse_tasks(cfg_in.get("tasks", list(DEFAULT_TASKS)), behaviours, source),
-        conditions=parse_conditions(cfg_in.get("conditions"), source, base),
+        conditions=conditions,
         vectors_dir=vectors_dir,
         normalize=normalize,
         normalize_by_default=by_default,

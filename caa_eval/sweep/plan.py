@@ -82,11 +82,11 @@ def vector_path(cfg: SweepConfig, behaviour: str, site: str) -> Path:
 
 def _baseline_cells(cfg: SweepConfig, cond: Condition) -> list[Cell]:
     """Multiplier 0 steers nothing: one run per task is the baseline of every vector measured on it (behaviour
-    None, stats' shared '*'). A finetune condition has one model per behaviour, so there each behaviour gets its
-    own baseline of each of its tasks."""
+    None, stats' shared '*'). A finetune or system-prompt pos/neg condition has one model or prompt per
+    behaviour, so there each behaviour gets its own baseline of each of its tasks."""
     cells = []
     for task in cfg.all_tasks():
-        if not cond.finetune:
+        if not cond.per_behaviour:
             cells.append(Cell(id=f"baseline__{cond.name}__{task}", condition=cond.name, multiplier=0.0, tasks=[task]))
             continue
         for b in cfg.behaviours:
@@ -162,6 +162,8 @@ def cell_spec(cfg: SweepConfig, cell: Cell, vector_sha: str | None) -> dict[str,
         "vector_sha256": vector_sha,
         "apply_chat_template": True,
     }
+    if cond.system_prompt and cell.behaviour:
+        spec["system_prompt_text"] = cond.for_behaviour(cell.behaviour).system_instruction
     if cell.vector_layer is not None:
         spec["vector_layer"] = cell.vector_layer
     if cfg.gen_kwargs:
