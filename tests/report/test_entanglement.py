@@ -6,6 +6,7 @@ whole matrix."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,16 +15,24 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from caa_eval import sweep
+from caa_eval.data.catalog import shipped_task_names
 from caa_eval.sweep.grid import grid_batches
 from tests.helpers.sweep_data import write_sycophancy_layout
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_DATA = REPO / "examples" / "tiny_data"
 KEYS = {"vector", "condition", "layer", "multiplier", "task", "metric", "n", "difference", "ci", "p", "p_holm"}
-TASKS = ("caa_ab_agree", "caa_ab_sycophancy", "caa_mmlu_2opt")
+TQA = "caa_tqa_2opt" in shipped_task_names()  # issue 20's TruthfulQA task, once it is installed
+TASKS = ("caa_ab_agree", "caa_ab_sycophancy", "caa_mmlu_2opt", *(["caa_tqa_2opt"] if TQA else []))
+METRIC = {"caa_ab_agree": "p_match", "caa_ab_sycophancy": "p_match", "caa_mmlu_2opt": "p_correct"}
+METRIC["caa_tqa_2opt"] = "p_correct"
 
 
-def _config(tmp: Path, model: Path, mmlu: Path) -> dict:
+def _config(tmp: Path, model: Path, mmlu: Path, caa: Path) -> dict:
+    layout = write_sycophancy_layout(tmp / "caa")
+    if TQA:
+        (layout / "test" / "truthfulqa").mkdir()
+        shutil.copy(caa / "test" / "truthfulqa" / "truthful_qa.json", layout / "test" / "truthfulqa")
     return {
         "model": str(model),
         "behaviours": [
@@ -38,26 +47,25 @@ def _config(tmp: Path, model: Path, mmlu: Path) -> dict:
         "cross_tasks": True,
         "layers": [1],
         "multipliers": [-4, 4],
-        "limit": 2,  # two MMLU items per subject: the per-subject macro mean is the plain mean over items
+        "limit": 2,  # two items per MMLU subject / TQA category: their macro mean is the plain mean over items
         "batch_size": 16,
         "device": "cpu",
         "mmlu_dir": str(mmlu),
-        "caa_data_dir": str(write_sycophancy_layout(tmp / "caa")),
+        "caa_data_dir": str(layout),
         "output": str(tmp / "run"),
     }
 
 
 @pytest.fixture(scope="module")
-def cross_run(tiny_model_dir, mmlu_dir, tmp_path_factory):
-    cfg = sweep.config_from_dict(_config(tmp_path_factory.mktemp("entangle"), tiny_model_dir, mmlu_dir))
+def cross_run(tiny_model_dir, mmlu_dir, caa_data_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("entangle")
+    cfg = sweep.config_from_dict(_config(tmp, tiny_model_dir, mmlu_dir, caa_data_dir))
     sweep.run_sweep(cfg, progress=False, print_fn=lambda _: None)
     return cfg
 
 
 def test_cross_tasks_run_every_vector_on_every_task_in_one_pass(cross_run):
-    from caa_eval.data.catalog import shipped_task_names
-
-    expected = [*TASKS[:2], "caa_mmlu_2opt"] + (["caa_tqa_2opt"] if "caa_tqa_2opt" in shipped_task_names() else [])
+    expected = list(TASKS)
     cells = sweep.plan_cells(cross_run)
     steered = [c for c in cells if not c.is_baseline]
     assert len(steered) == 4 and all(sorted(c.tasks) == sorted(expected) for c in steered)
@@ -82,7 +90,7 @@ def test_matrix_entries_are_the_paired_differences_with_holm_over_the_matrix(cro
     assert {(e["vector"], e["multiplier"], e["task"]) for e in entries} == {
         (v, m, t) for v in ("agree", "sycophancy") for m in (-4.0, 4.0) for t in TASKS
     }
-    metric = {"caa_ab_agree": "p_match", "caa_ab_sycophancy": "p_match", "caa_mmlu_2opt": "p_correct"}
+    metric = METRIC
     cells = {(c["behaviour"], c["multiplier"], c["task"]): c for c in report["cells"]}
     sizes = defaultdict(set)
     for e in entries:
@@ -97,6 +105,7 @@ def test_matrix_entries_are_the_paired_differences_with_holm_over_the_matrix(cro
         assert e["ci"] == [cell["diff_ci_low"], cell["diff_ci_high"]] and e["p"] == cell["p_wilcoxon"]
         sizes[e["task"]].add(d.size)
     assert sizes["caa_mmlu_2opt"] == {114} and sizes["caa_ab_sycophancy"] == {2}  # 2 per subject, every subject
+    assert not TQA or sizes["caa_tqa_2opt"] == {64}  # 2 per category, all 32
     p = np.array([e["p"] for e in entries], dtype=float)
     assert np.isfinite(p).all()
     holm = multipletests(p, method="holm")[1]
