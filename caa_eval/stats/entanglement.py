@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
-from caa_eval.vocab import task_suffix
+from caa_eval.vocab import behaviour_of_task, task_suffix
 
 __all__ = ["ENTANGLEMENT_KEYS", "entanglement_matrix", "entanglement_records", "is_diagonal"]
 
@@ -50,6 +50,11 @@ def is_diagonal(vector: str, task: str) -> bool:
     return task == vector or f"_{task_suffix(vector)}_".lower() in f"_{task}_".lower()
 
 
+def _is_cross(vector: str, task: str) -> bool:
+    """A vector measured on another behaviour's task: what makes a matrix more than the usual tables."""
+    return behaviour_of_task(task) is not None and not is_diagonal(vector, task)
+
+
 def _one_setting(steered: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The cells of the most common (site, positions): the matrix's row keys leave those out."""
     counts = steered.groupby(["site", "positions"], sort=True).size()
@@ -63,8 +68,9 @@ def _one_setting(steered: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def entanglement_matrix(cells: pd.DataFrame, alpha: float = 0.05, primary_test: str = "wilcoxon") -> pd.DataFrame:
     """One row per (setting, task) of the steered primary-metric cells, with Holm over the matrix.
 
-    Empty unless some vector was measured on two or more tasks (one column is no matrix). `attrs["note"]`
-    says which site/positions were kept when several were swept.
+    Empty unless some vector was measured on another behaviour's task (`cross_tasks`, or such a task listed);
+    a vector on its own task and MMLU is already the report's Table 4/5. `attrs["note"]` says which
+    site/positions were kept when several were swept.
 
     Args:
         cells: compute_stats output on primary metrics (one metric per task).
@@ -74,7 +80,7 @@ def entanglement_matrix(cells: pd.DataFrame, alpha: float = 0.05, primary_test: 
     columns = [*ENTANGLEMENT_KEYS[:-3], "ci_low", "ci_high", "p", "p_holm", "significant", "diagonal"]
     steered = cells[~cells["is_baseline"].astype(bool)]
     steered, note = _one_setting(steered)
-    if steered.empty or steered.groupby("behaviour")["task"].nunique().max() < 2:
+    if not any(_is_cross(v, t) for v, t in zip(steered["behaviour"], steered["task"])):
         return pd.DataFrame(columns=columns)
     out = pd.DataFrame(
         {
