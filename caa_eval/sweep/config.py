@@ -30,12 +30,16 @@ from caa_eval.sweep.validate import (
     config_path,
     parse_batch_size,
     parse_bool,
+    parse_cross_tasks,
     parse_device,
+    parse_gen_kwargs,
     parse_layer_groups,
     parse_limit,
     parse_multipliers,
     parse_positions,
     parse_sites,
+    parse_tasks,
+    parse_vector_layer,
 )
 
 __all__ = [
@@ -278,36 +282,6 @@ def _parse_normalize(normalize: bool | None, behaviours: list[Behaviour], source
     return bool(normalize), False
 
 
-def _parse_tasks(value: Any, behaviours: list[Behaviour], source: str) -> list[str]:
-    tasks = [str(t) for t in as_list(value)]
-    if not tasks:
-        raise config_error(source, "tasks", "empty list", "use e.g. tasks: [caa_ab_{behaviour}, caa_mmlu_2opt]")
-    for b in behaviours:
-        for t in b.tasks or tasks:
-            try:
-                t.format(behaviour="x")
-            except (KeyError, IndexError, ValueError):
-                raise config_error(
-                    source,
-                    "tasks",
-                    f"template {t!r} is not valid",
-                    "the only placeholder is {behaviour}, e.g. caa_ab_{behaviour}",
-                ) from None
-    return tasks
-
-
-def _parse_cross_tasks(value: Any, behaviours: list[Behaviour], source: str) -> list[str]:
-    """`cross_tasks: true` -> each CAA behaviour's (or custom ab_test's) A/B task and the installed capability
-    tasks; every vector then runs these and every behaviour's own tasks (one shared-prefix pass per task)."""
-    if not parse_bool(value, source, "cross_tasks"):
-        return []
-    from caa_eval.data.catalog import shipped_task_names
-
-    ab = [vocab.ab_task_name(b.name) for b in behaviours if not b.custom or b.ab_test is not None]
-    installed = shipped_task_names()
-    return ab + [t for t in vocab.CAPABILITY_TASKS if t in installed]
-
-
 def _parse_paths(cfg_in: dict[str, Any], source: str, base: Path, default_output: Path | None) -> dict[str, Any]:
     """output, include_path, caa_data_dir and mmlu_dir, relative to `base`."""
     include_path = [config_path(p, base, source, "include_path") for p in as_list(cfg_in.get("include_path"))]
@@ -323,14 +297,6 @@ def _parse_paths(cfg_in: dict[str, Any], source: str, base: Path, default_output
         for key in ("caa_data_dir", "mmlu_dir")
     }
     return {"output": out_dir, "include_path": include_path, **folders}
-
-
-def _parse_gen_kwargs(value: Any, source: str) -> dict[str, Any] | None:
-    if value is not None and (not isinstance(value, dict) or not value):
-        raise config_error(
-            source, "gen_kwargs", f"{value!r} is not a mapping", "write e.g. gen_kwargs: {max_gen_toks: 50}"
-        )
-    return value
 
 
 def config_from_dict(
@@ -357,10 +323,10 @@ def config_from_dict(
         behaviours=behaviours,
         layers=parse_layer_groups(cfg_in.get("layers"), source),
         multipliers=parse_multipliers(cfg_in.get("multipliers"), source),
-        vector_layer=_parse_vector_layer(cfg_in.get("vector_layer"), source),
+        vector_layer=parse_vector_layer(cfg_in.get("vector_layer"), source),
         sites=parse_sites(cfg_in.get("sites", ["residual"]), source),
         positions=parse_positions(cfg_in.get("positions", ["after_instruction"]), source),
-        tasks=_parse_tasks(cfg_in.get("tasks", list(DEFAULT_TASKS)), behaviours, source),
+        tasks=parse_tasks(cfg_in.get("tasks", list(DEFAULT_TASKS)), behaviours, source),
         conditions=conditions,
         vectors_dir=vectors_dir,
         normalize=normalize,
@@ -371,21 +337,13 @@ def config_from_dict(
         device=parse_device(cfg_in.get("device"), source),
         dtype=cfg_in.get("dtype"),
         judge=_parse_judge(cfg_in.get("judge"), source, base),
-        gen_kwargs=_parse_gen_kwargs(cfg_in.get("gen_kwargs"), source),
+        gen_kwargs=parse_gen_kwargs(cfg_in.get("gen_kwargs"), source),
         include_default_tasks=parse_bool(cfg_in.get("include_default_tasks", False), source, "include_default_tasks"),
         report=parse_bool(cfg_in.get("report", True), source, "report"),
-        cross_tasks=_parse_cross_tasks(cfg_in.get("cross_tasks", False), behaviours, source),
+        cross_tasks=parse_cross_tasks(cfg_in.get("cross_tasks", False), behaviours, source),
         source=source,
         **_parse_paths(cfg_in, source, base, default_output),
     )
-
-
-def _parse_vector_layer(value: Any, source: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise config_error(source, "vector_layer", f"{value!r} is not one layer index", "write e.g. vector_layer: 13")
-    return value
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
