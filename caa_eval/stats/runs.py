@@ -170,13 +170,15 @@ def _identity(task: str, steering: dict[str, Any]) -> dict[str, str]:
     """Behaviour, task, item-id prefix, condition and subject of one lm-eval task under one steering config.
 
     The one labelling rule (docs/statistics.md): `behaviour` is the behaviour whose vector steered the row (or,
-    at multiplier 0, the behaviour the run names, e.g. a finetuned model's); a run that names none is the
-    shared baseline `*` of its task, so the unsteered run of any task is the baseline of every vector measured
+    at multiplier 0, the behaviour the run names, e.g. a finetuned model's); a run that names none (or names
+    its own task's behaviour, as older sweep folders did) is the shared baseline `*` of its task, so the unsteered run of any task is the baseline of every vector measured
     on it. `task` says what was measured; a vector on another behaviour's task is just another task column.
     """
     behaviour = steering["vector_behaviour"]
+    own = behaviour_of_task(task) if task_family(task) in _BEHAVIOUR_FAMILIES else None
+    if steering["multiplier"] == 0 and behaviour == own:  # older sweeps named an A/B baseline for its task
+        behaviour = ""
     if not behaviour:  # a steered row must name its vector: fall back to the task's own behaviour
-        own = behaviour_of_task(task) if task_family(task) in _BEHAVIOUR_FAMILIES else None
         behaviour = own if steering["multiplier"] != 0 and own else SHARED_BEHAVIOUR
     ident = {"behaviour": behaviour, "task": task, "prefix": "", "condition": steering["condition"], "subject": ""}
     family = task_family(task)

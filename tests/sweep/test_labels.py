@@ -93,6 +93,8 @@ def test_a_removed_baseline_is_listed_not_an_error(labelled_run, tmp_path, caplo
     run = tmp_path / "run"
     shutil.copytree(labelled_run, run)
     shutil.rmtree(run / "cells" / f"baseline__base__{OPEN}")
+    old_style = run / "cells" / f"baseline__base__{AB}" / "cell.json"  # older sweeps named the task's behaviour
+    old_style.write_text(json.dumps(json.loads(old_style.read_text()) | {"behaviour": "sycophancy"}))
     with caplog.at_level("WARNING"):
         assert cli.main(["report", str(run)]) == 0
     lines = [r.getMessage() for r in caplog.records if "no multiplier-0 baseline" in r.getMessage()]
@@ -102,4 +104,4 @@ def test_a_removed_baseline_is_listed_not_an_error(labelled_run, tmp_path, caplo
     assert len(lacking) == 4 and all(c["note"] == "no baseline" and c["p_holm"] is None for c in lacking)
     assert "| no baseline" in (run / "report" / "report.md").read_text() or "no baseline" in str(report["warnings"])
     tested = [c for c in report["cells"] if c["task"] == AB and not c["is_baseline"]]
-    assert len(tested) == 4 and all(c["p_wilcoxon"] is not None for c in tested)
+    assert len(tested) == 4 and all(c["p_wilcoxon"] is not None and c["baseline_sources"] for c in tested)
