@@ -113,3 +113,10 @@ def test_matrix_entries_are_the_paired_differences_with_holm_over_the_matrix(cro
     figure = next(f for f in report["figures"] if f["kind"] == "entanglement")
     assert (run / "report" / figure["file"]).stat().st_size > 1000
     assert "## Entanglement: every vector on every task" in (run / "report" / "report.md").read_text()
+
+
+def test_shipped_cross_example_gives_every_vector_one_task_list():
+    cfg = sweep.load_config(REPO / "examples" / "sweep_cross_smollm2.yaml")
+    steered = [c for c in sweep.plan_cells(cfg) if not c.is_baseline]
+    assert len(steered) == 4 and {tuple(c.tasks) for c in steered} == {tuple(cfg.cross_tasks)}
+    assert cfg.cross_tasks[:2] == ["caa_ab_optimism", "caa_ab_agree"] and "caa_mmlu_2opt" in cfg.cross_tasks
