@@ -38,6 +38,7 @@ from caa_eval.sweep.validate import (
     parse_multipliers,
     parse_positions,
     parse_sites,
+    parse_task_metadata,
     parse_tasks,
     parse_vector_layer,
 )
@@ -83,6 +84,7 @@ CONFIG_KEYS = {
     "output": "run folder (default outputs/<config file stem>)",
     "include_path": "extra lm-eval task folder(s) with your own task YAMLs",
     "include_default_tasks": "true = also index lm-eval's built-in tasks (slower start)",
+    "task_metadata": "mapping passed to the tasks as lm-eval metadata, e.g. {tqa_seed: caa} (CAA's TruthfulQA letters)",
     "caa_data_dir": "CAA datasets/ folder (default $CAA_EVAL_DATA_DIR, then the download cache)",
     "mmlu_dir": "folder of MMLU test CSVs (default $CAA_EVAL_MMLU_DIR, then the download cache)",
     "report": "true (default) = build RUN_DIR/report at the end",
@@ -137,6 +139,7 @@ class SweepConfig:
     output: Path = Path("outputs/sweep")
     include_path: list[Path] = field(default_factory=list)
     include_default_tasks: bool = False
+    task_metadata: dict[str, Any] = field(default_factory=dict)  # lm-eval task metadata, e.g. {tqa_seed: caa}
     caa_data_dir: Path | None = None
     mmlu_dir: Path | None = None
     report: bool = True
@@ -154,8 +157,10 @@ class SweepConfig:
         )
 
     def behaviour_tasks(self, b: Behaviour) -> list[str]:
-        """The tasks the behaviour's vector runs, `{behaviour}` filled in; with cross_tasks: every task."""
-        return self.all_tasks() if self.cross_tasks else self._own_tasks(b)
+        """The tasks the behaviour's vector runs, `{behaviour}` filled in; with cross_tasks: every task (none for a
+        vector-only behaviour, `tasks: []`)."""
+        own = self._own_tasks(b)
+        return self.all_tasks() if self.cross_tasks and own else own
 
     def all_tasks(self) -> list[str]:
         """Every task of the sweep, in config order: the behaviours' own lists, then the cross tasks."""
@@ -338,6 +343,7 @@ def config_from_dict(
         dtype=cfg_in.get("dtype"),
         judge=_parse_judge(cfg_in.get("judge"), source, base),
         gen_kwargs=parse_gen_kwargs(cfg_in.get("gen_kwargs"), source),
+        task_metadata=parse_task_metadata(cfg_in.get("task_metadata"), source),
         include_default_tasks=parse_bool(cfg_in.get("include_default_tasks", False), source, "include_default_tasks"),
         report=parse_bool(cfg_in.get("report", True), source, "report"),
         cross_tasks=parse_cross_tasks(cfg_in.get("cross_tasks", False), behaviours, source),

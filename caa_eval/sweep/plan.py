@@ -97,8 +97,11 @@ def _baseline_cells(cfg: SweepConfig, cond: Condition) -> list[Cell]:
 
 
 def _steered_cells(cfg: SweepConfig, cond: Condition, b: Behaviour) -> list[Cell]:
-    """The behaviour's vector at every layer group, site, position rule and non-zero multiplier."""
-    cells = []
+    """The behaviour's vector at every layer group, site, position rule and non-zero multiplier (none for a
+    vector-only behaviour: it counts in the normalisation and runs nothing)."""
+    cells: list[Cell] = []
+    if not cfg.behaviour_tasks(b):
+        return cells
     from_layer = [] if cfg.vector_layer is None else [f"from{cfg.vector_layer}"]
     for layer, site, positions, m in itertools.product(cfg.layers, cfg.sites, cfg.positions, cfg.multipliers):
         if m == 0:
@@ -168,6 +171,8 @@ def cell_spec(cfg: SweepConfig, cell: Cell, vector_sha: str | None) -> dict[str,
         spec["vector_layer"] = cell.vector_layer
     if cfg.gen_kwargs:
         spec["gen_kwargs"] = cfg.gen_kwargs
+    if cfg.task_metadata:
+        spec["task_metadata"] = cfg.task_metadata
     if cell.open_tasks:
         spec["judge"] = {"backend": cfg.judge.backend, "model": cfg.judge.model, "rubrics": cfg.judge.rubrics}
     return spec

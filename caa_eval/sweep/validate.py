@@ -34,6 +34,7 @@ __all__ = [
     "parse_cross_tasks",
     "parse_gen_kwargs",
     "parse_vector_layer",
+    "parse_task_metadata",
 ]
 
 DEVICES = ("cpu", "cuda", "cuda:N", "mps", "auto")
@@ -232,7 +233,8 @@ def parse_cross_tasks(value: Any, behaviours: Sequence[Any], source: str) -> lis
         return []
     from caa_eval.data.catalog import shipped_task_names
 
-    ab = [vocab.ab_task_name(b.name) for b in behaviours if not b.custom or b.ab_test is not None]
+    runs = [b for b in behaviours if b.tasks != []]  # a vector-only behaviour (`tasks: []`) adds no task
+    ab = [vocab.ab_task_name(b.name) for b in runs if not b.custom or b.ab_test is not None]
     installed = shipped_task_names()
     return ab + [t for t in vocab.CAPABILITY_TASKS if t in installed]
 
@@ -253,3 +255,14 @@ def parse_vector_layer(value: Any, source: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise config_error(source, "vector_layer", f"{value!r} is not one layer index", "write e.g. vector_layer: 13")
     return value
+
+
+def parse_task_metadata(value: Any, source: str) -> dict[str, Any]:
+    """Metadata handed to the tasks (lm-eval's `metadata`), e.g. `{tqa_seed: caa}`; a mapping or nothing."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise config_error(
+            source, "task_metadata", f"{value!r} is not a mapping", "write e.g. task_metadata: {tqa_seed: caa}"
+        )
+    return dict(value)
