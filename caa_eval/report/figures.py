@@ -101,7 +101,7 @@ def dose_figures(cells: pd.DataFrame, out_dir: Path, notes: list[str]) -> list[d
 
 def _dose_panel(ax: Any, cells: pd.DataFrame, mine: pd.DataFrame, behaviour: str) -> None:
     """One behaviour vector: a line per (task, metric); judge scores on a right-hand 0–10 axis."""
-    twin = None
+    twin: Any = None
     for (task, metric), series_cells in mine.groupby(["task", "metric"], sort=True):
         pts = _series(cells, series_cells)
         judge = metric == JUDGE_METRIC

@@ -149,7 +149,7 @@ class SweepConfig:
         """JSON-ready form for the manifest (paths as strings, the resolved vectors folder)."""
 
         def clean(v: Any) -> Any:
-            if dataclasses.is_dataclass(v):
+            if dataclasses.is_dataclass(v) and not isinstance(v, type):
                 return {k: clean(x) for k, x in dataclasses.asdict(v).items()}
             if isinstance(v, Path):
                 return str(v)
