@@ -16,6 +16,8 @@ import pandas as pd
 from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
+from caa_eval.lmeval.fluency import FLUENCY_METRICS
+from caa_eval.report.costs import cost_sections
 from caa_eval.report.entanglement import entanglement_section
 from caa_eval.report.figures import dose_figures, layer_figures
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
@@ -54,7 +56,10 @@ def _load(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     if path.is_dir():
         table = long_table_from_runs(path, metrics="all")
         primary = pd.Series(
-            [primary_metric(t) in (None, m) for t, m in zip(table["task"], table["metric"])],
+            [
+                primary_metric(t) in (None, m) and m not in FLUENCY_METRICS
+                for t, m in zip(table["task"], table["metric"])
+            ],
             index=table.index,
             dtype=bool,
         )
@@ -166,6 +171,8 @@ def build_report(
     )
     entanglement, entanglement_lines, entanglement_figures = entanglement_section(cells, out, alpha, primary_test)
     figures += entanglement_figures
+    stats = {"seed": seed, "n_resamples": n_resamples, "n_permutations": n_permutations, "primary_test": primary_test}
+    costs = cost_sections(source, table, diag, out, alpha, **stats)  # fluency; steering vs prompting
     for stale in old_figures - {f["file"] for f in figures}:
         (out / stale).unlink(missing_ok=True)
 
@@ -204,12 +211,19 @@ def build_report(
         "warnings": notes,
         "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
         "entanglement": entanglement,
+        "fluency": costs.fluency,
+        "pareto": costs.pareto,
+        "costs": {"reference_condition": costs.reference, "figures": costs.figures},
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
     return write_atomic(
         out / "report.md",
         render_markdown(
-            report, cells, dose, alpha, scale_markdown(scales, per_kl, alpha, why_no_scale) + entanglement_lines
+            report,
+            cells,
+            dose,
+            alpha,
+            scale_markdown(scales, per_kl, alpha, why_no_scale) + entanglement_lines + costs.lines,
         ),
     )
 
