@@ -22,6 +22,7 @@ from caa_eval.stats.cells import (
     compute_stats,
     paired_stats,
     per_item_slopes,
+    require_some_baseline,
     warn_no_baseline,
 )
 from caa_eval.stats.format import format_cells, format_dose, stats_json, to_records
@@ -100,6 +101,7 @@ __all__ = [
     "Baselines",
     "MissingBaseline",
     "warn_no_baseline",
+    "require_some_baseline",
     "compute_stats",
     "paired_stats",
     "per_item_slopes",

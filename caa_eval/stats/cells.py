@@ -46,6 +46,7 @@ __all__ = [
     "NO_BASELINE",
     "MissingBaseline",
     "warn_no_baseline",
+    "require_some_baseline",
     "Baselines",
     "compute_stats",
     "paired_stats",
@@ -312,14 +313,28 @@ def compute_stats(
 
 
 def _check_baselines(cells: pd.DataFrame, baselines: Baselines, table: pd.DataFrame) -> pd.DataFrame:
-    """Cells without a baseline are listed (note NO_BASELINE, `attrs["no_baseline"]` names them) so that a report
-    never fails after the work; a table in which no steered cell has one has nothing to test and is refused."""
+    """Cells without a baseline are listed (note NO_BASELINE, `attrs["no_baseline"]` names them, and
+    `attrs["no_baseline_error"]` says how to fix the first), so that a report never fails after the work."""
     lacking = cells[[NO_BASELINE in str(n).split("; ") for n in cells["note"]]]
-    steered = cells[~cells["is_baseline"]]
-    if len(lacking) and len(lacking) == len(steered):
-        baselines.get(tuple(lacking.iloc[0][GROUP_KEY]))  # raises the one-line error naming the first cell
     cells.attrs["no_baseline"] = [cell_label(tuple(r)) for r in lacking[CELL_KEY].itertuples(index=False)]
+    cells.attrs["no_baseline_error"] = ""
+    if len(lacking):
+        try:
+            baselines.get(tuple(lacking.iloc[0][GROUP_KEY]))
+        except MissingBaseline as exc:
+            cells.attrs["no_baseline_error"] = str(exc)
     return cells
+
+
+def require_some_baseline(cells: pd.DataFrame) -> None:
+    """Refuse a table in which no steered cell has a baseline: nothing in it can be tested (`caa-eval stats`).
+
+    Args:
+        cells: compute_stats output.
+    """
+    lacking = cells.attrs.get("no_baseline") or []
+    if lacking and len(lacking) == int((~cells["is_baseline"].astype(bool)).sum()):
+        raise MissingBaseline(cells.attrs["no_baseline_error"])
 
 
 def warn_no_baseline(cells: pd.DataFrame) -> list[str]:

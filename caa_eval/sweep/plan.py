@@ -89,9 +89,10 @@ def _baseline_cells(cfg: SweepConfig, cond: Condition) -> list[Cell]:
         if not cond.per_behaviour:
             cells.append(Cell(id=f"baseline__{cond.name}__{task}", condition=cond.name, multiplier=0.0, tasks=[task]))
             continue
+        own = vocab.behaviour_of_task(task, known=[b.name for b in cfg.behaviours])
         for b in cfg.behaviours:
             if task in cfg.behaviour_tasks(b):
-                cid = f"baseline__{cond.name}__{b.name}__{task}"
+                cid = f"baseline__{cond.name}__{task}" if b.name == own else f"baseline__{cond.name}__{b.name}__{task}"
                 cells.append(Cell(id=cid, condition=cond.name, multiplier=0.0, tasks=[task], behaviour=b.name))
     return cells
 
