@@ -92,7 +92,7 @@ def entanglement_heatmap(matrix: pd.DataFrame, path: Path) -> Path:
     diff, marked, diagonal = _grid(matrix)
     scale = diff.abs().max(axis=0).replace(0, 1.0).fillna(1.0)
     values = (diff / scale).to_numpy(dtype=float)
-    fig = Figure(figsize=(2.0 + 1.3 * diff.shape[1], 1.4 + 0.42 * diff.shape[0]), layout="constrained")
+    fig = Figure(figsize=(3.0 + 1.4 * diff.shape[1], 1.6 + 0.42 * diff.shape[0]), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(values), cmap=_CMAP, vmin=-1, vmax=1, aspect="auto")
@@ -106,7 +106,7 @@ def entanglement_heatmap(matrix: pd.DataFrame, path: Path) -> Path:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5))
     ax.set_xticks(range(diff.shape[1]), [c.replace(" (", "\n(") for c in diff.columns], fontsize=7, rotation=30)
     ax.set_yticks(range(diff.shape[0]), list(diff.index), fontsize=7)
-    fig.colorbar(image, ax=ax, label="difference vs 0 / column's max |difference|")
+    fig.colorbar(image, ax=ax, label="diff / column max |diff|")
     ax.set_title("Entanglement: difference vs multiplier 0 (* Holm-significant, frame = own behaviour)", fontsize=9)
     return save_png(fig, path)
 
