@@ -22,6 +22,7 @@ __all__ = [
     "TASK_FAMILIES",
     "JUDGE_METRIC",
     "CAPABILITY_TASKS",
+    "PROBABILITY_METRICS",
     "parse_layers",
     "format_multiplier",
     "parse_multiplier",
@@ -170,6 +171,8 @@ def open_task_name(behaviour: str) -> str:
 # ----------------------------------------------------------------------------------------- task families
 
 JUDGE_METRIC = "judge_score"
+# per-item metrics that are probabilities: steerability fits their log-odds (every other metric as it is)
+PROBABILITY_METRICS = ("p_match", "p_correct", "p_match_orig")
 
 # task-name prefix -> (family, primary metric, behaviour-specific?); order matters (balanced before plain A/B)
 TASK_FAMILIES: tuple[tuple[str, str, str, bool], ...] = (

@@ -21,6 +21,7 @@ from caa_eval.report.costs import cost_sections
 from caa_eval.report.entanglement import entanglement_section
 from caa_eval.report.figures import dose_figures, layer_figures
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
+from caa_eval.report.steerability import steerability_section
 from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
     cells_markdown,
@@ -164,10 +165,12 @@ def build_report(
     old_figures = _previous_figures(out)
     scales, why_no_scale = _scales(source)
     per_kl = effect_per_kl(cells, scales)
+    card, card_records, card_lines = steerability_section(table, cells, source, out, notes, seed, n_resamples)
     figures = (
         dose_figures(cells, out, notes)
         + layer_figures(cells, out, _vector_layer(source))
         + scale_figures(per_kl, out, notes)
+        + card
     )
     entanglement, entanglement_lines, entanglement_figures = entanglement_section(cells, out, alpha, primary_test)
     figures += entanglement_figures
@@ -214,6 +217,7 @@ def build_report(
         "fluency": costs.fluency,
         "pareto": costs.pareto,
         "costs": {"reference_condition": costs.reference, "figures": costs.figures},
+        **card_records,
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
     return write_atomic(
@@ -223,7 +227,7 @@ def build_report(
             cells,
             dose,
             alpha,
-            scale_markdown(scales, per_kl, alpha, why_no_scale) + entanglement_lines + costs.lines,
+            scale_markdown(scales, per_kl, alpha, why_no_scale) + card_lines + entanglement_lines + costs.lines,
         ),
     )
 
@@ -313,7 +317,7 @@ def render_markdown(
             lines += [f"### {t['title']}", "", table_markdown(t), ""]
     if report["figures"]:
         lines += ["## Figures", ""]
-        for f in report["figures"]:
+        for f in [f for f in report["figures"] if f["kind"] != "steerability"]:  # those are in their card
             kind = {
                 "dose_response": "Dose-response (behaviour and MMLU together)",
                 "layer_sweep": "Layer sweep",
