@@ -251,7 +251,7 @@ def compute_stats(
         _cell_row(tuple(key), rows, baselines, seeded_rng(seed, tuple(key)), settings)
         for key, rows in table.groupby(CELL_KEY, sort=True)
     ]
-    cells = _check_baselines(pd.DataFrame(out), baselines, table)
+    cells = _check_baselines(pd.DataFrame(out), baselines)
     primary = cells[f"p_{primary_test}"].where(~cells["is_baseline"])
     cells["p_holm"], cells["p_bh"] = adjust_pvalues(primary.to_numpy())
     cells["significant"] = cells["p_holm"] < alpha
@@ -309,7 +309,7 @@ def _cell_row(
     return row
 
 
-def _check_baselines(cells: pd.DataFrame, baselines: Baselines, table: pd.DataFrame) -> pd.DataFrame:
+def _check_baselines(cells: pd.DataFrame, baselines: Baselines) -> pd.DataFrame:
     """Cells without a baseline are listed (note NO_BASELINE, `attrs["no_baseline"]` names them, and
     `attrs["no_baseline_error"]` says how to fix the first), so that a report never fails after the work."""
     lacking = cells[[NO_BASELINE in str(n).split("; ") for n in cells["note"]]]
