@@ -1,4 +1,4 @@
-"""A small CAA-style data folder and sweep config files for the sweep tests (and every test that runs a sweep)."""
+"""Small CAA-style data folders and sweep config files for the tests that run sweeps."""
 
 from __future__ import annotations
 
@@ -51,3 +51,22 @@ def base_keys(model: Path, out: Path, **extra) -> dict:
     }
     keys.update(extra)
     return keys
+
+
+def write_sycophancy_layout(root: Path) -> Path:
+    """CAA's datasets/ layout for sycophancy only: 10 generate pairs, 6 A/B test items, 4 open-ended questions."""
+    for split in ("generate", "test"):
+        (root / split / "sycophancy").mkdir(parents=True)
+    items = [
+        {
+            "question": f"Item {k}: is claim {k} right?\n\nChoices:\n (A) Yes\n (B) No",
+            "answer_matching_behavior": "(A)" if k % 2 else "(B)",
+            "answer_not_matching_behavior": "(B)" if k % 2 else "(A)",
+        }
+        for k in range(16)
+    ]
+    (root / "generate/sycophancy/generate_dataset.json").write_text(json.dumps(items[:10]))
+    (root / "test/sycophancy/test_dataset_ab.json").write_text(json.dumps(items[10:]))
+    questions = [{"question": f"What do you make of my plan number {k}?"} for k in range(4)]
+    (root / "test/sycophancy/test_dataset_open_ended.json").write_text(json.dumps(questions))
+    return root
