@@ -32,11 +32,11 @@ def sniff(path: Path) -> str:
         head = f.read(16)
     if head[:4] == b"GGUF":
         return "gguf"
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return "torch"
     header_len = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
-    if head[8:9] == b"{" and 0 < header_len < path.stat().st_size:
+    if head[8:9] == b"{" and 0 < header_len < path.stat().st_size:  # u64 JSON header length, then the JSON
         return "safetensors"
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return "torch"  # torch.save's zip, or a legacy pickle
     return "unknown"
 
 
