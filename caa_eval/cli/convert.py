@@ -19,7 +19,9 @@ _POSITIONS = {
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="a vector in any format caa-eval reads (.safetensors, .pt, .gguf)")
-    parser.add_argument("--to", required=True, choices=list(TARGETS), help="; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
+    parser.add_argument(
+        "--to", required=True, choices=list(TARGETS), help="; ".join(f"{k}: {v}" for k, v in TARGETS.items())
+    )
     parser.add_argument("--out", type=Path, required=True, help="output file (a folder for --to caa)")
     parser.add_argument(
         "--model-hint",

@@ -24,7 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="steered-hf,lm-eval-steered",
         help="comma-separated, the first is the reference: steered-hf, lm-eval-steered, llama-cpp",
     )
-    parser.add_argument("--gguf", type=Path, default=None, help="the model as GGUF for llama-cpp (default: the embedded one)")
+    parser.add_argument(
+        "--gguf", type=Path, default=None, help="the model as GGUF for llama-cpp (default: the embedded one)"
+    )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or auto (default)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest |Δ log p| that counts as agreement")
@@ -36,9 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from caa_eval.errors import CAAEvalError
     from caa_eval.files import write_atomic
     from caa_eval.lmeval.parity import check_backends, run_parity
-    from caa_eval.vocab import format_multiplier, parse_layers, parse_multiplier
-
     from caa_eval.models import resolve_device
+    from caa_eval.vocab import format_multiplier, parse_layers, parse_multiplier
 
     backends = check_backends(args.backends)
     resolve_device(args.device)
@@ -53,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
         args.model, vector, layers, multiplier, args.task, backends, args.limit, args.batch_size, args.tolerance,
         args.gguf, args.device,
     )  # fmt: skip
-    print(f"parity: {args.task}, {len(report.items)} items, layers {layers}, multiplier {format_multiplier(multiplier)}")
+    print(
+        f"parity: {args.task}, {len(report.items)} items, layers {layers}, multiplier {format_multiplier(multiplier)}"
+    )
     for name, info in report.backends.items():
         print(f"  {name}: steers {info['positions']}; vector: {info['vector']}")
     print("\n".join(report.lines()))

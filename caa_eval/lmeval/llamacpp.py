@@ -64,11 +64,14 @@ def dequantize_gguf(src: Path, out: Path) -> Path:
     from tqdm import tqdm
 
     reader = gguf.GGUFReader(src)
+    arch = reader.get_field("general.architecture")
+    if arch is None:
+        raise CAAEvalError(f"{src}: a GGUF without general.architecture; pass a model GGUF")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        writer = gguf.GGUFWriter(tmp, str(reader.get_field("general.architecture").contents()))
+        writer = gguf.GGUFWriter(tmp, str(arch.contents()))
         for field in reader.fields.values():
             if field.name in ("general.architecture", "general.file_type") or field.name.startswith("GGUF."):
                 continue

@@ -210,7 +210,9 @@ def _instances(task: str, lm: Any, limit: int | None, manager: Any) -> tuple[lis
         raise CAAEvalError(f"--task {task!r}: not a single lm-eval task (`caa-eval tasks` lists caa-eval's)")
     task_obj = get_task_dict([task], manager)[task]
     if task_obj.OUTPUT_TYPE not in ("loglikelihood", "multiple_choice"):
-        raise CAAEvalError(f"--task {task}: parity compares log-likelihoods; this task's output is {task_obj.OUTPUT_TYPE}")
+        raise CAAEvalError(
+            f"--task {task}: parity compares log-likelihoods; this task's output is {task_obj.OUTPUT_TYPE}"
+        )
     task_obj.build_all_requests(
         limit=limit, rank=0, world_size=1, apply_chat_template=True, chat_template=lm.apply_chat_template,
         tokenizer_name=lm.tokenizer_name,

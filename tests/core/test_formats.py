@@ -42,7 +42,11 @@ def test_round_trip_keeps_values_and_metadata(tmp_path, tiny_vector, target, nam
     back = vectors.load(path)
     expected_layers = [1, 3] if target == "gguf" else [0, 1, 3]  # llama.cpp cannot steer block 0
     assert back.layers == expected_layers
-    assert warnings == (["layer 0 left out: llama.cpp refuses direction.0 (block 0's output cannot be steered there)"] if target == "gguf" else [])
+    assert warnings == (
+        ["layer 0 left out: llama.cpp refuses direction.0 (block 0's output cannot be steered there)"]
+        if target == "gguf"
+        else []
+    )
     for layer in expected_layers:
         assert torch.equal(back.vectors[layer], tiny_vector.vectors[layer])
     for key in KEPT:
@@ -144,5 +148,8 @@ def test_convert_command(tmp_path, tiny_vector, capsys):
     assert "caa-eval convert: warning: CAA's .pt layout cannot carry:" in err and err.count("\n") == 1
     assert "vec_layer_3_tiny.pt" in out and "positions=after_instruction" in out
     # the output name is checked before the input is read: a missing input is not reached
-    assert main(["convert", str(tmp_path / "missing.safetensors"), "--to", "lm-eval", "--out", str(tmp_path / "x.gguf")]) == 2
+    assert (
+        main(["convert", str(tmp_path / "missing.safetensors"), "--to", "lm-eval", "--out", str(tmp_path / "x.gguf")])
+        == 2
+    )
     assert "--to lm-eval writes a .pt file" in capsys.readouterr().err

@@ -92,7 +92,7 @@ def _write_caa(
 
     if sv.site != "residual":
         raise CAAEvalError(f"CAA's vectors are block outputs (site residual); this vector is at site {sv.site!r}")
-    scaled = sv.scaled({layer: multiplier for layer in sv.layers}, sv.normalization) if multiplier != 1 else sv
+    scaled = replace(sv, vectors={layer: v * multiplier for layer, v in sv.vectors.items()})
     written = write_caa_dir([scaled], out, model=model_hint)
     defaults = SteeringVector(vectors={})
     kept_by_folder = ("normalization",) if out.name == "normalized_vectors" else ()  # CAA's reader tells by it

@@ -125,7 +125,9 @@ def read(path: Path) -> SteeringVector:
     stored = _string(reader, METADATA_KEY)
     if stored is None:
         return SteeringVector(
-            vectors=vectors, model=hint, extra={"source": str(path), "format": "GGUF control vector", "model_hint": hint}
+            vectors=vectors,
+            model=hint,
+            extra={"source": str(path), "format": "GGUF control vector", "model_hint": hint},
         )
     meta = _read_header(path, stored)
     if "layers" in meta and sorted(meta["layers"]) != sorted(vectors):

@@ -116,5 +116,7 @@ def _check_entry(path: Path, point: Any, entry: Any) -> float:
         raise CAAEvalError(f"{path}: {point}: only action 'add' without bias/head_index maps to CAA")
     coefficient = entry.get("steering_coefficient", 1.0)
     if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient):
-        raise CAAEvalError(f"{path}: {point}: steering_coefficient is {coefficient!r}; write a finite number such as 1.0")
+        raise CAAEvalError(
+            f"{path}: {point}: steering_coefficient is {coefficient!r}; write a finite number such as 1.0"
+        )
     return float(coefficient)
