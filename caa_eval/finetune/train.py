@@ -91,7 +91,7 @@ class FinetuneConfig:
 class FinetuneResult:
     """The trained peft model and its per-step training losses."""
 
-    model: torch.nn.Module
+    model: Any  # a peft PeftModel
     losses: list[float]
     steps: int
     seconds: float
@@ -106,7 +106,7 @@ class FinetuneResult:
 
 def _batches(examples: Sequence[TrainingExample], cfg: FinetuneConfig) -> list[list[TrainingExample]]:
     rng = random.Random(cfg.seed)
-    out = []
+    out: list[list[TrainingExample]] = []
     for _ in range(cfg.epochs):
         order = list(range(len(examples)))
         rng.shuffle(order)
@@ -151,7 +151,7 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], keep_log
 
 
 def train_lora(
-    model: torch.nn.Module,
+    model: Any,  # an HF causal LM
     tokenizer: Any,
     examples: Sequence[TrainingExample],
     cfg: FinetuneConfig,
@@ -173,7 +173,7 @@ def train_lora(
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(
         r=cfg.lora_r,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int; it is a float scale (alpha / r)
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules,
         bias="none",

@@ -144,7 +144,7 @@ def table4_tables(
         conditions = sorted(set(group["condition"]))
         if family in SHARED_FAMILIES or len(conditions) < 2:
             continue
-        ref = reference if reference in conditions else reference_condition(conditions, plain)
+        ref = reference if reference is not None and reference in conditions else reference_condition(conditions, plain)
         rank = {name: k for k, name in enumerate(order or [])}
         conditions = [ref] + sorted((c for c in conditions if c != ref), key=lambda c: (rank.get(c, len(rank)), c))
         index = ["behaviour"] + (["task"] if (group.groupby("behaviour")["task"].nunique() > 1).any() else [])
@@ -164,7 +164,7 @@ def table4_tables(
                     cell = base if m == 0 else next((c for _, c in mine.iterrows() if c["multiplier"] == m), None)
                     if cell is None:
                         continue
-                    entry = {
+                    entry: dict[str, Any] = {
                         "mean": _num(cell["mean"]),
                         "ci_low": _num(cell["ci_low"]),
                         "ci_high": _num(cell["ci_high"]),

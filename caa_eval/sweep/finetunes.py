@@ -61,13 +61,16 @@ def adapter_dir(cfg: SweepConfig, condition: str, behaviour: str) -> Path:
 
 
 def cell_condition(cfg: SweepConfig, cond: Condition, behaviour: str | None) -> Condition:
-    """The condition a cell runs under: a finetune condition gets its behaviour's adapter as `peft`.
+    """The condition a cell runs under: a finetune condition gets its behaviour's adapter as `peft`, a pos/neg
+    system prompt its behaviour's text.
 
     Args:
         cfg: the sweep config.
         cond: the cell's condition as configured.
         behaviour: the cell's behaviour (every cell of a finetune condition has one).
     """
+    if behaviour is not None:
+        cond = cond.for_behaviour(behaviour)  # a pos/neg system prompt: this behaviour's text
     if not getattr(cond, "finetune", None):
         return cond
     if behaviour is None:
@@ -96,7 +99,7 @@ def _check_existing(cfg: SweepConfig, cond: Condition, b: Behaviour, folder: Pat
         "model": cfg.model,
         "behaviour": b.name,
         "data_sha256": data.file_sha256(_pairs(cfg, b)),
-        "hyperparameters": FinetuneConfig.from_mapping(cond.finetune).as_dict(),
+        "hyperparameters": FinetuneConfig.from_mapping(cond.finetune or {}).as_dict(),
     }
     changed = sorted(k for k, v in wanted.items() if info.get(k) != v)
     if changed:
@@ -152,7 +155,7 @@ def train_finetunes(
         info = finetune_to_dir(
             cfg.model,
             folder,
-            FinetuneConfig.from_mapping(cond.finetune, f"condition {cond.name}"),
+            FinetuneConfig.from_mapping(cond.finetune or {}, f"condition {cond.name}"),
             behaviour=b.name,
             data_path=b.pairs,
             data_dir=cfg.caa_data_dir,
