@@ -28,8 +28,8 @@ from caa_eval.errors import CAAEvalError
 __all__ = ["INSTALL_HINT", "available", "require", "embedded_f32_gguf", "LlamaCppScorer"]
 
 INSTALL_HINT = (
-    "the llama-cpp backend needs llama-cpp-python: pip install 'caa-eval[llamacpp]' (it compiles llama.cpp with "
-    "the machine's C/C++ compiler and cmake; ~30+ min on 2 cores)"
+    "pip install 'caa-eval[llamacpp]' (llama-cpp-python; it compiles llama.cpp with the machine's C/C++ compiler "
+    "and cmake, ~45 min on 2 cores)"
 )
 
 
@@ -40,7 +40,7 @@ def available() -> bool:
 def require() -> None:
     """Refuse the backend in one line when llama-cpp-python is not installed (before any model load)."""
     if not available():
-        raise CAAEvalError(f"llama-cpp-python is not installed: {INSTALL_HINT}")
+        raise CAAEvalError(f"the llama-cpp backend needs llama-cpp-python, which is not installed: {INSTALL_HINT}")
 
 
 def embedded_f32_gguf() -> Path:

@@ -160,3 +160,20 @@ def test_known_difference_lm_eval_steered_runs_pickled_code(tmp_path, tiny_model
     with pytest.raises(CAAEvalError, match="weights_only=True"):
         vectors.load(path)
     assert "ran its code" not in capsys.readouterr().out
+
+
+def test_backends_are_checked_before_any_load(monkeypatch):
+    from caa_eval.errors import CAAEvalError
+    from caa_eval.lmeval import llamacpp
+    from caa_eval.lmeval.parity import check_backends
+
+    assert check_backends("steered-hf,lm-eval-steered") == ["steered-hf", "lm-eval-steered"]
+    with pytest.raises(CAAEvalError, match="two or more different backends"):
+        check_backends("steered-hf")
+    with pytest.raises(CAAEvalError, match=r"vllm unknown"):
+        check_backends("steered-hf,vllm")
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    with pytest.raises(
+        CAAEvalError, match=r"needs llama-cpp-python, which is not installed: pip install 'caa-eval\[llamacpp\]'"
+    ):
+        check_backends("steered-hf,llama-cpp")
