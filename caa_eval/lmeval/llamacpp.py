@@ -86,6 +86,7 @@ def dequantize_gguf(src: Path, out: Path) -> Path:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -127,9 +128,12 @@ class LlamaCppScorer:
         from llama_cpp import Llama, llama_cpp
 
         threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or max(1, (os.cpu_count() or 2) // 2)
+        # llama.cpp keeps its KV cache in F16 by default, which alone moves log p by ~5e-3 on the embedded model;
+        # an F32 cache brings it to ~1e-5 of the HF model, so what remains is the steering
         self.llm: Any = Llama(
-            model_path=str(model_gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False, n_threads=threads
-        )
+            model_path=str(model_gguf), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+            n_threads=threads, type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
+        )  # fmt: skip
         if control_vector is not None:
             n_embd, n_layer = self.llm.n_embd(), llama_cpp.llama_model_n_layer(self.llm.model)
             data = _cvec_buffer(control_vector, n_embd)
