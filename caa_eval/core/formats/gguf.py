@@ -32,8 +32,11 @@ METADATA_KEY = "caa_eval.metadata"
 
 def model_type_hint(sv: SteeringVector) -> str:
     """What llama.cpp's cvector-generator and repeng record as model_hint: the model's architecture name
-    (e.g. `llama`), read from the model folder's config.json when the vector names a local folder."""
-    config = Path(sv.model) / "config.json"
+    (e.g. `llama`), read from the model folder's config.json when the vector names a local folder or the embedded
+    model (already prepared)."""
+    from caa_eval.models import DEFAULT_MODEL, model_dir
+
+    config = (model_dir() if sv.model == DEFAULT_MODEL else Path(sv.model)) / "config.json"
     try:
         return str(json.loads(config.read_text())["model_type"])
     except (OSError, ValueError, KeyError, TypeError):
