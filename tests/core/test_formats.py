@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,6 @@ from caa_eval.core import vectors
 from caa_eval.core.formats import convert
 from caa_eval.core.vectors import SteeringVector
 from caa_eval.errors import CAAEvalError
-
-gguf = pytest.importorskip("gguf")
 
 KEPT = ("behaviour", "model", "model_fingerprint", "site", "read_position", "n_pairs", "dataset_sha256")
 
