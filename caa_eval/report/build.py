@@ -7,6 +7,7 @@ mark, and report.json lists for every number the sample files and item count it 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 from caa_eval.report.figures import dose_figures, layer_figures
+from caa_eval.report.html import write_html
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
 from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
@@ -119,8 +121,9 @@ def build_report(
     n_resamples: int = 2000,
     n_permutations: int = 9999,
     primary_test: str = "wilcoxon",
+    token_views: Sequence[tuple[str, str]] = (),
 ) -> Path:
-    """Write report.md, report.json and PNG figures into out_dir; returns the path of report.md.
+    """Write report.md, report.json, report.html and PNG figures into out_dir; returns the path of report.md.
 
     Args:
         source: a sweep folder, an lm_eval --output_path folder, a CSV/JSONL long table, or a DataFrame.
@@ -130,6 +133,7 @@ def build_report(
         n_resamples: bootstrap resamples per CI.
         n_permutations: random sign flips per permutation test.
         primary_test: "wilcoxon" or "permutation": whose p-values are corrected and marked.
+        token_views: per-token views (title, HTML fragment) for report.html (`caa-eval report --tokens N`).
     """
     table, diag, label, warnings_ = _load(source)
     out = Path(out_dir) if out_dir is not None else _default_out(source)
@@ -201,10 +205,12 @@ def build_report(
         "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
-    return write_atomic(
+    md = write_atomic(
         out / "report.md",
         render_markdown(report, cells, dose, alpha, scale_markdown(scales, per_kl, alpha, why_no_scale)),
     )
+    write_html(report, out, None if isinstance(source, pd.DataFrame) else source, token_views)
+    return md
 
 
 def _method_lines(report: dict[str, Any], alpha: float) -> list[str]:
