@@ -87,6 +87,11 @@ def _pick(changes: list[tuple[float, str]], k: int) -> list[tuple[str, str]]:
     ranked = sorted((c for c in changes if not math.isnan(c[0])), key=lambda c: (-abs(c[0]), c[1]))
     calm = sorted((c for c in changes if not math.isnan(c[0])), key=lambda c: (abs(c[0]), c[1]))
     out: list[tuple[str, str]] = []
+    if ranked and abs(ranked[0][0]) == abs(calm[0][0]):  # every item moved alike: no largest or smallest
+        return [
+            (doc, f"score change {change:+.1f}, as every item")
+            for change, doc in sorted(ranked, key=lambda c: c[1])[:k]
+        ]
     for big, small in zip(ranked, calm):
         for (change, doc), why in ((big, "largest score change"), (small, "smallest score change")):
             if len(out) < k and doc not in {d for d, _ in out}:

@@ -177,7 +177,7 @@ def _renderer(out_dir: Path, figures: Sequence[dict[str, Any]]) -> MarkdownIt:
         path = out_dir / src
         if "/" in src or not path.is_file():
             return f"<em>[figure {esc(src)} not found]</em>"
-        return f'<img src="{png_data_uri(path)}" alt="{esc(alt)}" loading="lazy">'
+        return f'<img src="{png_data_uri(path)}" alt="{esc(alt)}">'
 
     md.add_render_rule("image", image)
     return md

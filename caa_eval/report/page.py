@@ -26,6 +26,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .scroll { overflow-x: auto; max-width: 100%; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid var(--rule); }
 .controls { display: flex; gap: 1em; flex-wrap: wrap; margin: 0.5em 0; font-size: 0.9em; }
+.controls[hidden] { display: none; }
 .answers { display: grid; grid-template-columns: repeat(auto-fit, minmax(16em, 1fr)); gap: 0.6em; }
 .answer { border: 1px solid var(--rule); padding: 0.5em; font-size: 0.88em; white-space: pre-wrap; }
 .answer h4 { margin: 0 0 0.3em; font-size: 0.95em; }
