@@ -177,6 +177,7 @@ TASK_FAMILIES: tuple[tuple[str, str, str, bool], ...] = (
     ("caa_open_", "caa_open", JUDGE_METRIC, True),
     ("caa_mmlu_2opt_full", "caa_mmlu_2opt_full", "p_correct", False),
     ("caa_mmlu_2opt", "caa_mmlu_2opt", "p_correct", False),
+    ("caa_tqa_2opt", "caa_tqa_2opt", "p_correct", False),
     ("caa_demo_", "caa_demo", "", True),
 )
 

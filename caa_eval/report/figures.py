@@ -23,6 +23,7 @@ SERIES_COLOURS = {
     "caa_open": "tab:green",
     MMLU_FAMILY: "tab:red",
     "caa_mmlu_2opt_full": "tab:orange",
+    "caa_tqa_2opt": "tab:brown",
 }
 MAX_DOSE_FIGURES = 12
 
