@@ -21,6 +21,7 @@ __all__ = [
     "BEHAVIOURS",
     "TASK_FAMILIES",
     "JUDGE_METRIC",
+    "PROBABILITY_METRICS",
     "parse_layers",
     "format_multiplier",
     "parse_multiplier",
@@ -169,6 +170,8 @@ def open_task_name(behaviour: str) -> str:
 # ----------------------------------------------------------------------------------------- task families
 
 JUDGE_METRIC = "judge_score"
+# per-item metrics that are probabilities: steerability fits their log-odds (every other metric as it is)
+PROBABILITY_METRICS = ("p_match", "p_correct", "p_match_orig")
 
 # task-name prefix -> (family, primary metric, behaviour-specific?); order matters (balanced before plain A/B)
 TASK_FAMILIES: tuple[tuple[str, str, str, bool], ...] = (

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "run lm_eval with steered-hf registered (arguments are passed through)"),
     "judge": ("judge", "score open-ended generations with an LLM judge"),
     "stats": ("stats", "paired significance tests on a long table of per-item scores"),
+    "steerability": ("steerability", "per-item steerability: anti-steerable items, letter bias, item curves"),
     "report": ("report", "markdown/JSON/PNG report for a sweep or run folder"),
     "sweep": ("sweep", "run layers x multipliers x sites x tasks in one process"),
     "demo": ("demo", "end-to-end demo on the embedded model"),

@@ -9,7 +9,7 @@ from pathlib import Path
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 
-__all__ = ["configure", "run", "add_common_arguments", "check_common_arguments", "OUTPUTS"]
+__all__ = ["configure", "run", "add_common_arguments", "check_common_arguments", "metrics_argument", "OUTPUTS"]
 
 OUTPUTS = {"json": "file", "csv": "file", "html": "file"}
 
@@ -44,7 +44,8 @@ def check_common_arguments(args: argparse.Namespace) -> None:
         raise CAAEvalError("--n-resamples and --n-permutations must be at least 100")
 
 
-def _metrics(value: str) -> str | list[str]:
+def metrics_argument(value: str) -> str | list[str]:
+    """`--metrics`: "primary", "all" or a comma-separated list of metric names."""
     return value if value in ("primary", "all") else [m.strip() for m in value.split(",") if m.strip()]
 
 
@@ -63,6 +64,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="primary",
         help="for run folders: 'primary' (default), 'all', or comma-separated metric names",
     )
+    parser.add_argument(
+        "--split-by",
+        metavar="COLUMN",
+        help="also report per-item steerability per value of this item column (besides matching_letter)",
+    )
     add_common_arguments(parser)
 
 
@@ -75,12 +81,13 @@ def run(args: argparse.Namespace) -> int:
     from caa_eval import stats
 
     check_common_arguments(args)
-    table = stats.load_any(args.input, _metrics(args.metrics))
+    table = stats.load_any(args.input, metrics_argument(args.metrics))
     options = {"seed": args.seed, "n_resamples": args.n_resamples}
     cells = stats.paired_stats(
         table, alpha=args.alpha, n_permutations=args.n_permutations, primary_test=args.test, **options
     )
     dose = stats.compute_dose_response(table, **options)
+    steer = stats.steerability(table, split_by=args.split_by, **options)
     print(stats.format_cells(cells))
     print()
     print(
@@ -90,8 +97,12 @@ def run(args: argparse.Namespace) -> int:
     print()
     print("Dose-response (per-item OLS slope of score on multiplier; Page's L trend test, two-sided):")
     print(stats.format_dose(dose))
+    print()
+    print("Per-item steerability (slope of log-odds / score on multiplier per item; anti = share of slopes < 0):")
+    print(stats.format_steerability(steer))
     if args.json:
-        write_atomic(args.json, json.dumps(stats.stats_json(cells, dose, str(args.input)), indent=2, allow_nan=False))
+        document = stats.stats_json(cells, dose, str(args.input), steer)
+        write_atomic(args.json, json.dumps(document, indent=2, allow_nan=False))
         print(f"\nwrote {args.json}")
     if args.csv:
         write_atomic(args.csv, cells.to_csv(index=False))

@@ -20,6 +20,7 @@ from caa_eval.files import write_atomic
 from caa_eval.report.figures import dose_figures, layer_figures
 from caa_eval.report.html import write_html
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
+from caa_eval.report.steerability import steerability_section
 from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
     cells_markdown,
@@ -161,10 +162,12 @@ def build_report(
     old_figures = _previous_figures(out)
     scales, why_no_scale = _scales(source)
     per_kl = effect_per_kl(cells, scales)
+    card, card_records, card_lines = steerability_section(table, cells, source, out, notes, seed, n_resamples)
     figures = (
         dose_figures(cells, out, notes)
         + layer_figures(cells, out, _vector_layer(source))
         + scale_figures(per_kl, out, notes)
+        + card
     )
     for stale in old_figures - {f["file"] for f in figures}:
         (out / stale).unlink(missing_ok=True)
@@ -203,11 +206,18 @@ def build_report(
         "figures": figures,
         "warnings": notes,
         "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
+        **card_records,
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
     md = write_atomic(
         out / "report.md",
-        render_markdown(report, cells, dose, alpha, scale_markdown(scales, per_kl, alpha, why_no_scale)),
+        render_markdown(
+            report,
+            cells,
+            dose,
+            alpha,
+            scale_markdown(scales, per_kl, alpha, why_no_scale) + card_lines,
+        ),
     )
     write_html(report, out, None if isinstance(source, pd.DataFrame) else source, token_views)
     return md
@@ -298,7 +308,7 @@ def render_markdown(
             lines += [f"### {t['title']}", "", table_markdown(t), ""]
     if report["figures"]:
         lines += ["## Figures", ""]
-        for f in report["figures"]:
+        for f in [f for f in report["figures"] if f["kind"] != "steerability"]:  # those are in their card
             kind = {
                 "dose_response": "Dose-response (behaviour and MMLU together)",
                 "layer_sweep": "Layer sweep",

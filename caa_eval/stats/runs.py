@@ -20,7 +20,7 @@ import pandas as pd
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import read_jsonl
-from caa_eval.stats.table import SHARED_BEHAVIOUR, format_layer, format_text, validate_long_table
+from caa_eval.stats.table import LETTER_COLUMN, SHARED_BEHAVIOUR, format_layer, format_text, validate_long_table
 from caa_eval.vocab import (
     JUDGE_METRIC,
     JUDGED_RE,
@@ -209,6 +209,13 @@ def _as_score(value: Any) -> float | None:
     return None
 
 
+def _matching_letter(line: dict[str, Any]) -> str:
+    """The matching answer's letter an A/B doc of caa-eval's tasks carries (`matching`), "" for other docs."""
+    doc = line.get("doc")
+    letter = doc.get("matching") if isinstance(doc, dict) else None
+    return letter if isinstance(letter, str) and len(letter) == 1 and letter.isalpha() else ""
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -286,6 +293,7 @@ class _Folder:
             "positions": steering["positions"],
             "condition": ident["condition"],
             "subject": ident["subject"],
+            LETTER_COLUMN: _matching_letter(line),
             "multiplier": steering["multiplier"],
             "score": score,
             "source": source,

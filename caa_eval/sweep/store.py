@@ -357,6 +357,7 @@ class VectorStore:
             progress: show progress bars.
         """
         from caa_eval.core import vectors
+        from caa_eval.core.diagnostics import DIAGNOSTICS_KEY
         from caa_eval.core.extract import extract_to_file
 
         for b, site, layers in todo:
@@ -378,7 +379,9 @@ class VectorStore:
                 progress=progress,
             )
             if old is not None:  # keep the layers already there bit-identical, add the new ones
-                dataclasses.replace(sv, vectors={**old.vectors, **sv.vectors}).save(path)
+                diagnostics = {**old.extra.get(DIAGNOSTICS_KEY, {}), **sv.extra.get(DIAGNOSTICS_KEY, {})}
+                extra = {**sv.extra, DIAGNOSTICS_KEY: diagnostics}
+                dataclasses.replace(sv, vectors={**old.vectors, **sv.vectors}, extra=extra).save(path)
                 target.unlink(missing_ok=True)
             log.info("extracted %s (%s) in %.1f s", b.name, site, time.perf_counter() - started)
 
