@@ -13,10 +13,12 @@ import sys
 import traceback
 
 from caa_eval import __version__
+from caa_eval.cli.arguments import run_checks
 from caa_eval.errors import CAAEvalError
 
-# subcommand -> (module under caa_eval.cli with configure(parser) and run(args), one-line help). A module may
-# declare OUTPUTS = {dest: "file" | "folder"}: those locations are checked writable before run() loads anything.
+# subcommand -> (module under caa_eval.cli with configure(parser) and run(args), one-line help). A module
+# declares ARGUMENTS (a list of caa_eval.cli.arguments.Rule: each argument's range and its check) and may declare
+# OUTPUTS = {dest: "file" | "folder"}; both are checked before run() loads anything (see cli/arguments.py).
 COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("model", "prepare the embedded default model (SmolLM2-135M-Instruct)"),
     "data": ("data", "download / locate the CAA datasets and MMLU"),
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     module.configure(parser)
     args = parser.parse_args(argv[idx + 1 :])
     try:
+        run_checks(getattr(module, "ARGUMENTS", []), args)
         _check_outputs(args, getattr(module, "OUTPUTS", {}), parser)
         return int(module.run(args) or 0)
     except CAAEvalError as exc:  # bad input: one line, exit 2 (the traceback only with -v)

@@ -7,8 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
+from caa_eval.cli.arguments import vector_file
 from caa_eval.core.diagnostics import DIAGNOSTICS_KEY
-from caa_eval.core.vectors import load
+
+__all__ = ["configure", "run", "ARGUMENTS"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +18,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from caa_eval.core.vectors import load
+
     sv = load(args.file)
     print(json.dumps(sv.metadata(), indent=2))
     diagnostics = sv.extra.get(DIAGNOSTICS_KEY) or {}
@@ -26,3 +30,8 @@ def run(args: argparse.Namespace) -> int:
             line += f"  pair consistency {d['consistency']:.3f}  AUROC {d['auroc']:.3f}"
         print(line)
     return 0
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    vector_file("file"),
+]

@@ -6,10 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from caa_eval.cli.stats import add_common_arguments, check_common_arguments
+from caa_eval.cli.arguments import custom, device, existing_path, number
+from caa_eval.cli.stats import COMMON_ARGUMENTS, add_common_arguments
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["configure", "run", "OUTPUTS"]
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
 
 OUTPUTS = {"out": "folder"}
 
@@ -43,11 +44,6 @@ def run(args: argparse.Namespace) -> int:
     """
     from caa_eval.report import build_report
 
-    check_common_arguments(args)
-    if args.tokens < 0:
-        raise CAAEvalError(f"--tokens {args.tokens}: give a number of examples >= 0")
-    if args.tokens and not (args.input / "manifest.json").is_file():
-        raise CAAEvalError(f"--tokens needs a sweep folder with manifest.json; {args.input} is not one")
     path = build_report(
         args.input,
         args.out,
@@ -83,3 +79,17 @@ def _add_token_views(args: argparse.Namespace, report: dict, out: Path) -> None:
     views = example_token_views(args.input, examples, args.tokens, args.device)
     write_html(report, out, args.input, views)
     print(f"report.html: {len(views)} per-token view(s)")
+
+
+def _tokens_need_sweep(args: argparse.Namespace) -> None:
+    if args.tokens and not (Path(args.input) / "manifest.json").is_file():
+        raise CAAEvalError(f"--tokens needs a sweep folder with manifest.json; {args.input} is not one (drop --tokens)")
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    existing_path("input", kind="any", what="a sweep / run folder or a .csv/.jsonl long table"),
+    number("--tokens", ge=0, integer=True, example="2", why="a number of examples"),
+    custom("--tokens", "with N > 0, the input is a sweep folder (its manifest names the model)", _tokens_need_sweep),
+    device(),
+    *COMMON_ARGUMENTS,
+]

@@ -6,10 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from caa_eval.cli.arguments import custom, existing_path, free, number
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 
-__all__ = ["configure", "run", "add_common_arguments", "check_common_arguments", "metrics_argument", "OUTPUTS"]
+__all__ = ["configure", "run", "add_common_arguments", "COMMON_ARGUMENTS", "metrics_argument", "OUTPUTS", "ARGUMENTS"]
 
 OUTPUTS = {"json": "file", "csv": "file", "html": "file"}
 
@@ -34,19 +35,20 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_common_arguments(args: argparse.Namespace) -> None:
-    """Refuse resampling counts too small to give meaningful CIs and p-values.
-
-    Args:
-        args: the parsed arguments.
-    """
-    if args.n_resamples < 100 or args.n_permutations < 100:
-        raise CAAEvalError("--n-resamples and --n-permutations must be at least 100")
+COMMON_ARGUMENTS = [  # the ranges of the options `stats` and `report` share (see caa_eval.cli.arguments)
+    number("--alpha", gt=0, lt=1, example="0.05", why="a significance level is a probability"),
+    number("--seed", ge=0, example="0", integer=True, why="numpy seeds are non-negative"),
+    number("--n-resamples", ge=100, example="2000", integer=True, why="fewer gives no meaningful CI"),
+    number("--n-permutations", ge=100, example="9999", integer=True, why="fewer gives no meaningful p-value"),
+]
 
 
 def metrics_argument(value: str) -> str | list[str]:
-    """`--metrics`: "primary", "all" or a comma-separated list of metric names."""
-    return value if value in ("primary", "all") else [m.strip() for m in value.split(",") if m.strip()]
+    """`--metrics`: "primary", "all" or a comma-separated list of metric names (none is refused)."""
+    names = value if value in ("primary", "all") else [m.strip() for m in value.split(",") if m.strip()]
+    if not names:
+        raise CAAEvalError(f"--metrics {value!r} names no metric; write primary, all or e.g. --metrics p_match")
+    return names
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
     """
     from caa_eval import stats
 
-    check_common_arguments(args)
     table = stats.load_any(args.input, metrics_argument(args.metrics))
     options = {"seed": args.seed, "n_resamples": args.n_resamples}
     cells = stats.paired_stats(
@@ -133,3 +134,11 @@ def _write_html(args: argparse.Namespace) -> None:
         report = json.loads((Path(tmp) / "report.json").read_text(encoding="utf-8"))
         page = write_html(report, tmp, args.input, page_dir=args.html.resolve().parent)
         write_atomic(args.html, page.read_text(encoding="utf-8"))
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    existing_path("input", kind="any", what="a .csv/.jsonl long table or a run folder"),
+    custom("--metrics", "primary, all, or comma-separated metric names", lambda a: metrics_argument(a.metrics)),
+    free("--split-by", "a column of the table", "after the table is read, before any statistics", False),
+    *COMMON_ARGUMENTS,
+]

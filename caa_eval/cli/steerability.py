@@ -6,10 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from caa_eval.cli.arguments import custom, existing_path, free, number
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 
-__all__ = ["configure", "run", "OUTPUTS"]
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
 
 OUTPUTS = {"json": "file", "png": "file"}
 
@@ -68,3 +69,18 @@ def run(args: argparse.Namespace) -> int:
             steerability_figure(fit, title(fit.key), path)
             print(f"wrote {path}")
     return 0
+
+
+def _check_metrics(args: argparse.Namespace) -> None:
+    from caa_eval.cli.stats import metrics_argument
+
+    metrics_argument(args.metrics)
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    existing_path("input", kind="any", what="a run folder or a .csv/.jsonl long table"),
+    custom("--metrics", "primary, all, or comma-separated metric names", _check_metrics),
+    free("--split-by", "a column of the table", "after the table is read, before any statistics", False),
+    number("--seed", ge=0, example="0", integer=True, why="numpy seeds are non-negative"),
+    number("--n-resamples", ge=100, example="2000", integer=True, why="fewer gives no meaningful CI"),
+]

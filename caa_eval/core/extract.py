@@ -321,11 +321,7 @@ def default_behaviour(data_path: Path) -> str:
             f"{data_path}: cannot tell the behaviour from the name {data_path.name} in folder "
             f"{data_path.parent.name!r} (not one of CAA's behaviours); pass --behaviour-label NAME"
         )
-    name = behaviour_key(data_path.stem)
-    log.info(
-        "behaviour recorded as %r (from the file name %s); pass --behaviour-label NAME to name it", name, data_path.name
-    )
-    return name
+    return behaviour_key(data_path.stem)
 
 
 def _check_site(site: str) -> None:
@@ -397,4 +393,11 @@ def extract_to_file(
         extra={"system_prompt": system_prompt, "data_file": data_path.name, DIAGNOSTICS_KEY: diagnostics},
     )
     sv.save(out)
+    if not behaviour and not data_path.stem.startswith(("generate_dataset", "test_dataset")):
+        # said once the file exists: a bad input must stay one stderr line, with no note before it
+        log.info(
+            "behaviour recorded as %r (from the file name %s); pass --behaviour-label NAME to name it",
+            name,
+            data_path.name,
+        )
     return sv
