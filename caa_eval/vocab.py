@@ -21,6 +21,7 @@ __all__ = [
     "BEHAVIOURS",
     "TASK_FAMILIES",
     "JUDGE_METRIC",
+    "CAPABILITY_TASKS",
     "PROBABILITY_METRICS",
     "parse_layers",
     "format_multiplier",
@@ -183,6 +184,11 @@ TASK_FAMILIES: tuple[tuple[str, str, str, bool], ...] = (
     ("caa_tqa_2opt", "caa_tqa_2opt", "p_correct", False),
     ("caa_demo_", "caa_demo", "", True),
 )
+
+
+CAPABILITY_TASKS = ("caa_mmlu_2opt", "caa_tqa_2opt")
+"""Shared tasks every vector is measured on with a sweep's `cross_tasks` (side effects on capabilities); one
+that the installed task folder lacks is left out."""
 
 
 def _family_row(task: str) -> tuple[str, str, str, bool] | None:

@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     cells = stats.paired_stats(
         table, alpha=args.alpha, n_permutations=args.n_permutations, primary_test=args.test, **options
     )
+    stats.require_some_baseline(cells)
     dose = stats.compute_dose_response(table, **options)
+    stats.warn_no_baseline(cells)
     steer = stats.steerability(table, split_by=args.split_by, **options)
     print(stats.format_cells(cells))
     print()

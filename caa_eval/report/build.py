@@ -17,6 +17,9 @@ import pandas as pd
 from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
+from caa_eval.lmeval.fluency import FLUENCY_METRICS
+from caa_eval.report.costs import cost_sections
+from caa_eval.report.entanglement import entanglement_section
 from caa_eval.report.figures import dose_figures, layer_figures
 from caa_eval.report.html import write_html
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
@@ -40,6 +43,7 @@ from caa_eval.stats import (
     steering_scales,
     to_records,
     validate_long_table,
+    warn_no_baseline,
 )
 from caa_eval.vocab import primary_metric
 
@@ -55,7 +59,10 @@ def _load(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     if path.is_dir():
         table = long_table_from_runs(path, metrics="all")
         primary = pd.Series(
-            [primary_metric(t) in (None, m) for t, m in zip(table["task"], table["metric"])],
+            [
+                primary_metric(t) in (None, m) and m not in FLUENCY_METRICS
+                for t, m in zip(table["task"], table["metric"])
+            ],
             index=table.index,
             dtype=bool,
         )
@@ -157,7 +164,7 @@ def build_report(
         n_resamples=n_resamples,
         n_permutations=n_permutations,
     )  # with >= 2 conditions only
-    notes = list(warnings_)
+    notes = list(warnings_) + warn_no_baseline(cells)
     out.mkdir(parents=True, exist_ok=True)
     old_figures = _previous_figures(out)
     scales, why_no_scale = _scales(source)
@@ -169,6 +176,10 @@ def build_report(
         + scale_figures(per_kl, out, notes)
         + card
     )
+    entanglement, entanglement_lines, entanglement_figures = entanglement_section(cells, out, alpha, primary_test)
+    figures += entanglement_figures
+    stats = {"seed": seed, "n_resamples": n_resamples, "n_permutations": n_permutations, "primary_test": primary_test}
+    costs = cost_sections(source, table, diag, out, alpha, **stats)  # fluency; steering vs prompting
     for stale in old_figures - {f["file"] for f in figures}:
         (out / stale).unlink(missing_ok=True)
 
@@ -206,6 +217,10 @@ def build_report(
         "figures": figures,
         "warnings": notes,
         "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
+        "entanglement": entanglement,
+        "fluency": costs.fluency,
+        "pareto": costs.pareto,
+        "costs": {"reference_condition": costs.reference, "figures": costs.figures},
         **card_records,
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
@@ -216,7 +231,7 @@ def build_report(
             cells,
             dose,
             alpha,
-            scale_markdown(scales, per_kl, alpha, why_no_scale) + card_lines,
+            scale_markdown(scales, per_kl, alpha, why_no_scale) + card_lines + entanglement_lines + costs.lines,
         ),
     )
     write_html(report, out, None if isinstance(source, pd.DataFrame) else source, token_views)
@@ -313,6 +328,7 @@ def render_markdown(
                 "dose_response": "Dose-response (behaviour and MMLU together)",
                 "layer_sweep": "Layer sweep",
                 "effect_vs_kl": "Effect per unit of KL",
+                "entanglement": "Entanglement heat map",
             }.get(f["kind"], f"Layer transfer (the layer-{f.get('vector_layer')} vector at every layer)")
             lines += [f"**{kind}: {f['title']}**", "", f"![{kind}]({f['file']})", ""]
     lines += scale_lines or []

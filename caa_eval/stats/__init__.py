@@ -16,9 +16,13 @@ from __future__ import annotations
 from caa_eval.stats.cells import (
     BASELINE_TOLERANCE,
     CELL_COLUMNS,
+    NO_BASELINE,
     Baselines,
+    MissingBaseline,
     compute_stats,
     paired_stats,
+    require_some_baseline,
+    warn_no_baseline,
 )
 from caa_eval.stats.dose import DOSE_COLUMNS, compute_dose_response, multiplier_matrix, per_item_slopes
 from caa_eval.stats.format import format_cells, format_dose, format_steerability, stats_json, to_records
@@ -96,7 +100,11 @@ __all__ = [
     # cells and dose-response
     "BASELINE_TOLERANCE",
     "CELL_COLUMNS",
+    "NO_BASELINE",
     "Baselines",
+    "MissingBaseline",
+    "warn_no_baseline",
+    "require_some_baseline",
     "compute_stats",
     "paired_stats",
     "per_item_slopes",

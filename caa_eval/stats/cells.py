@@ -8,6 +8,7 @@ are enough to see CAA-sized effects. docs/statistics.md explains each column.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -38,10 +39,16 @@ from caa_eval.stats.tests import (
 __all__ = [
     "BASELINE_TOLERANCE",
     "CELL_COLUMNS",
+    "NO_BASELINE",
+    "MissingBaseline",
+    "warn_no_baseline",
+    "require_some_baseline",
     "Baselines",
     "compute_stats",
     "paired_stats",
 ]
+
+log = logging.getLogger(__name__)
 
 BASELINE_TOLERANCE = 1e-6  # multiplier-0 runs at different layers must agree to this (they steer nothing)
 CELL_COLUMNS = [
@@ -76,6 +83,14 @@ CELL_COLUMNS = [
 ]
 
 
+NO_BASELINE = "no baseline"
+"""The note of a steered cell that has no multiplier-0 rows to pair with: listed, not tested."""
+
+
+class MissingBaseline(CAAEvalError):
+    """A cell has no multiplier-0 rows of its behaviour/task/metric/condition."""
+
+
 def _config_label(config: tuple[str, ...]) -> str:
     return ", ".join(f"{k}={v}" for k, v in zip(CONFIG_KEY, config) if v) or "unsteered"
 
@@ -107,7 +122,7 @@ class Baselines:
         config = tuple(keyd[k] for k in CONFIG_KEY)
         configs = self._by_base.get(base)
         if not configs:
-            raise CAAEvalError(
+            raise MissingBaseline(
                 f"no multiplier-0 baseline for cell {cell_label(group, GROUP_KEY)}; add multiplier-0 rows for "
                 f"behaviour={keyd['behaviour']}, task={keyd['task']}, metric={keyd['metric']}, "
                 f"condition={keyd['condition'] or '(none)'}"
@@ -151,8 +166,11 @@ def _paired(
     rng: np.random.Generator,
     settings: dict[str, Any],
 ) -> list[str]:
-    """Fill the cell-vs-baseline columns of `row`; returns the notes."""
-    base, base_sources, base_config, base_note = baselines.get(group)
+    """Fill the cell-vs-baseline columns of `row`; returns the notes (NO_BASELINE when there is none)."""
+    try:
+        base, base_sources, base_config, base_note = baselines.get(group)
+    except MissingBaseline:
+        return [NO_BASELINE]
     common = scores.index.intersection(base.index)
     if common.empty:
         raise CAAEvalError(
@@ -233,7 +251,7 @@ def compute_stats(
         _cell_row(tuple(key), rows, baselines, seeded_rng(seed, tuple(key)), settings)
         for key, rows in table.groupby(CELL_KEY, sort=True)
     ]
-    cells = pd.DataFrame(out)
+    cells = _check_baselines(pd.DataFrame(out), baselines)
     primary = cells[f"p_{primary_test}"].where(~cells["is_baseline"])
     cells["p_holm"], cells["p_bh"] = adjust_pvalues(primary.to_numpy())
     cells["significant"] = cells["p_holm"] < alpha
@@ -289,6 +307,48 @@ def _cell_row(
         notes += _paired(row, scores, subjects, baselines, group, multiplier, rng, settings)
     row["note"] = "; ".join(dict.fromkeys(notes))
     return row
+
+
+def _check_baselines(cells: pd.DataFrame, baselines: Baselines) -> pd.DataFrame:
+    """Cells without a baseline are listed (note NO_BASELINE, `attrs["no_baseline"]` names them, and
+    `attrs["no_baseline_error"]` says how to fix the first), so that a report never fails after the work."""
+    lacking = cells[[NO_BASELINE in str(n).split("; ") for n in cells["note"]]]
+    cells.attrs["no_baseline"] = [cell_label(tuple(r)) for r in lacking[CELL_KEY].itertuples(index=False)]
+    cells.attrs["no_baseline_error"] = ""
+    if len(lacking):
+        try:
+            baselines.get(tuple(lacking.iloc[0][GROUP_KEY]))
+        except MissingBaseline as exc:
+            cells.attrs["no_baseline_error"] = str(exc)
+    return cells
+
+
+def require_some_baseline(cells: pd.DataFrame) -> None:
+    """Refuse a table in which no steered cell has a baseline: nothing in it can be tested (`caa-eval stats`).
+
+    Args:
+        cells: compute_stats output.
+    """
+    lacking = cells.attrs.get("no_baseline") or []
+    if lacking and len(lacking) == int((~cells["is_baseline"].astype(bool)).sum()):
+        raise MissingBaseline(cells.attrs["no_baseline_error"])
+
+
+def warn_no_baseline(cells: pd.DataFrame) -> list[str]:
+    """Log one warning line naming the cells compute_stats found without a baseline; returns it (or nothing).
+
+    Args:
+        cells: compute_stats output.
+    """
+    lacking = cells.attrs.get("no_baseline") or []
+    if not lacking:
+        return []
+    line = (
+        f"{len(lacking)} steered cell(s) have no multiplier-0 baseline and are listed as '{NO_BASELINE}', "
+        f"untested: {'; '.join(lacking)}; run the unsteered cell of their task and condition to test them"
+    )
+    log.warning("%s", line)
+    return [line]
 
 
 def paired_stats(df: pd.DataFrame, **options: Any) -> pd.DataFrame:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from caa_eval.stats.cells import Baselines, _subjects_or_none
+from caa_eval.stats.cells import Baselines, MissingBaseline, _subjects_or_none
 from caa_eval.stats.table import GROUP_KEY, validate_long_table
 from caa_eval.stats.tests import adjust_pvalues, floor_p, macro_mean, mean_ci, seeded_rng
 from caa_eval.vocab import format_multiplier
@@ -83,7 +83,10 @@ def compute_dose_response(
     out = []
     for group, rows in table[table["multiplier"] != 0].groupby(GROUP_KEY, sort=True):
         group = tuple(group)
-        matrix = multiplier_matrix(rows, baselines.get(group)[0])
+        try:
+            matrix = multiplier_matrix(rows, baselines.get(group)[0])
+        except MissingBaseline:  # listed by compute_stats; no trend without the 0 point
+            continue
         rng = seeded_rng(seed, ("dose", *group))
         out.append(dict(zip(GROUP_KEY, group)) | _dose_numbers(matrix, subject_of, group, rng, n_resamples, confidence))
     dose = pd.DataFrame(out, columns=DOSE_COLUMNS)

@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from caa_eval.errors import CAAEvalError
-from caa_eval.stats.cells import Baselines
+from caa_eval.stats.cells import Baselines, MissingBaseline
 from caa_eval.stats.dose import multiplier_matrix
 from caa_eval.stats.table import GROUP_KEY, LETTER_COLUMN, cell_label, validate_long_table
 from caa_eval.stats.tests import NOISE, mean_ci, seeded_rng
@@ -222,7 +222,11 @@ def group_fits(table: pd.DataFrame, columns: list[str] | None = None) -> tuple[l
     for group, rows in table[table["multiplier"] != 0].groupby(GROUP_KEY, sort=True):
         group = tuple(group)
         key = dict(zip(GROUP_KEY, group))
-        matrix = multiplier_matrix(rows, baselines.get(group)[0])
+        try:
+            matrix = multiplier_matrix(rows, baselines.get(group)[0])
+        except MissingBaseline:
+            skipped.append(f"{cell_label(group, GROUP_KEY)}: no steerability, no multiplier-0 baseline")
+            continue
         if matrix.shape[1] < MIN_MULTIPLIERS:
             skipped.append(
                 f"{cell_label(group, GROUP_KEY)}: no steerability, only {matrix.shape[1]} multipliers "

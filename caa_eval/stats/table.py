@@ -18,7 +18,7 @@ import pandas as pd
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import read_jsonl
-from caa_eval.vocab import format_multiplier
+from caa_eval.vocab import behaviour_of_task, format_multiplier
 
 __all__ = [
     "REQUIRED",
@@ -242,24 +242,26 @@ def _check_subjects(table: pd.DataFrame, origin: str) -> None:
 
 
 def _expand_shared(table: pd.DataFrame) -> pd.DataFrame:
+    """Copy each task's shared ('*') multiplier-0 rows to every behaviour measured on that task: the unsteered
+    run is the baseline of every vector. With no vector measured there, the rows stay as the baseline of the
+    task's own behaviour (an unsteered A/B run alone), or are ignored with a warning (a shared task alone)."""
     shared = table["behaviour"] == SHARED_BEHAVIOUR
     if not shared.any():
         return table
     own, common = table[~shared], table[shared]
-    if own.empty:
-        raise CAAEvalError("only shared ('*') baseline rows found; add steered rows that name a behaviour")
     pieces = [own]
     targets = own[["task", "metric", "condition", "behaviour"]].drop_duplicates()
     for (task, metric, condition), rows in common.groupby(["task", "metric", "condition"], sort=False):
         behaviours = targets[(targets.task == task) & (targets.metric == metric) & (targets.condition == condition)]
-        if behaviours.empty:
+        names = list(behaviours["behaviour"]) or [b for b in [behaviour_of_task(str(task))] if b]
+        if not names:
             log.warning(
                 "shared ('*') baseline rows for task=%s metric=%s condition=%s match no steered behaviour; ignored",
                 task,
                 metric,
                 condition or "(none)",
             )
-        for behaviour in behaviours["behaviour"]:
+        for behaviour in names:
             # a behaviour's own baseline at the same configuration wins over the shared one
             have = own[
                 (own.behaviour == behaviour)
@@ -273,7 +275,10 @@ def _expand_shared(table: pd.DataFrame) -> pd.DataFrame:
                 taken = set(map(tuple, have[CONFIG_KEY].to_numpy().tolist()))
                 copy = copy[[tuple(r) not in taken for r in copy[CONFIG_KEY].to_numpy().tolist()]]
             pieces.append(copy)
-    return pd.concat(pieces, ignore_index=True)
+    out = pd.concat(pieces, ignore_index=True)
+    if out.empty:
+        raise CAAEvalError("only shared ('*') baseline rows found; add steered rows that name a behaviour")
+    return out
 
 
 def _jsonl_lines(path: Path) -> list[int]:
