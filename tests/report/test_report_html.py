@@ -102,7 +102,9 @@ def test_page_is_self_contained_and_in_the_issue_order(html_run):
     page = (run_dir / "report" / "report.html").read_text()
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert "http://" not in page and "https://" not in page and "<link" not in page
-    assert page.count("data:image/png;base64,") == len(report["figures"]) > 0
+    markdown = (run_dir / "report" / "report.md").read_text()
+    assert page.count("data:image/png;base64,") == markdown.count("](") >= len(report["figures"]) > 0
+    assert "not found]" not in page and page.count("<img ") == page.count('<img src="data:image/png;base64,')
     order = [page.index(f'id="{s}"') for s in ("provenance", "headline", "examples")]
     assert order == sorted(order)
     assert page.index('id="headline"') < page.index('id="figures"') < page.index('id="examples"')
