@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-caa": ("import_caa", "convert CAA's published .pt vectors into caa-eval vector files"),
     "normalize": ("normalize", "rescale several behaviours' vectors to their mean norm per layer (CAA)"),
     "inspect": ("inspect", "print a vector file's metadata and norms"),
+    "convert": ("convert", "write a vector for llama.cpp (GGUF), lm-eval steered, repeng or CAA"),
+    "parity": ("parity", "run the same items through steered-hf, lm-eval steered and llama.cpp; compare"),
     "eval": ("eval", "run lm_eval with steered-hf registered (arguments are passed through)"),
     "judge": ("judge", "score open-ended generations with an LLM judge"),
     "stats": ("stats", "paired significance tests on a long table of per-item scores"),

@@ -92,7 +92,7 @@ class SteeredHFLM(HFLM):
     def __init__(
         self,
         pretrained: Any = DEFAULT_MODEL,
-        vector: str | None = None,
+        vector: str | vector_files.SteeringVector | None = None,
         layers: Any = None,
         multiplier: float | int | str = 1.0,
         site: str | None = None,
