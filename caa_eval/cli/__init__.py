@@ -13,10 +13,12 @@ import sys
 import traceback
 
 from caa_eval import __version__
+from caa_eval.cli.arguments import run_checks
 from caa_eval.errors import CAAEvalError
 
-# subcommand -> (module under caa_eval.cli with configure(parser) and run(args), one-line help). A module may
-# declare OUTPUTS = {dest: "file" | "folder"}: those locations are checked writable before run() loads anything.
+# subcommand -> (module under caa_eval.cli with configure(parser) and run(args), one-line help). A module
+# declares ARGUMENTS (a list of caa_eval.cli.arguments.Rule: each argument's range and its check) and may declare
+# OUTPUTS = {dest: "file" | "folder"}; both are checked before run() loads anything (see cli/arguments.py).
 COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("model", "prepare the embedded default model (SmolLM2-135M-Instruct)"),
     "data": ("data", "download / locate the CAA datasets and MMLU"),
@@ -28,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "run lm_eval with steered-hf registered (arguments are passed through)"),
     "judge": ("judge", "score open-ended generations with an LLM judge"),
     "stats": ("stats", "paired significance tests on a long table of per-item scores"),
+    "steerability": ("steerability", "per-item steerability: anti-steerable items, letter bias, item curves"),
     "report": ("report", "markdown/JSON/PNG report for a sweep or run folder"),
     "sweep": ("sweep", "run layers x multipliers x sites x tasks in one process"),
     "demo": ("demo", "end-to-end demo on the embedded model"),
@@ -36,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "elicit": ("elicit", "smallest multiplier that triggers a behaviour, with CIs (red-teaming, §9.1)"),
     "calibrate": ("calibrate", "multiplier for a target KL on neutral prompts; norm fraction and KL (§9.1)"),
     "finetune": ("finetune", "LoRA-finetune a model toward or away from a behaviour (Table 4)"),
+    "reproduce": ("reproduce", "run a paper experiment and compare it with CAA's published results"),
 }
 
 
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     module.configure(parser)
     args = parser.parse_args(argv[idx + 1 :])
     try:
+        run_checks(getattr(module, "ARGUMENTS", []), args)
         _check_outputs(args, getattr(module, "OUTPUTS", {}), parser)
         return int(module.run(args) or 0)
     except CAAEvalError as exc:  # bad input: one line, exit 2 (the traceback only with -v)

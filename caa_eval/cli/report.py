@@ -6,9 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from caa_eval.cli.stats import add_common_arguments, check_common_arguments
+from caa_eval.cli.arguments import existing_path
+from caa_eval.cli.stats import COMMON_ARGUMENTS, add_common_arguments
 
-__all__ = ["configure", "run", "OUTPUTS"]
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
 
 OUTPUTS = {"out": "folder"}
 
@@ -34,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     """
     from caa_eval.report import build_report
 
-    check_common_arguments(args)
     path = build_report(
         args.input,
         args.out,
@@ -53,3 +53,9 @@ def run(args: argparse.Namespace) -> int:
     for w in report["warnings"]:
         print(f"warning: {w}")
     return 0
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    existing_path("input", kind="any", what="a sweep / run folder or a .csv/.jsonl long table"),
+    *COMMON_ARGUMENTS,
+]

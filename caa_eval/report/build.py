@@ -18,8 +18,10 @@ from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 from caa_eval.lmeval.fluency import FLUENCY_METRICS
 from caa_eval.report.costs import cost_sections
+from caa_eval.report.entanglement import entanglement_section
 from caa_eval.report.figures import dose_figures, layer_figures
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
+from caa_eval.report.steerability import steerability_section
 from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
     cells_markdown,
@@ -39,6 +41,7 @@ from caa_eval.stats import (
     steering_scales,
     to_records,
     validate_long_table,
+    warn_no_baseline,
 )
 from caa_eval.vocab import primary_metric
 
@@ -157,16 +160,20 @@ def build_report(
         n_resamples=n_resamples,
         n_permutations=n_permutations,
     )  # with >= 2 conditions only
-    notes = list(warnings_)
+    notes = list(warnings_) + warn_no_baseline(cells)
     out.mkdir(parents=True, exist_ok=True)
     old_figures = _previous_figures(out)
     scales, why_no_scale = _scales(source)
     per_kl = effect_per_kl(cells, scales)
+    card, card_records, card_lines = steerability_section(table, cells, source, out, notes, seed, n_resamples)
     figures = (
         dose_figures(cells, out, notes)
         + layer_figures(cells, out, _vector_layer(source))
         + scale_figures(per_kl, out, notes)
+        + card
     )
+    entanglement, entanglement_lines, entanglement_figures = entanglement_section(cells, out, alpha, primary_test)
+    figures += entanglement_figures
     stats = {"seed": seed, "n_resamples": n_resamples, "n_permutations": n_permutations, "primary_test": primary_test}
     costs = cost_sections(source, table, diag, out, alpha, **stats)  # fluency; steering vs prompting
     for stale in old_figures - {f["file"] for f in figures}:
@@ -206,14 +213,22 @@ def build_report(
         "figures": figures,
         "warnings": notes,
         "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
+        "entanglement": entanglement,
         "fluency": costs.fluency,
         "pareto": costs.pareto,
         "costs": {"reference_condition": costs.reference, "figures": costs.figures},
+        **card_records,
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
     return write_atomic(
         out / "report.md",
-        render_markdown(report, cells, dose, alpha, scale_markdown(scales, per_kl, alpha, why_no_scale) + costs.lines),
+        render_markdown(
+            report,
+            cells,
+            dose,
+            alpha,
+            scale_markdown(scales, per_kl, alpha, why_no_scale) + card_lines + entanglement_lines + costs.lines,
+        ),
     )
 
 
@@ -302,11 +317,12 @@ def render_markdown(
             lines += [f"### {t['title']}", "", table_markdown(t), ""]
     if report["figures"]:
         lines += ["## Figures", ""]
-        for f in report["figures"]:
+        for f in [f for f in report["figures"] if f["kind"] != "steerability"]:  # those are in their card
             kind = {
                 "dose_response": "Dose-response (behaviour and MMLU together)",
                 "layer_sweep": "Layer sweep",
                 "effect_vs_kl": "Effect per unit of KL",
+                "entanglement": "Entanglement heat map",
             }.get(f["kind"], f"Layer transfer (the layer-{f.get('vector_layer')} vector at every layer)")
             lines += [f"**{kind}: {f['title']}**", "", f"![{kind}]({f['file']})", ""]
     lines += scale_lines or []

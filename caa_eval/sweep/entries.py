@@ -39,7 +39,7 @@ class Behaviour:
     pairs: Path | None = None  # None: CAA's generate set, resolved at run time
     ab_test: Path | None = None  # custom behaviours: A/B test file -> generated task caa_ab_<name>
     open_test: Path | None = None  # custom behaviours: open-ended file -> generated task caa_open_<name>
-    tasks: list[str] | None = None  # templates; None = the sweep's `tasks`
+    tasks: list[str] | None = None  # templates; None = the sweep's `tasks`; [] = vector only (no cells)
 
     @property
     def task_name(self) -> str:
@@ -123,12 +123,8 @@ def _behaviour_entry(item: Any, source: str, base: Path, fix: str) -> Behaviour:
         )
     name = str(item["name"]).strip()
     tasks = None
-    if "tasks" in item:
+    if "tasks" in item:  # [] = vector only: extracted and counted in CAA's normalisation, runs no cell
         tasks = [str(t) for t in as_list(item["tasks"])]
-        if not tasks:
-            raise config_error(
-                source, "behaviours", f"entry {name!r}: empty tasks", "list at least one task or drop the field"
-            )
     if item.get("pairs") is None:
         if item.get("ab_test") or item.get("open_test"):
             raise config_error(
