@@ -131,6 +131,7 @@ def token_cosines(
     chat_template: bool = True,
     site: str = "residual",
     meta: dict[str, Any] | None = None,
+    answer: str | None = None,
 ) -> TokenCosines:
     """Per-token cosine similarity of `text` (and, with `generate`, the model's answer) with `vector`.
 
@@ -144,11 +145,15 @@ def token_cosines(
         chat_template: see `prompt_ids`.
         site: where the vector was read (`residual`, `mlp`, `attn`).
         meta: provenance copied into the result.
+        answer: a given answer appended after the prompt (e.g. a steered generation from a run), instead of
+            generating one.
     """
     ids = prompt_ids(tokenizer, text, chat_template)
     n_prompt = len(ids)
     if generate:
         ids = ids + generate_answer(model, tokenizer, ids, generate)
+    elif answer is not None:
+        ids = ids + list(tokenizer(answer, add_special_tokens=False)["input_ids"])
     cos = cosine_rows(site_activations(model, ids, layer, site), vector)
     tokens = [tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False) for i in ids]
     info = {"chat_template": bool(chat_template), "generated_tokens": len(ids) - n_prompt, **(meta or {})}

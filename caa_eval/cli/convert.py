@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from caa_eval.cli.arguments import custom, free, parsed, vector_file
 from caa_eval.core.formats import TARGETS
+from caa_eval.vocab import parse_multiplier
 
 # where each target steers: compare with steered-hf positions=... (docs/vectors.md has the table)
 _POSITIONS = {
@@ -51,3 +53,17 @@ def run(args: argparse.Namespace) -> int:
         print(path)
     print(f"caa-eval layer N is {args.to}'s layer N; {_POSITIONS[args.to]}")
     return 0
+
+
+def _target(args: argparse.Namespace) -> None:
+    from caa_eval.core.formats import check_target
+
+    check_target(args.to, args.out)
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    vector_file("file"),
+    custom("--out", "a file with the target's suffix (.gguf, .pt), a folder for --to caa", _target),
+    free("--model-hint", "any model name"),
+    parsed("--multiplier", "a finite number", parse_multiplier),
+]

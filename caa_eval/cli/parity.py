@@ -7,7 +7,19 @@ import json
 import time
 from pathlib import Path
 
+from caa_eval.cli.arguments import (
+    after_load,
+    custom,
+    device,
+    existing_path,
+    free,
+    number,
+    parsed,
+    vector_file,
+    vector_file_layers,
+)
 from caa_eval.models import DEFAULT_MODEL
+from caa_eval.vocab import parse_layers, parse_multiplier
 
 OUTPUTS = {"json": "file"}
 
@@ -65,3 +77,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     print(f"verdict: {report.verdict()}  ({time.monotonic() - start:.0f} s)")
     return 0
+
+
+def _backends(args: argparse.Namespace) -> None:
+    from caa_eval.lmeval.parity import check_backends
+
+    check_backends(args.backends)
+
+
+def _layers_in_vector(args: argparse.Namespace) -> None:
+    from caa_eval.errors import CAAEvalError
+
+    layers, held = parse_layers(args.layer, name="--layer"), vector_file_layers(args.vector)
+    missing = sorted(set(layers or []) - set(held)) if held is not None else []
+    if missing:
+        raise CAAEvalError(f"--layer {args.layer}: {args.vector} holds layers {held}, not {missing}; pick from those")
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    after_load("--model", "an HF model path or the embedded alias", "when the first backend loads it"),
+    vector_file("--vector"),
+    custom("--layer", "layer(s) the vector file holds: 13, [12,13] or 10-14", _layers_in_vector),
+    parsed("--multiplier", "a finite number", parse_multiplier),
+    free("--task", "an lm-eval task with log-likelihood requests", "when lm-eval builds it", False),
+    number("--limit", ge=1, integer=True, example="12", why="a number of items"),
+    custom("--backends", "two or more of steered-hf, lm-eval-steered, llama-cpp (installed)", _backends),
+    existing_path("--gguf"),
+    number("--batch-size", ge=1, integer=True, example="8", why="a batch holds at least one item"),
+    device(),
+    number("--tolerance", gt=0, example="1e-4", why="agreement is |Δ log p| below a positive bound"),
+]

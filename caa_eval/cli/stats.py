@@ -12,7 +12,7 @@ from caa_eval.files import write_atomic
 
 __all__ = ["configure", "run", "add_common_arguments", "COMMON_ARGUMENTS", "metrics_argument", "OUTPUTS", "ARGUMENTS"]
 
-OUTPUTS = {"json": "file", "csv": "file"}
+OUTPUTS = {"json": "file", "csv": "file", "html": "file"}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="long table (.csv/.jsonl) or a sweep / lm_eval output folder")
     parser.add_argument("--json", type=Path, help="write settings, one row per cell and dose-response here")
     parser.add_argument("--csv", type=Path, help="write one row per cell here")
+    parser.add_argument("--html", type=Path, help="write the whole report as one self-contained HTML page here")
     parser.add_argument(
         "--metrics",
         default="primary",
@@ -109,7 +110,32 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         write_atomic(args.csv, cells.to_csv(index=False))
         print(f"wrote {args.csv}")
+    if args.html:
+        _write_html(args)
+        print(f"wrote {args.html}")
     return 0
+
+
+def _write_html(args: argparse.Namespace) -> None:
+    """The report page for this input, built in a scratch folder (figures are inlined, so only the page stays)."""
+    import tempfile
+
+    from caa_eval.report import build_report
+    from caa_eval.report.html import write_html
+
+    with tempfile.TemporaryDirectory(prefix="caa-eval-html-") as tmp:
+        build_report(
+            args.input,
+            tmp,
+            alpha=args.alpha,
+            seed=args.seed,
+            n_resamples=args.n_resamples,
+            n_permutations=args.n_permutations,
+            primary_test=args.test,
+        )
+        report = json.loads((Path(tmp) / "report.json").read_text(encoding="utf-8"))
+        page = write_html(report, tmp, args.input, page_dir=args.html.resolve().parent)
+        write_atomic(args.html, page.read_text(encoding="utf-8"))
 
 
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)

@@ -215,6 +215,8 @@ def pareto_figure(pareto: pd.DataFrame, reference: str, out_dir: Path) -> str | 
             for sign in (1, -1):
                 side = eff[np.sign(eff["effect"]) * sign >= 0]
                 ax.plot(side[column], side["effect"], "-", color="red", linewidth=0.8)
+            if not np.isfinite(x).any():
+                ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", color="grey")
             ax.axhline(0, color="grey", linewidth=0.5)
             ax.set_xlabel(label)
             ax.set_ylabel(f"effect on {part['task'].iloc[0]}")
@@ -223,6 +225,32 @@ def pareto_figure(pareto: pd.DataFrame, reference: str, out_dir: Path) -> str | 
                 ax.legend(fontsize=7)
     save_png(fig, out_dir / "pareto.png")
     return "pareto.png"
+
+
+def _fluency(diag: pd.DataFrame, alpha: float, stats: dict[str, Any]) -> pd.DataFrame:
+    """The fluency metrics' cells: paired tests vs multiplier 0, Holm over this family only."""
+    rows = diag[diag["metric"].isin(FLUENCY_METRICS)] if not diag.empty else diag
+    return compute_stats(rows.reset_index(drop=True), alpha=alpha, **stats) if not rows.empty else rows
+
+
+def _pareto_records(pareto: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """report.json `pareto`: per behaviour, its settings as the documented records."""
+    out = {}
+    for behaviour, part in pareto.groupby("behaviour", sort=True):
+        out[str(behaviour)] = [
+            {
+                "condition": r["condition"],
+                "layer": r["layer"],
+                "multiplier": r["multiplier"],
+                "effect": r["effect"],
+                "effect_ci": [r["effect_ci_low"], r["effect_ci_high"]],
+                "kl": r["kl"],
+                "mmlu_change": r["mmlu_change"],
+                "efficient": r["efficient"],
+            }
+            for r in to_records(part)
+        ]
+    return out
 
 
 def cost_sections(
@@ -239,27 +267,19 @@ def cost_sections(
         **stats: seed, n_resamples, n_permutations, primary_test (as for compute_stats).
     """
     found = CostSections()
-    flu_rows = diag[diag["metric"].isin(FLUENCY_METRICS)] if not diag.empty else diag
-    flu = compute_stats(flu_rows.reset_index(drop=True), alpha=alpha, **stats) if not flu_rows.empty else flu_rows
-    found.fluency = (
-        to_records(
-            flu[
-                [
-                    *_FLUENCY_KEY,
-                    "metric",
-                    "n",
-                    "mean",
-                    "diff_vs_0",
-                    "diff_ci_low",
-                    "diff_ci_high",
-                    "p_holm",
-                    "significant",
-                ]
-            ]
-        )
-        if not flu.empty
-        else []
-    )
+    flu = _fluency(diag, alpha, stats)
+    columns = [
+        *_FLUENCY_KEY,
+        "metric",
+        "n",
+        "mean",
+        "diff_vs_0",
+        "diff_ci_low",
+        "diff_ci_high",
+        "p_holm",
+        "significant",
+    ]
+    found.fluency = to_records(flu[columns]) if not flu.empty else []
     found.lines = fluency_markdown(flu, alpha)
     if isinstance(source, pd.DataFrame) or not Path(source).is_dir():
         found.lines += ["## Steering vs prompting at equal cost", "", "Needs the run or sweep folder (KL).", ""]
@@ -272,18 +292,5 @@ def cost_sections(
     if figure:
         found.figures.append({"file": figure, "kind": "pareto", "title": "Steering vs prompting at equal cost"})
     found.lines += pareto_markdown(pareto, found.reference, figure)
-    for behaviour, part in pareto.groupby("behaviour", sort=True):
-        found.pareto[str(behaviour)] = [
-            {
-                "condition": r["condition"],
-                "layer": r["layer"],
-                "multiplier": r["multiplier"],
-                "effect": r["effect"],
-                "effect_ci": [r["effect_ci_low"], r["effect_ci_high"]],
-                "kl": r["kl"],
-                "mmlu_change": r["mmlu_change"],
-                "efficient": r["efficient"],
-            }
-            for r in to_records(part)
-        ]
+    found.pareto = _pareto_records(pareto)
     return found

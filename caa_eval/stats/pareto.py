@@ -162,7 +162,11 @@ def pareto_table(
                 | {"effect": macro_mean(diff, subjects) if diff.size else math.nan}
                 | {"effect_ci_low": low, "effect_ci_high": high}
                 | {"kl": 0.0 if is_ref else (math.nan if kl is None else float(kl))}
-                | {"mmlu_change": 0.0 if is_ref else _mmlu_change(mmlu, behaviour, key, mmlu_ref)}
+                | {
+                    "mmlu_change": 0.0
+                    if is_ref and not mmlu_ref.empty
+                    else _mmlu_change(mmlu, behaviour, key, mmlu_ref)
+                }
             )
     frame = pd.DataFrame(out, columns=[c for c in PARETO_COLUMNS if c != "efficient"])
     frame["efficient"] = False

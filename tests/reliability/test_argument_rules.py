@@ -54,6 +54,8 @@ BASE: dict[str, list[str]] = {  # argv that passes every rule (test_base_argv_re
     "steerability": ["steerability", "{scores}/good.csv"],
     "reproduce run": ["reproduce", "run", "ab-7b", "--dry-run", "--out", "{out}/repro"],
     "reproduce compare": ["reproduce", "compare", "{scores}/good.csv", "--reference", "ab-7b"],
+    "convert": ["convert", VEC, "--to", "gguf", "--out", "{out}/v.gguf"],
+    "parity": ["parity", "--model", "{tiny}", "--vector", VEC, "--layer", "1", "--task", "caa_demo_optimism_ab"],
 }
 
 # (command, argument) -> (bad argv: appended to BASE, or a whole argv starting with the command; text the one
@@ -92,6 +94,21 @@ BAD: dict[tuple[str, str], tuple[list[str], str]] = {
     ("report", "--seed"): (["--seed", "-3"], "--seed"),
     ("report", "--n-resamples"): (["--n-resamples", "99"], "--n-resamples"),
     ("report", "--n-permutations"): (["--n-permutations", "0"], "--n-permutations"),
+    ("convert", "file"): (["convert", "{vec}/nope.safetensors", "--to", "gguf", "--out", "{out}/v.gguf"], "file"),
+    ("convert", "--out"): (["--out", "{out}/v.safetensors"], "--out"),
+    ("convert", "--multiplier"): (["--multiplier", "nan"], "--multiplier"),
+    ("parity", "--vector"): (["--vector", "{vec}/nope.safetensors"], "--vector"),
+    ("parity", "--layer"): (["--layer", "3"], "--layer"),
+    ("parity", "--multiplier"): (["--multiplier", "inf"], "--multiplier"),
+    ("parity", "--limit"): (["--limit", "0"], "--limit"),
+    ("parity", "--backends"): (["--backends", "steered-hf"], "--backends"),
+    ("parity", "--gguf"): (["--gguf", "{out}/nope.gguf"], "--gguf"),
+    ("parity", "--batch-size"): (["--batch-size", "0"], "--batch-size"),
+    ("parity", "--device"): (["--device", "gpu"], "--device"),
+    ("parity", "--tolerance"): (["--tolerance", "0"], "--tolerance"),
+    ("report", "--tokens"): (["--tokens", "-1"], "--tokens"),
+    ("report", "--tokens#2"): (["--tokens", "2"], "--tokens"),  # a long table has no model to draw tokens with
+    ("report", "--device"): (["--device", "gpu"], "--device"),
     ("sweep", "config"): (["sweep", "{sweep}/configs/nope.yaml"], "config"),
     ("sweep", "config#2"): (["sweep", "{sweep}/configs/typo.yaml"], "multiplers"),
     ("sweep", "--out"): (["--out", "{file}/run"], "--out"),
@@ -319,6 +336,8 @@ UNTESTED_AFTER_LOAD = {  # rows whose value only the load itself (or the first e
     ("judge", "--judge-model"),
     ("elicit", "--task"),
     ("elicit", "--metric"),
+    ("parity", "--model"),
+    ("parity", "--task"),
 }
 
 

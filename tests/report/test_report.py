@@ -318,7 +318,7 @@ def test_report_from_csv_via_cli(tmp_path, capsys):
     # rerun into the same folder: files are replaced, not duplicated
     assert cli.main(["report", str(csv), "--out", str(out), "--n-resamples", "300", "--n-permutations", "999"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["report.md", "report.json"] + [f["file"] for f in report["figures"]]
+        ["report.md", "report.json", "report.html"] + [f["file"] for f in report["figures"]]
     )
 
 
