@@ -38,7 +38,7 @@ def write_custom_tasks(cfg: SweepConfig, folder: Path) -> list[str]:
                 f"task: {name}",
                 "dataset_kwargs:",
                 f"  test_file: {json.dumps(str(test_file.resolve()))}",
-                f"  behaviour: {json.dumps(b.name)}",
+                f"  caa_behaviour: {json.dumps(b.name)}",  # the docs' behaviour (judge rubric, labels)
             ]
             if kind == "ab" and b.pairs is not None:  # a test question that is also a pair stops the run
                 lines.append(f"  pairs_file: {json.dumps(str(b.pairs.resolve()))}")
