@@ -10,6 +10,7 @@ answer tokens are the tail), so the trained tokens are the ones the A/B task sco
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "TrainingData",
     "training_data",
     "check_held_out",
+    "split_holdout",
 ]
 
 log = logging.getLogger(__name__)
@@ -162,3 +164,26 @@ def check_held_out(
             "no CAA A/B test file found (set CAA_EVAL_DATA_DIR); could not check that %s holds no test item", pairs_path
         )
     return checked
+
+
+def split_holdout(
+    pairs: Sequence[data.ContrastPair], fraction: float, seed: int
+) -> tuple[list[data.ContrastPair], list[data.ContrastPair]]:
+    """(training pairs, held-out pairs): a seeded random `fraction` of the questions is never trained on.
+
+    The split is by question text, so a question repeated in the file lands on one side only.
+
+    Args:
+        pairs: the training data's pairs.
+        fraction: share of the questions held out, in (0, 1).
+        seed: the finetune's seed (the same seed gives the same slice).
+    """
+    questions = list(dict.fromkeys(p.question for p in pairs))
+    n_out = round(len(questions) * fraction)
+    if n_out < 1 or n_out >= len(questions):
+        raise CAAEvalError(
+            f"--holdout-fraction {fraction:g} of {len(questions)} distinct questions leaves "
+            f"{n_out} held out and {len(questions) - n_out} to train on; use more pairs or another fraction"
+        )
+    held = set(random.Random(f"holdout-{seed}").sample(questions, n_out))
+    return [p for p in pairs if p.question not in held], [p for p in pairs if p.question in held]
