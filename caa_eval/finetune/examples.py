@@ -166,24 +166,22 @@ def check_held_out(
     return checked
 
 
-def split_holdout(
-    pairs: Sequence[data.ContrastPair], fraction: float, seed: int
-) -> tuple[list[data.ContrastPair], list[data.ContrastPair]]:
-    """(training pairs, held-out pairs): a seeded random `fraction` of the questions is never trained on.
+def split_holdout(pairs: Sequence[data.ContrastPair], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training item indices, held-out item indices): a seeded random `fraction` of the items is never
+    trained on, so p(match) on it says whether the finetune generalises beyond its own items.
 
-    The split is by question text, so a question repeated in the file lands on one side only.
+    (The pair loader refuses repeated questions, so disjoint items are disjoint questions.)
 
     Args:
-        pairs: the training data's pairs.
-        fraction: share of the questions held out, in (0, 1).
+        pairs: the training data's pairs, in file order.
+        fraction: share of the items held out, in (0, 1).
         seed: the finetune's seed (the same seed gives the same slice).
     """
-    questions = list(dict.fromkeys(p.question for p in pairs))
-    n_out = round(len(questions) * fraction)
-    if n_out < 1 or n_out >= len(questions):
+    n_out = round(len(pairs) * fraction)
+    if n_out < 1 or n_out >= len(pairs):
         raise CAAEvalError(
-            f"--holdout-fraction {fraction:g} of {len(questions)} distinct questions leaves "
-            f"{n_out} held out and {len(questions) - n_out} to train on; use more pairs or another fraction"
+            f"--holdout-fraction {fraction:g} of {len(pairs)} pairs leaves {n_out} held out and "
+            f"{len(pairs) - n_out} to train on; use more pairs or another fraction"
         )
-    held = set(random.Random(f"holdout-{seed}").sample(questions, n_out))
-    return [p for p in pairs if p.question not in held], [p for p in pairs if p.question in held]
+    held = set(random.Random(f"holdout-{seed}").sample(range(len(pairs)), n_out))
+    return [i for i in range(len(pairs)) if i not in held], sorted(held)

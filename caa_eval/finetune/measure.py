@@ -154,15 +154,22 @@ def target_line(info: dict[str, Any]) -> str | None:
 
 
 def shift_warning(info: dict[str, Any]) -> str | None:
-    """One line naming what to change when the held-out shift in the taught direction is below `MIN_SHIFT`.
+    """One line naming what to change when the held-out shift in the taught direction is below `MIN_SHIFT`,
+    or short of a `--target-shift` that was not reached (None when the finetune took).
 
     Args:
         info: a finetune record with `heldout_shift`.
     """
-    shift = info["heldout_shift"]
+    shift, direction = info["heldout_shift"], info["direction"]
+    target = info["hyperparameters"].get("target_shift")
+    if target is not None and not info.get("target_reached"):
+        return (
+            f"held-out p(match) moved {shift:+.3f} toward {direction}, short of --target-shift {target:g} in "
+            f"{info['steps']} steps; use more pairs, a higher --max-steps or --lr, or a smaller --target-shift"
+        )
     if shift >= MIN_SHIFT:
         return None
     return (
-        f"held-out p(match) moved only {shift:+.3f} toward {info['direction']} (< {MIN_SHIFT}): the adapter barely "
+        f"held-out p(match) moved only {shift:+.3f} toward {direction} (< {MIN_SHIFT}): the adapter barely "
         "changed the model; use more pairs, more --epochs, a higher --lr, or --target-shift 0.1 (up to --max-steps)"
     )

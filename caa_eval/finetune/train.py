@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from caa_eval import __version__, data
+from caa_eval import __version__
+from caa_eval.data import ContrastPair
 from caa_eval.errors import CAAEvalError
 from caa_eval.finetune.adapter import base_fingerprint, is_complete, write_info
 from caa_eval.finetune.examples import (
@@ -282,7 +283,7 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
 def _train_measured(
     model: torch.nn.Module,
     tokenizer: Any,
-    split: tuple[list[data.ContrastPair], list[data.ContrastPair]],
+    split: tuple[list[ContrastPair], list[ContrastPair]],
     cfg: FinetuneConfig,
     progress: bool,
 ) -> tuple[FinetuneResult, dict[str, Any]]:
@@ -384,11 +385,12 @@ def finetune_to_dir(
         what = "an adapter" if is_complete(out) else "files"
         raise CAAEvalError(f"--out {out} already holds {what}; choose a new folder or pass --overwrite")
     train = training_data(behaviour, data_path, data_dir, held_out)
-    split = split_holdout(train.pairs, cfg.holdout_fraction, cfg.seed)
+    fit_items, heldout_items = split_holdout(train.pairs, cfg.holdout_fraction, cfg.seed)
+    split = [train.pairs[i] for i in fit_items], [train.pairs[i] for i in heldout_items]
     device, dtype = _device_and_dtype(device, dtype)
     model, tokenizer = load_model(model_name, dtype=dtype)
     model.to(device)
-    info = _record(model_name, base_fingerprint(model), train, cfg)
+    info = _record(model_name, base_fingerprint(model), train, cfg) | {"heldout_items": heldout_items}
     log.info(
         "finetuning %s %s on %d of %d %s pairs (%s), %d held out, up to %d step(s)",
         *(model_name, cfg.direction, len(split[0]), len(train.pairs), train.behaviour, train.path, len(split[1])),
