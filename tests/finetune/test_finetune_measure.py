@@ -119,3 +119,97 @@ def test_before_and_after_equal_an_independent_steered_hf_scoring(tiny_model_dir
         reference_after = _reference_p_match(tiny_model_dir, tok, chosen, peft=peft)
         assert info["p_match_after"][side] == pytest.approx(reference_after, abs=1e-5)
     assert info["p_match_after"]["heldout"] > info["p_match_before"]["heldout"] + 0.3, "the planted pairs not learnt"
+
+
+def _cli(tiny_model_dir, planted_data, out, *flags: str) -> list[str]:
+    return [
+        "finetune",
+        *("--model", str(tiny_model_dir), "--data", str(planted_data["pairs"]), "--behaviour-label", "sycophancy"),
+        *("--data-dir", str(planted_data["caa"]), "--direction", "pos", "--out", str(out)),
+        *("--lr", "3e-3", "--batch-size", "4", "--seed", "1", *flags),
+    ]
+
+
+def test_target_shift_stops_at_the_first_check_past_the_target(tiny_model_dir, planted_data, tmp_path, capsys):
+    out = tmp_path / "target"
+    flags = ("--target-shift", "0.5", "--eval-every", "2", "--max-steps", "40")
+    assert cli_main(_cli(tiny_model_dir, planted_data, out, *flags)) == 0
+    stdout, stderr = capsys.readouterr()
+    info = read_info(out)
+    curve = info["p_match_curve"]
+    shifts = [c["heldout"] - info["p_match_before"]["heldout"] for c in curve]
+    assert [c["step"] for c in curve] == list(range(0, 2 * len(curve), 2)), "checked off the --eval-every grid"
+    assert curve[0]["heldout"] == info["p_match_before"]["heldout"]
+    assert len(curve) >= 3 and all(s < 0.5 for s in shifts[:-1]) and shifts[-1] >= 0.5, shifts
+    assert info["steps"] == curve[-1]["step"] < 40 and len(info["loss_history"]) == info["steps"]
+    assert info["target_reached"] is True and info["p_match_after"]["heldout"] == curve[-1]["heldout"]
+    assert f"reached at step {info['steps']}: stopped early" in stdout and "warning" not in stderr
+
+
+def test_unreached_target_exits_0_with_the_warning(tiny_model_dir, planted_data, tmp_path, capsys):
+    out = tmp_path / "short"
+    flags = ("--target-shift", "0.99", "--eval-every", "2", "--max-steps", "3")
+    assert cli_main(_cli(tiny_model_dir, planted_data, out, *flags)) == 0
+    stdout, stderr = capsys.readouterr()
+    info = read_info(out)
+    assert (
+        info["target_reached"] is False
+        and info["steps"] == 3
+        and [c["step"] for c in info["p_match_curve"]]
+        == [
+            0,
+            2,
+        ]
+    )
+    assert "not reached in 3 steps" in stdout
+    (line,) = stderr.strip().splitlines()[-1:]
+    assert "short of --target-shift 0.99" in line and "--max-steps" in line
+
+
+@pytest.mark.parametrize("lr, steps, small", [("1e-3", 1, True), ("3e-3", 2, False)])
+def test_warning_iff_the_held_out_shift_is_below_0_05(tiny_model_dir, planted_data, tmp_path, capsys, lr, steps, small):
+    out = tmp_path / f"steps{steps}"
+    assert cli_main(_cli(tiny_model_dir, planted_data, out, "--max-steps", str(steps), "--lr", lr)) == 0
+    stdout, stderr = capsys.readouterr()
+    info = read_info(out)
+    before, after = info["p_match_before"], info["p_match_after"]
+    shift = after["heldout"] - before["heldout"]
+    assert info["heldout_shift"] == pytest.approx(shift, abs=1e-12)
+    line = (
+        f"p(match) train {before['train']:.3f} → {after['train']:.3f}, "
+        f"held-out {before['heldout']:.3f} → {after['heldout']:.3f} (pos)"
+    )
+    assert line in stdout.splitlines()
+    warned = [x for x in stderr.splitlines() if "warning" in x]
+    # one step at 1e-3 moves the planted behaviour a little (< 0.05), two at 3e-3 a lot (~0.27)
+    assert (shift < 0.05) == small and shift > 0, shift
+    if shift < 0.05:
+        assert len(warned) == 1 and stderr.strip().splitlines()[-1] == warned[0], stderr
+        assert all(w in warned[0] for w in ("more pairs", "--epochs", "--lr", "--target-shift"))
+    else:
+        assert warned == [], stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--holdout-fraction", "0"), "holdout_fraction=0"),
+        (("--holdout-fraction", "1"), "holdout_fraction=1"),
+        (("--target-shift", "0"), "target_shift=0"),
+        (("--target-shift", "1.5"), "target_shift=1.5"),
+        (("--max-steps", "0"), "max_steps=0"),
+        (("--eval-every", "-1"), "eval_every=-1"),
+    ],
+)
+def test_bad_new_flags_are_one_line_errors_before_the_model_loads(
+    tiny_model_dir, planted_data, tmp_path, capsys, monkeypatch, flags, message
+):
+    import caa_eval.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr(caa_eval.models, "load_model", no_load)
+    assert cli_main(_cli(tiny_model_dir, planted_data, tmp_path / "bad", *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("caa-eval finetune: error:") and message in err[0], err
