@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from caa_eval.finetune.train import FinetuneConfig
 
 OUTPUTS = {"out": "folder"}  # checked writable by the dispatcher before the model loads
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from caa_eval.finetune.train import MIN_STEPS, FinetuneConfig
+    from caa_eval.finetune.train import FinetuneConfig
     from caa_eval.models import DEFAULT_MODEL
 
     d = FinetuneConfig()
@@ -32,6 +36,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="pos: teach the answer matching the behaviour; neg: the non-matching answer",
     )
     parser.add_argument("--out", type=Path, required=True, help="adapter folder to create")
+    _training_flags(parser, d)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="save GPU memory (7B+ models)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:1")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="auto: bfloat16 on GPU, float32 on CPU",
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help="CAA data folder (default: CAA_EVAL_DATA_DIR)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing adapter folder")
+
+
+def _training_flags(parser: argparse.ArgumentParser, d: FinetuneConfig) -> None:
+    from caa_eval.finetune.train import MIN_STEPS
+
     parser.add_argument(
         "--epochs",
         type=int,
@@ -65,17 +86,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=d.eval_every,
         help=f"with --target-shift: score the held-out slice every N steps (default {d.eval_every})",
     )
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="save GPU memory (7B+ models)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:1")
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto: bfloat16 on GPU, float32 on CPU",
-    )
-    parser.add_argument("--data-dir", type=Path, default=None, help="CAA data folder (default: CAA_EVAL_DATA_DIR)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing adapter folder")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -347,6 +347,14 @@ def _save(model: torch.nn.Module, info: dict[str, Any], out: Path) -> None:
     tmp.rename(out)
 
 
+def _check_out(out: str | Path, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        what = "an adapter" if is_complete(out) else "files"
+        raise CAAEvalError(f"--out {out} already holds {what}; choose a new folder or pass --overwrite")
+    return out
+
+
 def finetune_to_dir(
     model_name: str,
     out: str | Path,
@@ -380,10 +388,7 @@ def finetune_to_dir(
     """
     from caa_eval.models import load_model
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        what = "an adapter" if is_complete(out) else "files"
-        raise CAAEvalError(f"--out {out} already holds {what}; choose a new folder or pass --overwrite")
+    out = _check_out(out, overwrite)
     train = training_data(behaviour, data_path, data_dir, held_out)
     fit_items, heldout_items = split_holdout(train.pairs, cfg.holdout_fraction, cfg.seed)
     split = [train.pairs[i] for i in fit_items], [train.pairs[i] for i in heldout_items]

@@ -18,7 +18,7 @@ from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 from caa_eval.report.figures import dose_figures, layer_figures
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
-from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
+from caa_eval.report.table4 import finetune_shifts, sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
     cells_markdown,
     diagnostics_markdown,
@@ -195,6 +195,7 @@ def build_report(
         "dose_response": to_records(dose),
         "tables": tables,
         "table4": table4,
+        "finetune_shifts": finetune_shifts(source) if table4 and not isinstance(source, pd.DataFrame) else [],
         "diagnostics": _diagnostics(diag),
         "figures": figures,
         "warnings": notes,
@@ -279,7 +280,7 @@ def render_markdown(
         ]
         for t in behaviour_tables:
             lines += [f"### {t['title']}", "", table_markdown(t), ""]
-    lines += table4_section(report.get("table4") or [], alpha)
+    lines += table4_section(report.get("table4") or [], alpha, report.get("finetune_shifts"))
     if mmlu_tables:
         lines += [
             "## MMLU p(correct) by behaviour vector and multiplier (Table 5 shape)",
