@@ -110,13 +110,15 @@ def p_match(model: torch.nn.Module, scoring: ScoringSet, pad_id: int, batch: int
         raise CAAEvalError("no items to score")
     training = model.training
     model.eval()
+    order = sorted(range(len(scoring)), key=lambda i: len(scoring.contexts[i]))  # similar lengths: little padding
     scores = []
     with torch.no_grad():
-        for start in range(0, len(scoring), batch):
-            logprobs = _last_logprobs(model, scoring.contexts[start : start + batch], pad_id)
-            for k, row in enumerate(logprobs):
-                a, b = scoring.letters[start + k]
-                scores.append(ab_scores(float(row[a]), float(row[b]), scoring.matching[start + k])["p_match"])
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            logprobs = _last_logprobs(model, [scoring.contexts[i] for i in chunk], pad_id)
+            for i, row in zip(chunk, logprobs):
+                a, b = scoring.letters[i]
+                scores.append(ab_scores(float(row[a]), float(row[b]), scoring.matching[i])["p_match"])
     model.train(training)
     return float(sum(scores) / len(scores))
 
