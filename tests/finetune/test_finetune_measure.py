@@ -132,14 +132,15 @@ def _cli(tiny_model_dir, planted_data, out, *flags: str) -> list[str]:
 
 def test_target_shift_stops_at_the_first_check_past_the_target(tiny_model_dir, planted_data, tmp_path, capsys):
     out = tmp_path / "target"
-    flags = ("--target-shift", "0.5", "--eval-every", "2", "--max-steps", "40")
+    flags = ("--target-shift", "0.5", "--eval-every", "1", "--max-steps", "40")
     assert cli_main(_cli(tiny_model_dir, planted_data, out, *flags)) == 0
     stdout, stderr = capsys.readouterr()
     info = read_info(out)
     curve = info["p_match_curve"]
     shifts = [c["heldout"] - info["p_match_before"]["heldout"] for c in curve]
-    assert [c["step"] for c in curve] == list(range(0, 2 * len(curve), 2)), "checked off the --eval-every grid"
+    assert [c["step"] for c in curve] == list(range(len(curve))), "not checked every step"
     assert curve[0]["heldout"] == info["p_match_before"]["heldout"]
+    # the planted curve rises 0, .01, .07, .30, .75: a stop at .30 (half the target) or later would fail here
     assert len(curve) >= 3 and all(s < 0.5 for s in shifts[:-1]) and shifts[-1] >= 0.5, shifts
     assert info["steps"] == curve[-1]["step"] < 40 and len(info["loss_history"]) == info["steps"]
     assert info["target_reached"] is True and info["p_match_after"]["heldout"] == curve[-1]["heldout"]
@@ -166,10 +167,10 @@ def test_unreached_target_exits_0_with_the_warning(tiny_model_dir, planted_data,
     assert "short of --target-shift 0.99" in line and "--max-steps" in line
 
 
-@pytest.mark.parametrize("lr, steps, small", [("1e-3", 1, True), ("3e-3", 2, False)])
-def test_warning_iff_the_held_out_shift_is_below_0_05(tiny_model_dir, planted_data, tmp_path, capsys, lr, steps, small):
-    out = tmp_path / f"steps{steps}"
-    assert cli_main(_cli(tiny_model_dir, planted_data, out, "--max-steps", str(steps), "--lr", lr)) == 0
+@pytest.mark.parametrize("lr, small", [("1.5e-3", True), ("3e-3", False)])
+def test_warning_iff_the_held_out_shift_is_below_0_05(tiny_model_dir, planted_data, tmp_path, capsys, lr, small):
+    out = tmp_path / f"lr{lr}"
+    assert cli_main(_cli(tiny_model_dir, planted_data, out, "--max-steps", "1", "--lr", lr)) == 0
     stdout, stderr = capsys.readouterr()
     info = read_info(out)
     before, after = info["p_match_before"], info["p_match_after"]
@@ -181,8 +182,8 @@ def test_warning_iff_the_held_out_shift_is_below_0_05(tiny_model_dir, planted_da
     )
     assert line in stdout.splitlines()
     warned = [x for x in stderr.splitlines() if "warning" in x]
-    # one step at 1e-3 moves the planted behaviour a little (< 0.05), two at 3e-3 a lot (~0.27)
-    assert (shift < 0.05) == small and shift > 0, shift
+    # one step moves the planted behaviour +0.033 at lr 1.5e-3 and +0.097 at 3e-3: either side of 0.05
+    assert (shift < 0.05) == small and shift > 0.02, shift
     if shift < 0.05:
         assert len(warned) == 1 and stderr.strip().splitlines()[-1] == warned[0], stderr
         assert all(w in warned[0] for w in ("more pairs", "--epochs", "--lr", "--target-shift"))
