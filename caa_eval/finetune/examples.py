@@ -115,7 +115,9 @@ def training_data(
     """
     if behaviour is None and data_path is None:
         raise CAAEvalError("name the training data: --behavior NAME (CAA's generate set) or --data FILE")
-    path = Path(data_path) if data_path is not None else data.resolve_behaviour_pairs(behaviour, "generate", data_dir)
+    path = (
+        Path(data_path) if data_path is not None else data.resolve_behaviour_pairs(str(behaviour), "generate", data_dir)
+    )
     pairs = data.load_contrast_pairs(path)
     for i, pair in enumerate(pairs):
         if {pair.matching_letter, pair.not_matching_letter} != {"A", "B"}:

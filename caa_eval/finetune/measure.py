@@ -90,7 +90,7 @@ def _last_logprobs(model: torch.nn.Module, rows: list[list[int]], pad_id: int) -
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     kwargs["position_ids"] = positions.to(device)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
     if "logits_to_keep" in inspect.signature(base.forward).parameters:
         kwargs["logits_to_keep"] = 1
     logits = model(**kwargs).logits[:, -1, :]

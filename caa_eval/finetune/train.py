@@ -206,15 +206,15 @@ def _wrap_lora(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
 
     lora = LoraConfig(
         r=cfg.lora_r,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int, accepts float
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules,
         bias="none",
         task_type="CAUSAL_LM",
     )
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable()  # type: ignore[operator]
+        model.enable_input_require_grads()  # type: ignore[operator]
     return get_peft_model(model, lora)
 
 
@@ -340,7 +340,7 @@ def _save(model: torch.nn.Module, info: dict[str, Any], out: Path) -> None:
     """Write the adapter beside `out` and rename it when complete: a killed run leaves no finished-looking folder."""
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
+    model.save_pretrained(str(tmp))  # type: ignore[operator]
     write_info(tmp, info)
     if out.exists():
         shutil.rmtree(out)

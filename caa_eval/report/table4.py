@@ -180,13 +180,14 @@ def _pivot(
 ) -> dict[str, Any]:
     """The rows of one pivot, every test Holm/BH-corrected over the pivot and marked."""
     index, conditions, multipliers = layout["index"], layout["conditions"], layout["multipliers"]
-    rows, tests = [], []  # tests: (entries, multiplier label, kind, raw p)
+    rows: list[dict[str, Any]] = []
+    tests: list[tuple[Any, ...]] = []  # (entries, multiplier label, kind, raw p)
     for key, part in group.groupby(index, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         values = _entries(cells, part, conditions, multipliers, settings["primary_test"], tests)
         _versus_reference(values, part, layout, key, table, baselines, settings, tests)
         rows.append({"index": dict(zip(index, key)), "values": values})
-    raw = np.array([np.nan if p is None else p for *_, p in tests], dtype=float)
+    raw = np.array([np.nan if p is None else p for *_, p in tests], dtype=np.float64)
     holm, bh = adjust_pvalues(raw)
     for (entries, label, kind, _), p_holm, p_bh in zip(tests, holm, bh):
         entries[label] |= {f"p_{kind}_holm": _num(p_holm), f"p_{kind}_bh": _num(p_bh)}
@@ -220,7 +221,7 @@ def _entries(
             cell = base if m == 0 else next((c for _, c in mine.iterrows() if c["multiplier"] == m), None)
             if cell is None:
                 continue
-            entry = {
+            entry: dict[str, Any] = {
                 "mean": _num(cell["mean"]),
                 "ci_low": _num(cell["ci_low"]),
                 "ci_high": _num(cell["ci_high"]),

@@ -96,7 +96,7 @@ def _check_existing(cfg: SweepConfig, cond: Condition, b: Behaviour, folder: Pat
         "model": cfg.model,
         "behaviour": b.name,
         "data_sha256": data.file_sha256(_pairs(cfg, b)),
-        "hyperparameters": FinetuneConfig.from_mapping(cond.finetune).as_dict(),
+        "hyperparameters": FinetuneConfig.from_mapping(cond.finetune or {}).as_dict(),
     }
     changed = sorted(k for k, v in wanted.items() if info.get(k) != v)
     if changed:
@@ -153,7 +153,7 @@ def train_finetunes(
         info = finetune_to_dir(
             cfg.model,
             folder,
-            FinetuneConfig.from_mapping(cond.finetune, f"condition {cond.name}"),
+            FinetuneConfig.from_mapping(cond.finetune or {}, f"condition {cond.name}"),
             behaviour=b.name,
             data_path=b.pairs,
             data_dir=cfg.caa_data_dir,
