@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from caa_eval.errors import CAAEvalError
 
@@ -55,6 +55,10 @@ HOOK_NAMES = {
 POSITION_MODES = ("after_instruction", "all", "generated", "span", "regex")
 
 
+@overload
+def parse_layers(spec: Any, n_layers: int, name: str = ...) -> list[int]: ...
+@overload
+def parse_layers(spec: Any, n_layers: None = None, name: str = ...) -> list[int] | None: ...
 def parse_layers(spec: Any, n_layers: int | None = None, name: str = "layers") -> list[int] | None:
     """Resolve a layer spec to a sorted, non-empty list (None = every layer).
 
@@ -78,9 +82,9 @@ def parse_layers(spec: Any, n_layers: int | None = None, name: str = "layers") -
                 part = part.strip()
                 if not part:
                     continue
-                lo, sep, hi = part[1:].partition("-")
+                lo_text, sep, hi_text = part[1:].partition("-")
                 if sep:
-                    lo, hi = int(part[0] + lo), int(hi)
+                    lo, hi = int(part[0] + lo_text), int(hi_text)
                     if hi < lo:
                         raise CAAEvalError(f"{name}={spec!r}: the range {part} runs backwards; write {hi}-{lo}")
                     out.extend(range(lo, hi + 1))
@@ -173,6 +177,7 @@ TASK_FAMILIES: tuple[tuple[str, str, str, bool], ...] = (
     ("caa_open_", "caa_open", JUDGE_METRIC, True),
     ("caa_mmlu_2opt_full", "caa_mmlu_2opt_full", "p_correct", False),
     ("caa_mmlu_2opt", "caa_mmlu_2opt", "p_correct", False),
+    ("caa_tqa_2opt", "caa_tqa_2opt", "p_correct", False),
     ("caa_demo_", "caa_demo", "", True),
 )
 

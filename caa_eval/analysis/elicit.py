@@ -70,7 +70,7 @@ class Elicitation:
                 f"never reached up to multiplier {format_multiplier(self.max_multiplier)} "
                 f"(highest mean {top[1]:.3f} at {format_multiplier(top[0])})"
             )
-        if self.multiplier == 0:
+        if not self.multiplier:  # reached, so None cannot happen here; 0 means no steering was needed
             return f"already reached without steering (mean {self.baseline:.3f})"
         return f"reached at multiplier {format_multiplier(self.multiplier)} (mean {self.score_at:.3f})"
 

@@ -77,7 +77,7 @@ def prompt_ids(tokenizer: Any, text: str, chat_template: bool = True) -> list[in
 
 
 @torch.no_grad()
-def generate_answer(model: nn.Module, tokenizer: Any, ids: list[int], max_new_tokens: int) -> list[int]:
+def generate_answer(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int) -> list[int]:
     """Greedy, unsteered continuation of `ids` (at most `max_new_tokens` tokens, stops at EOS).
 
     Args:

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "elicit": ("elicit", "smallest multiplier that triggers a behaviour, with CIs (red-teaming, §9.1)"),
     "calibrate": ("calibrate", "multiplier for a target KL on neutral prompts; norm fraction and KL (§9.1)"),
     "finetune": ("finetune", "LoRA-finetune a model toward or away from a behaviour (Table 4)"),
+    "reproduce": ("reproduce", "run a paper experiment and compare it with CAA's published results"),
 }
 
 

@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         r
         for r in list_tasks(args.caa_data_dir, args.mmlu_dir)
-        if args.all or not (r.group and r.group.startswith("caa_mmlu_2opt"))
-    ]  # 57 subjects each: --all
+        if args.all or not (r.group and r.group.startswith(("caa_mmlu_2opt", "caa_tqa_2opt")))
+    ]  # 57 subjects / 32 categories each: --all
     problems: list[str] = []
     width = max(len(r.name) for r in rows) + 4
     print(f"{'task':<{width}}{'items':>7}  data")

@@ -215,8 +215,9 @@ def _full_rows_batch(
     read = torch.tensor([r.read for r in rows], device=device)
     diffs = {}
     for layer, out in outputs.items():
-        if rows[0].span is not None:
-            picked = torch.stack([out[i, r.span[0] : r.span[1]].mean(0) for i, r in enumerate(rows)])
+        spans = [r.span for r in rows]
+        if all(s is not None for s in spans):
+            picked = torch.stack([out[i, s[0] : s[1]].mean(0) for i, s in enumerate(spans) if s is not None])
         else:
             picked = out[torch.arange(len(rows), device=device), read]
         diffs[layer] = (picked[0::2] - picked[1::2]).float()
@@ -238,7 +239,7 @@ def extract_vectors(
 
     read="answer_mean" averages over the answer's tokens instead, for pairs whose answers are full texts:
     a documented variant for models too small to answer A/B questions (the demo), not CAA's protocol."""
-    layers = parse_layers(layers, len(decoder_layers(model)))
+    chosen = parse_layers(layers, len(decoder_layers(model)))
     if batch_size < 1:
         raise CAAEvalError("--batch-size must be at least 1")
     rows = build_rows(tokenizer, pairs, system_prompt, read)
@@ -247,8 +248,8 @@ def extract_vectors(
     device = next(model.parameters()).device
     base = decoder_base(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0].ids))  # similar lengths share a batch
-    sums = {layer: torch.zeros(hidden_size(model), dtype=torch.float64) for layer in layers}
-    reader = _Reader(model, layers, site)
+    sums = {layer: torch.zeros(hidden_size(model), dtype=torch.float64) for layer in chosen}
+    reader = _Reader(model, chosen, site)
     was_training = model.training
     model.eval()
     try:
@@ -265,7 +266,7 @@ def extract_vectors(
     finally:
         reader.close()
         model.train(was_training)
-    return {layer: (sums[layer] / len(rows)).to(torch.float32) for layer in layers}
+    return {layer: (sums[layer] / len(rows)).to(torch.float32) for layer in chosen}
 
 
 def default_behaviour(data_path: Path) -> str:

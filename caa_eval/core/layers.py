@@ -96,5 +96,6 @@ def with_hidden(output: Any, hidden: torch.Tensor) -> Any:
 
 
 def hidden_size(model: nn.Module) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config: Any = model.config  # an HF PretrainedConfig (nn.Module's attribute typing cannot say so)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return int(getattr(config, "hidden_size", None) or config.n_embd)

@@ -113,11 +113,9 @@ class InstructionLocator:
                 cores.add(ids[1:-1])  # both edges may merge with their neighbours
             if len(ids) >= 2:
                 cores.add(ids[:-1])
+        self._single: tuple[int, ...] | None = None
         if not cores:  # a one-token tail (rare): match the token itself
-            ids = tuple(tokenizer(tail, add_special_tokens=False)["input_ids"])
-            self._single = ids
-        else:
-            self._single = None
+            self._single = tuple(tokenizer(tail, add_special_tokens=False)["input_ids"])
         self.cores = sorted(cores, key=len, reverse=True)
 
     def instruction_end(self, ids: Sequence[int]) -> int:

@@ -220,7 +220,7 @@ def _read_header(path: Path, text: str) -> dict[str, Any]:
     """The caa-eval JSON header, checked field by field (a wrong type would fail much later, unnamed)."""
     try:
         meta = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise CAAEvalError(
             f"{path}: the caa-eval header is not valid JSON ({exc.msg} at character {exc.pos}); "
             "re-extract the file with `caa-eval extract`"
@@ -412,7 +412,8 @@ def validate_for_model(
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Identify the weights cheaply: architecture config, parameter shapes, and a bf16-rounded sample of
     the first and last weights (bf16 rounding makes fp32/bf16 copies of one checkpoint agree)."""
-    cfg = model.config.to_dict() if hasattr(model, "config") else {}
+    config: Any = getattr(model, "config", None)  # an HF PretrainedConfig when present
+    cfg = config.to_dict() if config is not None else {}
     keep = (
         "model_type",
         "hidden_size",

@@ -5,7 +5,7 @@ environment > the user cache filled by `caa-eval data download`, see `locate`). 
 files (sizes, SHA-256, CAA's MMLU subset index) are recorded, in `facts`.
 
 Modules, in import order (no cycles): records (the one JSON/JSONL reader) · pairs (contrast pairs and their
-checks) · locate (data folders) · items (A/B and open-ended docs) · facts · mmlu · download · catalog (the
+checks) · locate (data folders) · items (A/B and open-ended docs) · facts · mmlu · tqa · download · catalog (the
 shipped tasks). `download` is imported on use: `from caa_eval.data import download`.
 """
 
@@ -43,6 +43,7 @@ from caa_eval.data.pairs import (
     load_contrast_pairs,
 )
 from caa_eval.data.records import read_records, read_text
+from caa_eval.data.tqa import TQA_FILE, tqa_categories, tqa_category_suffix, tqa_rows
 from caa_eval.vocab import BEHAVIOURS
 
 __all__ = [
@@ -77,6 +78,10 @@ __all__ = [
     "read_mmlu_subject",
     "mmlu_subset_rows",
     "mmlu_full_rows",
+    "TQA_FILE",
+    "tqa_categories",
+    "tqa_category_suffix",
+    "tqa_rows",
     "TEMPLATES",
     "TaskInfo",
     "template_path",

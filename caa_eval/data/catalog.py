@@ -13,6 +13,7 @@ from typing import Any
 from caa_eval.data.items import load_ab_items, load_open_items
 from caa_eval.data.locate import locate_caa_data, locate_mmlu, resolve_behaviour_pairs
 from caa_eval.data.mmlu import mmlu_subset_size, read_mmlu_subject
+from caa_eval.data.tqa import TQA_FILE, tqa_rows
 from caa_eval.errors import CAAEvalError
 from caa_eval.paths import tasks_dir
 
@@ -84,6 +85,9 @@ def _describe(
             if loader == "load_mmlu_2opt":
                 n = mmlu_subset_size(subject)
             return n, f"{loc.path / f'{subject}_test.csv'} ({loc.source})"
+        if loader == "load_tqa_2opt":
+            caa = locate_caa_data(caa_dir)
+            return len(tqa_rows(kwargs["tqa_category"], 0, caa_dir)), f"{caa.path / TQA_FILE} ({caa.source})"
     except CAAEvalError as exc:
         return None, f"missing: {exc}"
     return None, f"(data defined by the task YAML: {loader or 'dataset_path'})"

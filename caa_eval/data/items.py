@@ -139,7 +139,7 @@ def load_open_items(path: str | Path, behaviour: str = "") -> list[dict[str, Any
     records = read_records(path)
     if not records:
         raise CAAEvalError(f"{path}: no items")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
         q = rec.get("question")
         if not isinstance(q, str) or not q.strip():

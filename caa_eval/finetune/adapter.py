@@ -46,7 +46,7 @@ def is_peft_model(model: torch.nn.Module) -> bool:
 class _BaseWeights:
     """A peft model's base weights as `model_fingerprint` reads them: same config, original names."""
 
-    def __init__(self, peft_model: torch.nn.Module):
+    def __init__(self, peft_model: Any):  # a peft PeftModel
         self._model = peft_model.get_base_model()
         self._adapters = set(peft_model.peft_config)
         self.config = self._model.config

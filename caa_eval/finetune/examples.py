@@ -113,11 +113,12 @@ def training_data(
         data_dir: CAA data folder (default: `CAA_EVAL_DATA_DIR`, then the user cache).
         held_out: more A/B test files the pairs must not overlap (a custom behaviour's own test file).
     """
-    if behaviour is None and data_path is None:
+    if data_path is not None:
+        path = Path(data_path)
+    elif behaviour is not None:
+        path = data.resolve_behaviour_pairs(behaviour, "generate", data_dir)
+    else:
         raise CAAEvalError("name the training data: --behavior NAME (CAA's generate set) or --data FILE")
-    path = (
-        Path(data_path) if data_path is not None else data.resolve_behaviour_pairs(str(behaviour), "generate", data_dir)
-    )
     pairs = data.load_contrast_pairs(path)
     for i, pair in enumerate(pairs):
         if {pair.matching_letter, pair.not_matching_letter} != {"A", "B"}:

@@ -132,7 +132,7 @@ class FinetuneConfig:
 class FinetuneResult:
     """The trained peft model and its per-step training losses."""
 
-    model: torch.nn.Module
+    model: Any  # a peft PeftModel
     losses: list[float]
     steps: int
     seconds: float
@@ -219,7 +219,7 @@ def _wrap_lora(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
 
 
 def train_lora(
-    model: torch.nn.Module,
+    model: Any,  # an HF causal LM
     tokenizer: Any,
     examples: Sequence[TrainingExample],
     cfg: FinetuneConfig,

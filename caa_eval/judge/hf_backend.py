@@ -32,7 +32,7 @@ class HFBackend:
     """
 
     name = "hf"
-    secret = None
+    secret: str | None = None
 
     def __init__(self, model: str | None = None, *, batch_size: int = 8):
         """Configure the backend; the model loads on first use.
@@ -87,7 +87,7 @@ class HFBackend:
             messages = [{"role": "user", "content": system["content"] + "\n\n" + first["content"]}, *rest]
         if reply is not None:
             messages = [*messages, {"role": "assistant", "content": reply}]
-        return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=reply is None)
+        return str(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=reply is None))
 
     def prompt_for(self, rubric: Rubric, question: str, answer: str) -> str:
         """The rendered chat prompt the judge model scores (loads the model on first use).

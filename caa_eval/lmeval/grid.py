@@ -203,10 +203,11 @@ class SteeringGrid:
             kwargs[cache_kw] = rep
         coefficients = torch.tensor([s.multiplier for s in chunk] * len(batch), dtype=torch.float32)
         first = chunk[0]
-        steering = contextlib.nullcontext()
+        steering: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if first.vectors:  # steer from each row's absolute first steered position ("generated" from a given position)
-            steering = Steering(model, first.vectors, coefficients, first.site, "generated")
-            steering.set_batch(prompt_lengths=[s for s in starts for _ in range(k)])
+            steer = Steering(model, first.vectors, coefficients, first.site, "generated")
+            steer.set_batch(prompt_lengths=[s for s in starts for _ in range(k)])
+            steering = steer
         with steering:
             logits = model(
                 input_ids=tail_ids,

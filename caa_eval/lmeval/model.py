@@ -12,7 +12,7 @@ import hashlib
 import inspect
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lm_eval.models.huggingface import HFLM
@@ -24,6 +24,9 @@ from caa_eval.core.positions import Positions
 from caa_eval.errors import CAAEvalError
 from caa_eval.models import DEFAULT_MODEL, resolve
 from caa_eval.vocab import SITES, format_multiplier, parse_layers, parse_multiplier
+
+if TYPE_CHECKING:
+    from caa_eval.lmeval.grid import SteeringGrid
 
 __all__ = ["SteeredHFLM", "STEERING_ARGS"]
 
@@ -115,6 +118,7 @@ class SteeredHFLM(HFLM):
         self._fingerprint_cache: str | None = None
         self._scale_probe: Any = None  # caa_eval.analysis.calibrate.ScaleProbe, built on the first steered results
         self._scale_cache: dict[str, dict[str, Any]] = {}  # steering fingerprint -> steering_scale()
+        self.grid: SteeringGrid | None = None  # several settings in one pass (`plan_grid`)
         self._apply(checked)
 
     # ------------------------------------------------------------------ configuration
@@ -127,7 +131,7 @@ class SteeredHFLM(HFLM):
         files. With the accelerator's rank and world size lm-eval splits the requests and gathers the results.
         """
         accelerator = getattr(self, "accelerator", None)
-        if accelerator is not None and accelerator.num_processes > 1 and self._world_size == 1:
+        if accelerator is not None and accelerator.num_processes > 1 and getattr(self, "_world_size", 1) == 1:
             self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
             log.info("steered-hf: data-parallel rank %d of %d", self._rank, self._world_size)
 
@@ -473,8 +477,9 @@ def _one_layer(spec: Any) -> int | None:
     if spec is None or spec == "":
         return None
     layers = parse_layers(spec, name="vector_layer")
-    if len(layers) != 1:
-        raise CAAEvalError(f"vector_layer={spec!r} names {len(layers)} layers; write one, e.g. vector_layer=13")
+    if layers is None or len(layers) != 1:
+        count = "every" if layers is None else len(layers)
+        raise CAAEvalError(f"vector_layer={spec!r} names {count} layers; write one, e.g. vector_layer=13")
     return layers[0]
 
 

@@ -123,7 +123,7 @@ def _wrap_once(cls: Any, name: str, make: Any) -> None:
     original = getattr(cls, name)
     if getattr(original, "_caa_eval", False):
         return
-    wrapper = functools.wraps(original)(make(original))
+    wrapper: Any = functools.wraps(original)(make(original))
     wrapper._caa_eval = True
     setattr(cls, name, wrapper)
 

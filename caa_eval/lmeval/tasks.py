@@ -181,6 +181,13 @@ def load_mmlu_2opt_full(
     return _as_dataset(data.mmlu_full_rows(mmlu_subject, int(mmlu_seed), mmlu_dir))
 
 
+def load_tqa_2opt(
+    tqa_category: str, caa_data_dir: str | None = None, tqa_seed: int | str = 0, **_: Any
+) -> datasets.DatasetDict:
+    """`custom_dataset` of caa_tqa_2opt_<category>: CAA's two-option TruthfulQA items, seeded balanced letters."""
+    return _as_dataset(data.tqa_rows(tqa_category, tqa_seed, caa_data_dir))
+
+
 # ------------------------------------------------------------------------------------------- metrics
 
 
@@ -230,7 +237,7 @@ def process_ab_balanced(doc: dict, results: list[tuple[float, bool]]) -> dict[st
 
 
 def process_mmlu(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:
-    """process_results of caa_mmlu_2opt*: p_correct = p(correct letter)/(p(A)+p(B)), ab_mass, acc."""
+    """process_results of caa_mmlu_2opt* and caa_tqa_2opt*: p_correct = p(correct letter)/(p(A)+p(B)), ab_mass, acc."""
     (ll_a, _), (ll_b, _) = results[:2]
     p_a, mass = letter_probs(ll_a, ll_b)
     p = p_a if doc["correct"] == "A" else 1.0 - p_a

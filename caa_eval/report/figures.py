@@ -23,6 +23,7 @@ SERIES_COLOURS = {
     "caa_open": "tab:green",
     MMLU_FAMILY: "tab:red",
     "caa_mmlu_2opt_full": "tab:orange",
+    "caa_tqa_2opt": "tab:brown",
 }
 MAX_DOSE_FIGURES = 12
 
@@ -100,7 +101,7 @@ def dose_figures(cells: pd.DataFrame, out_dir: Path, notes: list[str]) -> list[d
 
 def _dose_panel(ax: Any, cells: pd.DataFrame, mine: pd.DataFrame, behaviour: str) -> None:
     """One behaviour vector: a line per (task, metric); judge scores on a right-hand 0–10 axis."""
-    twin = None
+    twin: Any = None
     for (task, metric), series_cells in mine.groupby(["task", "metric"], sort=True):
         pts = _series(cells, series_cells)
         judge = metric == JUDGE_METRIC

@@ -161,7 +161,7 @@ def _layout(
     conditions = sorted(set(group["condition"]))
     if len(conditions) < 2:
         return None
-    ref = reference if reference in conditions else reference_condition(conditions, plain)
+    ref = reference if reference is not None and reference in conditions else reference_condition(conditions, plain)
     rank = {name: k for k, name in enumerate(order or [])}
     conditions = [ref] + sorted((c for c in conditions if c != ref), key=lambda c: (rank.get(c, len(rank)), c))
     index = ["behaviour"] + (["task"] if (group.groupby("behaviour")["task"].nunique() > 1).any() else [])

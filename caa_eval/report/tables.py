@@ -42,6 +42,7 @@ FAMILY_TITLES = {
     "caa_open": "Open-ended answers — judge score (0–10)",
     MMLU_FAMILY: "Two-option MMLU, CAA's subset — p(correct)",
     "caa_mmlu_2opt_full": "Two-option MMLU, all test questions — p(correct)",
+    "caa_tqa_2opt": "Two-option TruthfulQA (CAA's 817 items) — p(correct)",
 }
 FAMILY_LABELS = {  # short names for figure legends and axes
     "caa_ab": "A/B p(match)",
@@ -49,6 +50,7 @@ FAMILY_LABELS = {  # short names for figure legends and axes
     "caa_open": "open-ended judge (0–10)",
     MMLU_FAMILY: "MMLU p(correct)",
     "caa_mmlu_2opt_full": "MMLU full p(correct)",
+    "caa_tqa_2opt": "TruthfulQA p(correct)",
 }
 PANEL_CONFIG = ["condition", "layer", "site", "positions"]
 

@@ -69,7 +69,9 @@ def parse_model_args(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, str):
         raise CAAEvalError(f"model_args {value!r} is neither a dict nor a 'k=v,k=v' string")
-    parts, depth, quote, current = [], 0, "", []
+    parts: list[str] = []
+    depth, quote = 0, ""
+    current: list[str] = []
     for ch in value:
         if quote:
             quote = "" if ch == quote else quote
@@ -340,7 +342,7 @@ def long_table_from_runs(run_dir: str | Path, metrics: str | Sequence[str] = "pr
     if not root.is_dir():
         raise CAAEvalError(f"{root}: not a folder; give a sweep folder or an lm_eval --output_path folder")
     notes: list[str] = []
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any] | None] = []
     cells_dir = root / "cells"
     if cells_dir.is_dir():
         for cell_dir in sorted(p for p in cells_dir.iterdir() if p.is_dir()):
@@ -407,7 +409,7 @@ def steering_scales(run_dir: str | Path) -> pd.DataFrame:
         run_dir: the sweep folder or lm_eval --output_path folder.
     """
     root = Path(run_dir)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any] | None] = []
     cells_dir = root / "cells"
     if cells_dir.is_dir():
         for cell_dir in sorted(p for p in cells_dir.iterdir() if (p / "DONE").exists() and (p / "cell.json").is_file()):

@@ -274,9 +274,8 @@ def load_long_table(path: str | Path) -> pd.DataFrame:
     if suffix in (".jsonl", ".ndjson", ".json"):
         records = read_jsonl(path)
         df = pd.DataFrame.from_records(records)
-        lines: list[int] | None = _jsonl_lines(path)
-        if len(lines) != len(records):
-            lines = None
+        numbered = _jsonl_lines(path)
+        lines: list[int] | None = numbered if len(numbered) == len(records) else None
     elif suffix in (".csv", ".tsv", ".txt"):
         try:
             df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)

@@ -11,7 +11,7 @@ import functools
 import math
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -132,6 +132,7 @@ def mean_ci(
     groups = strata(subjects)
     if groups is not None and max(idx.size for idx in groups) < 2:
         groups = None  # one item per subject: the macro mean is the item mean
+    statistic: Callable[..., np.ndarray]
     if groups is None:
         samples: tuple[np.ndarray, ...] = (x,)
         statistic = _mean

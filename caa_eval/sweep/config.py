@@ -16,7 +16,14 @@ from typing import Any
 
 from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
-from caa_eval.sweep.entries import DEFAULT_CONDITION, Behaviour, Condition, parse_behaviours, parse_conditions
+from caa_eval.sweep.entries import (
+    DEFAULT_CONDITION,
+    Behaviour,
+    Condition,
+    check_system_prompts,
+    parse_behaviours,
+    parse_conditions,
+)
 from caa_eval.sweep.validate import (
     as_list,
     config_error,
@@ -61,8 +68,8 @@ CONFIG_KEYS = {
     "sites": f"list of {' | '.join(vocab.SITES)}",
     "positions": "list of after_instruction | all | generated | span:START:END | regex:PATTERN",
     "tasks": "task names or templates per behaviour, e.g. [caa_ab_{behaviour}, caa_mmlu_2opt, caa_open_{behaviour}]",
-    "conditions": "list of {name, pretrained, peft, model_args, system_instruction, allow_fingerprint_mismatch, "
-    "finetune: {direction: pos|neg, ...}}",
+    "conditions": "list of {name, pretrained, peft, model_args, system_instruction, system_prompt: pos|neg|TEXT, "
+    "allow_fingerprint_mismatch, finetune: {direction: pos|neg, ...}}",
     "limit": "items per task (MMLU: per subject); a number >= 1, or a fraction < 1",
     "batch_size": "lm-eval batch size (a number or 'auto')",
     "device": "cpu | cuda | cuda:N | mps | auto (default auto: cuda if available, else cpu)",
@@ -72,6 +79,7 @@ CONFIG_KEYS = {
     "output": "run folder (default outputs/<config file stem>)",
     "include_path": "extra lm-eval task folder(s) with your own task YAMLs",
     "include_default_tasks": "true = also index lm-eval's built-in tasks (slower start)",
+    "task_metadata": "mapping passed to the tasks as lm-eval metadata, e.g. {tqa_seed: caa} (CAA's TruthfulQA letters)",
     "caa_data_dir": "CAA datasets/ folder (default $CAA_EVAL_DATA_DIR, then the download cache)",
     "mmlu_dir": "folder of MMLU test CSVs (default $CAA_EVAL_MMLU_DIR, then the download cache)",
     "report": "true (default) = build RUN_DIR/report at the end",
@@ -124,6 +132,7 @@ class SweepConfig:
     output: Path = Path("outputs/sweep")
     include_path: list[Path] = field(default_factory=list)
     include_default_tasks: bool = False
+    task_metadata: dict[str, Any] = field(default_factory=dict)  # lm-eval task metadata, e.g. {tqa_seed: caa}
     caa_data_dir: Path | None = None
     mmlu_dir: Path | None = None
     report: bool = True
@@ -142,7 +151,7 @@ class SweepConfig:
         """JSON-ready form for the manifest (paths as strings, the resolved vectors folder)."""
 
         def clean(v: Any) -> Any:
-            if dataclasses.is_dataclass(v):
+            if dataclasses.is_dataclass(v) and not isinstance(v, type):
                 return {k: clean(x) for k, x in dataclasses.asdict(v).items()}
             if isinstance(v, Path):
                 return str(v)
@@ -292,10 +301,17 @@ def config_from_dict(
         raise config_error(
             source, "gen_kwargs", f"{gen_kwargs!r} is not a mapping", "write e.g. gen_kwargs: {max_gen_toks: 50}"
         )
+    task_metadata = cfg_in.get("task_metadata") or {}
+    if not isinstance(task_metadata, dict):
+        raise config_error(
+            source, "task_metadata", f"{task_metadata!r} is not a mapping", "write e.g. task_metadata: {tqa_seed: caa}"
+        )
     folders = {
         key: config_path(cfg_in[key], base, source, key) if cfg_in.get(key) else None
         for key in ("caa_data_dir", "mmlu_dir")
     }
+    conditions = parse_conditions(cfg_in.get("conditions"), source, base)
+    check_system_prompts(conditions, behaviours, source)
     return SweepConfig(
         model=model.strip(),
         behaviours=behaviours,
@@ -305,7 +321,7 @@ def config_from_dict(
         sites=parse_sites(cfg_in.get("sites", ["residual"]), source),
         positions=parse_positions(cfg_in.get("positions", ["after_instruction"]), source),
         tasks=tasks,
-        conditions=parse_conditions(cfg_in.get("conditions"), source, base),
+        conditions=conditions,
         vectors_dir=vectors_dir,
         normalize=bool(normalize),
         normalize_by_default=by_default,
@@ -318,6 +334,7 @@ def config_from_dict(
         gen_kwargs=gen_kwargs,
         output=out_dir,
         include_path=include_path,
+        task_metadata=dict(task_metadata),
         include_default_tasks=parse_bool(cfg_in.get("include_default_tasks", False), source, "include_default_tasks"),
         report=parse_bool(cfg_in.get("report", True), source, "report"),
         source=source,

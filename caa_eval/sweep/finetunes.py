@@ -61,13 +61,16 @@ def adapter_dir(cfg: SweepConfig, condition: str, behaviour: str) -> Path:
 
 
 def cell_condition(cfg: SweepConfig, cond: Condition, behaviour: str | None) -> Condition:
-    """The condition a cell runs under: a finetune condition gets its behaviour's adapter as `peft`.
+    """The condition a cell runs under: a finetune condition gets its behaviour's adapter as `peft`, a pos/neg
+    system prompt its behaviour's text.
 
     Args:
         cfg: the sweep config.
         cond: the cell's condition as configured.
         behaviour: the cell's behaviour (every cell of a finetune condition has one).
     """
+    if behaviour is not None:
+        cond = cond.for_behaviour(behaviour)  # a pos/neg system prompt: this behaviour's text
     if not getattr(cond, "finetune", None):
         return cond
     if behaviour is None:

@@ -101,7 +101,7 @@ def plan_cells(cfg: SweepConfig) -> list[Cell]:
     for cond in cfg.conditions:
         for task in all_tasks:
             own = baseline_behaviour(task, cfg.behaviours)
-            if own is None and cond.finetune:  # each behaviour has its own finetuned model: its own baseline
+            if own is None and cond.per_behaviour:  # each behaviour has its own model/prompt: its own baseline
                 for b in cfg.behaviours:
                     if task in cfg.behaviour_tasks(b):
                         cells.append(
@@ -125,6 +125,8 @@ def plan_cells(cfg: SweepConfig) -> list[Cell]:
             )
         for b in cfg.behaviours:
             tasks = cfg.behaviour_tasks(b)
+            if not tasks:  # a vector-only behaviour: it counts in the normalisation, runs nothing
+                continue
             for layer in cfg.layers:
                 for site in cfg.sites:
                     for positions in cfg.positions:
@@ -187,10 +189,14 @@ def cell_spec(cfg: SweepConfig, cell: Cell, vector_sha: str | None) -> dict[str,
         "vector_sha256": vector_sha,
         "apply_chat_template": True,
     }
+    if cond.system_prompt and cell.behaviour:
+        spec["system_prompt_text"] = cond.for_behaviour(cell.behaviour).system_instruction
     if cell.vector_layer is not None:
         spec["vector_layer"] = cell.vector_layer
     if cfg.gen_kwargs:
         spec["gen_kwargs"] = cfg.gen_kwargs
+    if cfg.task_metadata:
+        spec["task_metadata"] = cfg.task_metadata
     if cell.open_tasks:
         spec["judge"] = {"backend": cfg.judge.backend, "model": cfg.judge.model, "rubrics": cfg.judge.rubrics}
     return spec

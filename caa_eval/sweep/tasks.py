@@ -54,7 +54,7 @@ def task_manager(cfg: SweepConfig, generated: Path) -> Any:
     """lm-eval's TaskManager over the shipped tasks, the generated ones and the config's include_path.
 
     Args:
-        cfg: the sweep config (include_path, include_default_tasks, data folders as task metadata).
+        cfg: the sweep config (include_path, include_default_tasks, task_metadata and data folders as metadata).
         generated: the folder `write_custom_tasks` wrote to.
     """
     from caa_eval.lmeval.register import ensure_registered
@@ -68,7 +68,7 @@ def task_manager(cfg: SweepConfig, generated: Path) -> Any:
     if generated.is_dir() and any(generated.glob("*.yaml")):
         paths.append(str(generated))
     paths += [str(p) for p in cfg.include_path]
-    metadata = {}
+    metadata = dict(cfg.task_metadata)
     if cfg.caa_data_dir:
         metadata["caa_data_dir"] = str(cfg.caa_data_dir)
     if cfg.mmlu_dir:
