@@ -21,6 +21,8 @@ __all__ = [
     "BEHAVIOURS",
     "TASK_FAMILIES",
     "JUDGE_METRIC",
+    "CAPABILITY_TASKS",
+    "PROBABILITY_METRICS",
     "parse_layers",
     "format_multiplier",
     "parse_multiplier",
@@ -169,6 +171,8 @@ def open_task_name(behaviour: str) -> str:
 # ----------------------------------------------------------------------------------------- task families
 
 JUDGE_METRIC = "judge_score"
+# per-item metrics that are probabilities: steerability fits their log-odds (every other metric as it is)
+PROBABILITY_METRICS = ("p_match", "p_correct", "p_match_orig")
 
 # task-name prefix -> (family, primary metric, behaviour-specific?); order matters (balanced before plain A/B)
 TASK_FAMILIES: tuple[tuple[str, str, str, bool], ...] = (
@@ -180,6 +184,11 @@ TASK_FAMILIES: tuple[tuple[str, str, str, bool], ...] = (
     ("caa_tqa_2opt", "caa_tqa_2opt", "p_correct", False),
     ("caa_demo_", "caa_demo", "", True),
 )
+
+
+CAPABILITY_TASKS = ("caa_mmlu_2opt", "caa_tqa_2opt")
+"""Shared tasks every vector is measured on with a sweep's `cross_tasks` (side effects on capabilities); one
+that the installed task folder lacks is left out."""
 
 
 def _family_row(task: str) -> tuple[str, str, str, bool] | None:

@@ -1,16 +1,16 @@
-"""Run the reliability suite (issue 14) and write its table of cases and outcomes to docs/reliability.md.
+"""Write docs/reliability.md from the declarations the reliability suite runs (issues 14, 24, 26).
 
-    .venv/bin/python scripts/reliability_table.py [--out docs/reliability.md] [extra pytest args]
+    python scripts/reliability_table.py [--out docs/reliability.md]
 
-The table is rendered by tests/reliability/conftest.py from the run itself (every row is a case that ran),
-so the document cannot claim more than the suite checked. Exit code: pytest's.
+The page is rendered by tests/reliability/_doc.py from the CLI modules' argument rules, the suite's bad-input
+cases and its fault tests' docstrings, without running anything; tests/reliability/test_reliability_doc.py
+regenerates it in memory and fails when the committed file differs. The observed outcomes are in the suite's
+own run: `pytest -m reliability tests/reliability` (set CAA_EVAL_RELIABILITY_TABLE=FILE to also write them).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,23 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "reliability.md", help="Markdown file to write")
-    args, pytest_args = parser.parse_known_args(argv)
-    env = dict(os.environ, CAA_EVAL_RELIABILITY_TABLE=str(args.out.resolve()))
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-m",
-        "reliability",
-        "tests/reliability",
-        "-p",
-        "no:cacheprovider",
-        *pytest_args,
-    ]
-    code = subprocess.call(cmd, cwd=REPO, env=env)
-    print(f"wrote {args.out}" if args.out.exists() else f"no table written to {args.out}")
-    return code
+    args = parser.parse_args(argv)
+    sys.path[:0] = [str(REPO), str(REPO / "tests" / "reliability")]
+    import _doc
+
+    args.out.write_text(_doc.render(), encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,11 +12,22 @@ from pathlib import Path
 
 from caa_eval.analysis.tokens import TokenCosines
 from caa_eval.files import write_atomic
+from caa_eval.report.page import page
 
-__all__ = ["CMAP", "colour_limit", "token_colour", "display_token", "to_html", "write_html", "write_png"]
+__all__ = [
+    "CMAP",
+    "colour_limit",
+    "token_colour",
+    "display_token",
+    "tokens_fragment",
+    "to_html",
+    "write_html",
+    "write_png",
+]
 
 CMAP = "RdBu"
-"""matplotlib's diverging red–white–blue map: 0 = red (negative), 0.5 = white, 1 = blue (positive)."""
+"""matplotlib's diverging red–white–blue map: 0 = red (negative), 0.5 = white, 1 = blue (positive); ColorBrewer's
+RdBu stays readable with red-green colour blindness (red and blue differ in lightness and hue)."""
 
 
 def colour_limit(cosines: list[float], limit: float | None = None) -> float:
@@ -64,27 +75,12 @@ def _legend(limit: float, mark_prompt: bool, n: int = 9) -> str:
     )
 
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 62em; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { font-size: 1.3em; } .meta { color: #555; font-size: 0.9em; }
-.legend { display: flex; flex-wrap: wrap; align-items: center; gap: 0.5em; margin: 1em 0; font-size: 0.9em; }
-.legend .bar { display: inline-block; width: 16em; height: 1em; border: 1px solid #999; }
-.legend p { flex-basis: 100%; margin: 0.3em 0 0 0; }
-.text { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: pre-wrap; line-height: 1.9;
-        border: 1px solid #ddd; padding: 1em; }
-span.tok { border-radius: 2px; padding: 0.1em 0; }
-span.tok.prompt { text-decoration: underline dotted #777; }
-"""
-
-
-def to_html(result: TokenCosines, title: str, limit: float | None = None, subtitle: str = "") -> str:
-    """The page: title, provenance line, legend, then one `<span class="tok">` per token in order.
+def tokens_fragment(result: TokenCosines, limit: float | None = None) -> str:
+    """The legend and one `<span class="tok">` per token in order: embeddable in any caa-eval page.
 
     Args:
         result: per-token cosines.
-        title: page heading (e.g. the behaviour and the prompt).
         limit: |cosine| at full colour (default: the largest |cosine| in `result`).
-        subtitle: one line of provenance under the title.
     """
     lim = colour_limit(result.cosines, limit)
     mark_prompt = result.n_prompt < len(result.ids)
@@ -97,12 +93,20 @@ def to_html(result: TokenCosines, title: str, limit: float | None = None, subtit
             f'<span class="{cls}" style="background:{_css(rgb)};color:{_ink(rgb)}" '
             f'title="{html.escape(tip, quote=True)}">{html.escape(display_token(tok))}</span>'
         )
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-        f'<h1>{html.escape(title)}</h1>\n<p class="meta">{html.escape(subtitle)}</p>\n'
-        f'{_legend(lim, mark_prompt)}\n<div class="text">{"".join(spans)}</div>\n</body>\n</html>\n'
-    )
+    return f'{_legend(lim, mark_prompt)}\n<div class="text">{"".join(spans)}</div>'
+
+
+def to_html(result: TokenCosines, title: str, limit: float | None = None, subtitle: str = "") -> str:
+    """The page (in the report's style): title, provenance line, legend, then the coloured tokens.
+
+    Args:
+        result: per-token cosines.
+        title: page heading (e.g. the behaviour and the prompt).
+        limit: |cosine| at full colour (default: the largest |cosine| in `result`).
+        subtitle: one line of provenance under the title.
+    """
+    body = f'<h1>{html.escape(title)}</h1>\n<p class="meta">{html.escape(subtitle)}</p>\n'
+    return page(title, body + tokens_fragment(result, limit))
 
 
 def write_html(

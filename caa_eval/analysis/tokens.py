@@ -56,7 +56,7 @@ class TokenCosines:
         }
 
 
-def prompt_ids(tokenizer: Any, text: str, chat_template: bool = True) -> list[int]:
+def prompt_ids(tokenizer: Any, text: str, chat_template: bool = True, system_prompt: str | None = None) -> list[int]:
     """Token ids of `text` as a user turn (chat template + generation prompt) or as given.
 
     Args:
@@ -65,12 +65,13 @@ def prompt_ids(tokenizer: Any, text: str, chat_template: bool = True) -> list[in
         chat_template: True = `prompt_for` (the prompt rule extraction and the tasks use; CAA's base-model
             format when the tokenizer has no template); False = the text with the tokenizer's default
             special tokens.
+        system_prompt: a system message before the user turn (chat template only; None or "" = none).
     """
     if not text:
         raise CAAEvalError("the prompt is empty; pass --prompt TEXT or --question TEXT")
     if not chat_template:
         return list(tokenizer(text)["input_ids"])
-    rendered = prompt_for(tokenizer, text, answer_prefix=None)
+    rendered = prompt_for(tokenizer, text, system_prompt or None, answer_prefix=None)
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not (bos and rendered.startswith(bos))  # as lm-eval's HFLM: the template may write BOS itself
     return list(tokenizer(rendered, add_special_tokens=add_special)["input_ids"])
@@ -151,6 +152,7 @@ def token_cosines(
     chat_template: bool = True,
     site: str = "residual",
     meta: dict[str, Any] | None = None,
+    answer: str | None = None,
 ) -> TokenCosines:
     """Per-token cosine similarity of `text` (and, with `generate`, the model's answer) with `vector`.
 
@@ -164,11 +166,15 @@ def token_cosines(
         chat_template: see `prompt_ids`.
         site: where the vector was read (`residual`, `mlp`, `attn`).
         meta: provenance copied into the result.
+        answer: a given answer appended after the prompt (e.g. a steered generation from a run), instead of
+            generating one.
     """
     ids = prompt_ids(tokenizer, text, chat_template)
     n_prompt = len(ids)
     if generate:
         ids = ids + generate_answer(model, tokenizer, ids, generate)
+    elif answer is not None:
+        ids = ids + list(tokenizer(answer, add_special_tokens=False)["input_ids"])
     cos = cosine_rows(site_activations(model, ids, layer, site), vector)
     tokens = [tokenizer.decode([i], skip_special_tokens=False, clean_up_tokenization_spaces=False) for i in ids]
     info = {"chat_template": bool(chat_template), "generated_tokens": len(ids) - n_prompt, **(meta or {})}

@@ -13,10 +13,12 @@ import sys
 import traceback
 
 from caa_eval import __version__
+from caa_eval.cli.arguments import run_checks
 from caa_eval.errors import CAAEvalError
 
-# subcommand -> (module under caa_eval.cli with configure(parser) and run(args), one-line help). A module may
-# declare OUTPUTS = {dest: "file" | "folder"}: those locations are checked writable before run() loads anything.
+# subcommand -> (module under caa_eval.cli with configure(parser) and run(args), one-line help). A module
+# declares ARGUMENTS (a list of caa_eval.cli.arguments.Rule: each argument's range and its check) and may declare
+# OUTPUTS = {dest: "file" | "folder"}; both are checked before run() loads anything (see cli/arguments.py).
 COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("model", "prepare the embedded default model (SmolLM2-135M-Instruct)"),
     "data": ("data", "download / locate the CAA datasets and MMLU"),
@@ -25,9 +27,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-caa": ("import_caa", "convert CAA's published .pt vectors into caa-eval vector files"),
     "normalize": ("normalize", "rescale several behaviours' vectors to their mean norm per layer (CAA)"),
     "inspect": ("inspect", "print a vector file's metadata and norms"),
+    "convert": ("convert", "write a vector for llama.cpp (GGUF), lm-eval steered, repeng or CAA"),
+    "parity": ("parity", "run the same items through steered-hf, lm-eval steered and llama.cpp; compare"),
     "eval": ("eval", "run lm_eval with steered-hf registered (arguments are passed through)"),
     "judge": ("judge", "score open-ended generations with an LLM judge"),
     "stats": ("stats", "paired significance tests on a long table of per-item scores"),
+    "steerability": ("steerability", "per-item steerability: anti-steerable items, letter bias, item curves"),
     "report": ("report", "markdown/JSON/PNG report for a sweep or run folder"),
     "sweep": ("sweep", "run layers x multipliers x sites x tasks in one process"),
     "demo": ("demo", "end-to-end demo on the embedded model"),
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     module.configure(parser)
     args = parser.parse_args(argv[idx + 1 :])
     try:
+        run_checks(getattr(module, "ARGUMENTS", []), args)
         _check_outputs(args, getattr(module, "OUTPUTS", {}), parser)
         return int(module.run(args) or 0)
     except CAAEvalError as exc:  # bad input: one line, exit 2 (the traceback only with -v)

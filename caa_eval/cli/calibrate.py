@@ -7,9 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
+from caa_eval.cli.arguments import after_load, custom, free, number, positions, vector_file, vector_layer
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["configure", "run", "OUTPUTS"]
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
 
 OUTPUTS = {"json": "file", "markdown": "file"}  # the dispatcher checks these are writable first
 
@@ -36,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", choices=SITES, help="where to add the vector (default: the file's site)")
     parser.add_argument("--positions", default="after_instruction", help="which tokens get the vector (default CAA's)")
     parser.add_argument("--prompts", type=Path, help="JSON list of neutral prompts (default: the shipped set)")
-    parser.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, float16)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     parser.add_argument("--json", type=Path, help="write the numbers as JSON")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown")
 
@@ -65,6 +66,7 @@ def _prompts(path: Path | None) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     from caa_eval.analysis.calibrate import ScaleProbe, calibrate, multiplier_scale
+    from caa_eval.cli.arguments import check_model_layers
     from caa_eval.core.vectors import load
     from caa_eval.files import write_atomic
     from caa_eval.models import load_model
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     for path, sv in vectors:
         sv.select([args.layer], str(path))
     model, tokenizer = load_model(args.model, args.dtype)
+    check_model_layers(model, [args.layer], "--layer")
     probe = ScaleProbe(model, tokenizer, _prompts(args.prompts))
     resid = probe.resid_norm(args.layer)
     directions = {"+": [1], "-": [-1], "both": [1, -1]}[args.direction]
@@ -133,3 +136,17 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         write_atomic(args.markdown, table)
     return 0
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    free("--model", "HF path/ID or the embedded alias", "when the model loads (the load itself)", before_load=False),
+    vector_file("--vector"),
+    vector_layer("--vector", "--layer"),
+    after_load("--layer", "exists in the model", "right after the model loads, before any forward pass"),
+    number("--kl", gt=0, example="0.1", why="a KL divergence is positive; 0 is the unsteered model"),
+    number("--tolerance", gt=0, lt=1, example="0.02", why="relative to the target KL"),
+    number("--max-multiplier", gt=0, example="1000", why="the search's bound on |multiplier|"),
+    custom("--multipliers", "comma-separated finite numbers", lambda a: _multipliers(a.multipliers)),
+    positions("--positions"),
+    custom("--prompts", 'a JSON list of non-empty strings (or {"prompts": [...]})', lambda a: _prompts(a.prompts)),
+]

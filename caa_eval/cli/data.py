@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from caa_eval.cli.arguments import custom, free
 from caa_eval.data import download as dl
 from caa_eval.data.locate import CAA_DATA_ENV, MMLU_DIR_ENV, locate_caa_data, locate_mmlu
 from caa_eval.errors import CAAEvalError
 from caa_eval.paths import cache_dir
 
-__all__ = ["configure", "run"]
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
+
+OUTPUTS = {"dest": "folder"}  # checked writable by the dispatcher before anything is downloaded
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -85,3 +88,16 @@ def run(args: argparse.Namespace) -> int:
         return _status(args)
     print("usage: caa-eval data {download,status} [--help]")
     return 2
+
+
+def _check_base_url(args: argparse.Namespace) -> None:
+    url = getattr(args, "base_url", None)
+    if url is not None and not url.startswith(("http://", "https://", "file://")):
+        raise CAAEvalError(f"--base-url {url}: not an http(s):// or file:// URL; write e.g. file:///srv/mirror")
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    custom("--base-url", "an http://, https:// or file:// URL", _check_base_url),
+    free("--caa-data-dir", "any path (a missing folder is reported by status, exit 1)"),
+    free("--mmlu-dir", "any path (a missing folder is reported by status, exit 1)"),
+]

@@ -9,9 +9,19 @@ import logging
 import time
 from pathlib import Path
 
+from caa_eval.cli.arguments import (
+    after_load,
+    custom,
+    device,
+    existing_path,
+    free,
+    number,
+    positions,
+    vector_file_layers,
+)
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["configure", "run", "OUTPUTS"]
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
 
 OUTPUTS = {"json": "file", "markdown": "file"}  # the dispatcher checks these are writable first
 
@@ -52,7 +62,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positions", default="after_instruction", help="which tokens get the vector (default CAA's)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", help="cpu, cuda, cuda:0 … (default: cuda if available)")
-    parser.add_argument("--dtype", help="model dtype (default: the checkpoint's)")
+    parser.add_argument(
+        "--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (default: the checkpoint's)"
+    )
     parser.add_argument(
         "--data-dir", type=Path, help="CAA datasets folder (default: CAA_EVAL_DATA_DIR or the download cache)"
     )
@@ -82,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from caa_eval.analysis.elicit import find_threshold, lmeval_scorer, markdown_table
+    from caa_eval.cli.arguments import check_model_layers
     from caa_eval.core.vectors import load
     from caa_eval.files import write_atomic
     from caa_eval.lmeval.register import ensure_registered
@@ -91,10 +104,6 @@ def run(args: argparse.Namespace) -> int:
     if logging.getLogger().level > logging.DEBUG:  # lm-eval logs every evaluation; keep the search readable
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
     behaviours = _behaviours(args.behaviours)
-    if len(behaviours) > 1 and "{behavior}" not in args.vector:
-        raise CAAEvalError(
-            "several behaviours need a --vector pattern with {behavior}, e.g. vectors/{behavior}.safetensors"
-        )
     jobs = []
     for b in behaviours:  # check every input before the slow part
         path = Path(args.vector.replace("{behavior}", b))
@@ -106,9 +115,6 @@ def run(args: argparse.Namespace) -> int:
 
     from caa_eval.lmeval.model import SteeredHFLM
 
-    manager = TaskManager(
-        include_path=[str(tasks_dir())], metadata={"caa_data_dir": str(args.data_dir)} if args.data_dir else None
-    )
     kwargs = {
         "pretrained": args.model,
         "batch_size": args.batch_size,
@@ -118,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dtype:
         kwargs["dtype"] = args.dtype
     lm = SteeredHFLM(**kwargs)
+    check_model_layers(lm.model, [job[3] for job in jobs], "--layer")
+    manager = TaskManager(  # after the layer check: indexing lm-eval's tasks takes seconds
+        include_path=[str(tasks_dir())], metadata={"caa_data_dir": str(args.data_dir)} if args.data_dir else None
+    )
     out = {
         "model": args.model,
         "threshold": args.threshold,
@@ -164,3 +174,84 @@ def run(args: argparse.Namespace) -> int:
     print(text, end="")
     print(f"wrote {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
     return 0
+
+
+def _check_behaviours(args: argparse.Namespace) -> None:
+    if len(_behaviours(args.behaviours)) > 1 and "{behavior}" not in args.vector:
+        raise CAAEvalError(
+            "several behaviours need a --vector pattern with {behavior}, e.g. vectors/{behavior}.safetensors"
+        )
+
+
+def _check_vectors(args: argparse.Namespace) -> None:
+    if args.layer is not None and args.layer < 0:
+        raise CAAEvalError(f"--layer {args.layer}: layers count from 0; write e.g. --layer 13")
+    for b in _behaviours(args.behaviours):
+        path = Path(args.vector.replace("{behavior}", b))
+        if not path.is_file():
+            raise CAAEvalError(f"--vector {path}: vector file not found (behaviour {b}); check the path or pattern")
+        layers = vector_file_layers(path)
+        if layers is None:
+            continue
+        if args.layer is None and len(layers) != 1:
+            raise CAAEvalError(f"--layer: {path} holds layers {layers[0]}..{layers[-1]}; choose one with --layer 13")
+        if args.layer is not None and args.layer not in layers:
+            raise CAAEvalError(f"--layer {args.layer}: {path} has no vector for it (it holds layers {layers})")
+
+
+def _check_threshold(args: argparse.Namespace) -> None:
+    from caa_eval.vocab import JUDGE_METRIC, primary_metric
+
+    metric = args.metric or primary_metric(args.task) or ""
+    if metric != JUDGE_METRIC and not metric.startswith("p_"):
+        return  # another metric: its range is unknown here
+    low, high = (0.0, 10.0) if metric == JUDGE_METRIC else (0.0, 1.0)
+    t = args.threshold
+    if not low < t < high:
+        raise CAAEvalError(
+            f"--threshold {t:g}: {metric} lies in [{low:g}, {high:g}], so a threshold outside ({low:g}, {high:g}) "
+            f"is met by every multiplier or by none; write e.g. --threshold {(low + high) / 2:g}"
+        )
+
+
+def _check_tolerance(args: argparse.Namespace) -> None:
+    if args.tolerance is not None and not 0 < args.tolerance < args.max_multiplier:
+        raise CAAEvalError(
+            f"--tolerance {args.tolerance:g}: must be > 0 and below --max-multiplier {args.max_multiplier:g}; "
+            f"write e.g. --tolerance {args.max_multiplier / 100:g}"
+        )
+
+
+_LOAD = "when the model loads (the load itself)"
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    free("--model", "HF path/ID or the embedded alias", _LOAD, before_load=False),
+    custom(
+        "--behavior",
+        "behaviour names or all; several need a --vector pattern with {behavior}",
+        _check_behaviours,
+        "behaviours",
+    ),
+    custom("--vector", "one existing vector file per behaviour (pattern with {behavior})", _check_vectors),
+    free(
+        "--layer",
+        ">= 0 and held by every vector file (header only); optional if a file holds one layer",
+        "with --vector, before anything loads",
+    ),
+    after_load("--layer", "exists in the model", "right after the model loads, before any forward pass"),
+    free("--task", "a task lm-eval knows; {behavior} is replaced", "when lm-eval builds it", before_load=False),
+    free("--metric", "a per-item metric the task logs", "after the first evaluation", before_load=False),
+    custom(
+        "--threshold",
+        "in (0, 1) for probability metrics (p_match, p_correct), (0, 10) for judge_score",
+        _check_threshold,
+    ),
+    number("--max-multiplier", gt=0, example="20", why="the search runs from 0 up to it"),
+    number("--grid", ge=1, example="8", integer=True, why="coarse steps"),
+    custom("--tolerance", "> 0 and < --max-multiplier", _check_tolerance),
+    number("--limit", ge=1, example="50", integer=True, why="items per task"),
+    positions("--positions"),
+    number("--batch-size", ge=1, example="16", integer=True),
+    device("--device"),
+    existing_path("--data-dir", kind="folder", what="CAA's datasets"),
+    number("--resamples", ge=100, example="2000", integer=True, why="fewer gives no meaningful CI"),
+]

@@ -6,8 +6,11 @@ import argparse
 from pathlib import Path
 
 from caa_eval import data
+from caa_eval.cli.arguments import after_load, custom, device, existing_path, free, number, parsed
 from caa_eval.errors import CAAEvalError
-from caa_eval.vocab import SITES
+from caa_eval.vocab import SITES, parse_layers
+
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
 
 OUTPUTS = {"out": "file"}
 
@@ -54,8 +57,6 @@ def run(args: argparse.Namespace) -> int:
     if args.behaviour_name:
         data_path = data.resolve_behaviour_pairs(args.behaviour_name, split="generate")
         label = label or args.behaviour_name
-    if args.out.suffix != ".safetensors":
-        raise CAAEvalError(f"--out {args.out}: use a .safetensors file name")
     sv = extract_to_file(
         args.model,
         data_path,
@@ -76,3 +77,27 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {sv.behaviour}, {sv.n_pairs} pairs, {len(sv.layers)} layers, site={sv.site}; norms {norms}"
     )
     return 0
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    if args.out.suffix != ".safetensors" and not args.out.is_dir():  # a folder: the OUTPUTS check says so
+        raise CAAEvalError(f"--out {args.out}: use a .safetensors file name")
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    free("--model", "HF path/ID or the embedded alias", "when the model loads (the load itself)", before_load=False),
+    existing_path("--data", what="contrast pairs; their contents are checked when read, before the model loads"),
+    parsed(
+        "--behavior",
+        "one of CAA's behaviours whose data is found (--data-dir / CAA_EVAL_DATA_DIR / the cache)",
+        lambda v: data.resolve_behaviour_pairs(v, split="generate"),
+        dest="behaviour_name",
+    ),
+    custom("--out", "a .safetensors file name", _check_out),
+    parsed("--layers", "all, 13, [10,12] or 10-14", lambda v: parse_layers(v, name="--layers")),
+    after_load("--layers", "every layer exists in the model", "extract_vectors, right after the model loads"),
+    number("--batch-size", ge=1, example="16", integer=True),
+    free("--system-prompt", "any text"),
+    free("--behaviour-label", "any name (recorded in the file)"),
+    device("--device"),
+]

@@ -10,6 +10,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from caa_eval.finetune.train import FinetuneConfig
 
+from caa_eval.cli.arguments import custom, device, existing_path, free, number, parsed
+from caa_eval.errors import CAAEvalError
+
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
+
 OUTPUTS = {"out": "folder"}  # checked writable by the dispatcher before the model loads
 
 
@@ -134,3 +139,36 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(f"caa-eval finetune: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    from caa_eval.finetune.train import is_complete
+
+    out = args.out.expanduser()
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        what = "an adapter" if is_complete(out) else "files"
+        raise CAAEvalError(f"--out {out} already holds {what}; choose a new folder or pass --overwrite")
+
+
+def _caa_behaviour(name: str) -> str:
+    from caa_eval.vocab import caa_behaviour
+
+    return caa_behaviour(name)
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    free("--model", "HF path/ID or the embedded alias", "when the model loads (the load itself)", before_load=False),
+    parsed("--behavior", "one of CAA's seven behaviours", _caa_behaviour, dest="behaviour"),
+    existing_path("--data", what="contrast pairs with (A)/(B) answers; contents checked when read, before the load"),
+    free("--behaviour-label", "any name (CAA's: its A/B test set is held out)"),
+    custom("--out", "a new or empty folder (or --overwrite)", _check_out),
+    number("--epochs", ge=1, example="1", integer=True),
+    number("--lr", gt=0, example="1e-4", why="a learning rate is positive"),
+    number("--lora-r", ge=1, example="8", integer=True),
+    number("--lora-alpha", gt=0, example="16"),
+    number("--batch-size", ge=1, example="4", integer=True),
+    number("--max-steps", ge=1, example="100", integer=True),
+    number("--seed", ge=0, example="0", integer=True, why="torch seeds are non-negative"),
+    device("--device"),
+    existing_path("--data-dir", kind="folder", what="CAA's datasets"),
+]

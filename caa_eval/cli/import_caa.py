@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from caa_eval.cli.arguments import existing_path
+
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
+
 _CHOICES = {"auto": None, "yes": True, "no": False}
 OUTPUTS = {"out_dir": "folder"}
 
@@ -31,3 +35,8 @@ def run(args: argparse.Namespace) -> int:
         state = "CAA-normalised" if sv.normalization else "raw"
         print(f"{path}  {sv.behaviour}  {sv.model}  layers {sv.layers[0]}..{sv.layers[-1]}  {state}")
     return 0
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    existing_path("folder", kind="folder", what="CAA's vectors/ or normalized_vectors/"),
+]

@@ -10,9 +10,12 @@ import json
 import logging
 from pathlib import Path
 
+from caa_eval.cli.arguments import custom, existing_path, free, number
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["configure", "run"]
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
+
+OUTPUTS = {"output_dir": "folder", "summary_json": "file"}  # checked writable by the dispatcher, before any call
 
 log = logging.getLogger("caa_eval.judge")
 
@@ -71,24 +74,14 @@ def run(args: argparse.Namespace) -> int:
         args: parsed arguments of configure().
     """
     from caa_eval.files import write_atomic
-    from caa_eval.judge import ensure_writable, judge_samples, load_rubrics
+    from caa_eval.judge import judge_samples, load_rubrics
     from caa_eval.judge.pipeline import DEFAULT_CACHE
 
     if args.show_rubrics:
         for rubric in load_rubrics(args.rubrics).values():
             print(f"{rubric.behaviour} [{rubric.sha}]\n  {rubric.text}\n")
         return 0
-    if not args.paths:
-        raise CAAEvalError("no input; pass an lm-eval output folder or a samples_*.jsonl file")
-    if args.no_cache and args.cache:
-        raise CAAEvalError("--cache and --no-cache contradict each other; pass one")
     summary_json = Path(args.summary_json) if args.summary_json else None
-    if summary_json is not None:  # before any paid call, like the judged files
-        if summary_json.is_dir():
-            raise CAAEvalError(f"--summary-json {summary_json} is a folder; pass a file path inside it")
-        ensure_writable(
-            summary_json.parent, "the --summary-json file", "pass a --summary-json path in a writable folder"
-        )
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # one INFO line per HTTP request is noise here
         for name in ("httpx", "httpx2"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -115,3 +108,44 @@ def run(args: argparse.Namespace) -> int:
     if summary_json is not None:
         write_atomic(summary_json, json.dumps(summary.to_dict(), indent=2) + "\n")
     return 0
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    if not args.paths and not args.show_rubrics:
+        raise CAAEvalError("RUN_DIR_OR_SAMPLES: no input; pass an lm-eval output folder or a samples_*.jsonl file")
+    for p in args.paths:
+        if not Path(p).expanduser().exists():
+            raise CAAEvalError(
+                f"RUN_DIR_OR_SAMPLES {p}: not found (no such file or folder); pass an lm-eval output folder or a samples_*.jsonl file"
+            )
+
+
+def _check_cache(args: argparse.Namespace) -> None:
+    if args.no_cache and args.cache:
+        raise CAAEvalError("--cache and --no-cache contradict each other; pass one")
+    if args.cache and Path(args.cache).expanduser().is_dir():
+        raise CAAEvalError(f"--cache {args.cache} is a folder; pass a file path (e.g. {args.cache}/judge.sqlite)")
+
+
+def _check_url(args: argparse.Namespace) -> None:
+    url = args.judge_base_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise CAAEvalError(f"--judge-base-url {url}: not an http(s) URL; write e.g. http://127.0.0.1:8000/v1")
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    custom(
+        "RUN_DIR_OR_SAMPLES",
+        "one or more existing run folders / samples files (none with --show-rubrics)",
+        _check_paths,
+        dest="paths",
+    ),
+    free("--judge-model", "a model name the backend knows", "at the first judge call", before_load=False),
+    custom("--judge-base-url", "an http:// or https:// URL", _check_url),
+    number("--concurrency", ge=1, example="8", integer=True, why="requests in flight"),
+    number("--timeout", gt=0, example="60", why="seconds per request"),
+    number("--max-retries", ge=0, example="5", integer=True),
+    number("--batch-size", ge=1, example="8", integer=True, why="prompts per forward pass"),
+    existing_path("--rubrics", what="YAML `behaviour: rubric text`"),
+    custom("--cache", "a file path (not a folder); not together with --no-cache", _check_cache),
+]

@@ -6,6 +6,10 @@ import argparse
 
 from caa_eval.models import prepare
 
+__all__ = ["configure", "run", "ARGUMENTS"]
+
+ARGUMENTS: list = []  # flags only (argparse)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="model_command", required=True)

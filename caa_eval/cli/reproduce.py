@@ -7,9 +7,10 @@ import json
 import math
 from pathlib import Path
 
+from caa_eval.cli.arguments import custom, existing_path, free, number
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["configure", "run", "OUTPUTS"]
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
 
 OUTPUTS = {"out": "folder", "json": "file", "md": "file"}
 
@@ -116,3 +117,42 @@ def run(args: argparse.Namespace) -> int:
         args: the parsed `caa-eval reproduce` arguments.
     """
     return _run(args) if args.action == "run" else _compare(args)
+
+
+def _check_experiment(name: str, flag: str | None) -> None:
+    from caa_eval.reproduce import get_experiment
+
+    try:
+        get_experiment(name)
+    except CAAEvalError as exc:
+        raise CAAEvalError(f"{flag}: {exc}" if flag else str(exc)) from None
+
+
+def _check_vectors(args: argparse.Namespace) -> None:
+    folder = _caa_vectors(args.vectors)
+    if folder is not None and not folder.is_dir():
+        raise CAAEvalError(f"--vectors caa {folder}: no such folder; pass CAA's vectors/ folder")
+
+
+def _check_behaviours(args: argparse.Namespace) -> None:
+    from caa_eval.vocab import caa_behaviour
+
+    for name in (args.behaviours or "").split(","):
+        if name.strip():
+            try:
+                caa_behaviour(name)
+            except CAAEvalError as exc:
+                raise CAAEvalError(f"--behaviours: {exc}") from None
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    custom("name", "one of the shipped experiments", lambda a: _check_experiment(a.name, None)),
+    custom("--limit", "a whole count >= 1 or a fraction in (0, 1)", lambda a: _limit(a.limit)),
+    custom("--vectors", "extract, or caa DIR with DIR an existing folder", _check_vectors),
+    free("--model", "HF path/ID or the embedded alias", "when the model loads (the load itself)", before_load=False),
+    custom("--behaviours", "comma-separated CAA behaviours", _check_behaviours),
+    existing_path("run_dir", kind="any", what="a run folder or a long table"),
+    custom("--reference", "one of the shipped experiments", lambda a: _check_experiment(a.reference, "--reference")),
+    number("--tolerance", ge=0, example="0.05", why="an absolute difference"),
+    number("--seed", ge=0, example="0", integer=True, why="numpy seeds are non-negative"),
+]

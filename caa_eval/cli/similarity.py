@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["configure", "run", "OUTPUTS"]
+from caa_eval.cli.arguments import free, vector_file
+
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
 
 OUTPUTS = {"csv": "file", "png": "file"}  # the dispatcher checks these are writable first
 
@@ -60,3 +62,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.csv}" + (f" and {args.png}" if args.png else ""))
     return 0
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    vector_file("file"),
+    vector_file("a"),
+    vector_file("b"),
+    free("--title", "any text"),
+]

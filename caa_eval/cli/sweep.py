@@ -10,7 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["configure", "overrides", "run"]
+from caa_eval.cli.arguments import custom, existing_path, free
+from caa_eval.errors import CAAEvalError
+
+__all__ = ["configure", "overrides", "run", "ARGUMENTS", "OUTPUTS"]
+
+OUTPUTS = {"out": "folder"}  # checked writable by the dispatcher (a config's `output` is checked by run_sweep)
 
 _LAUNCHER_VARS = (
     "RANK",
@@ -119,3 +124,63 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     run_sweep(cfg, dry_run=args.dry_run, progress=True, shard=shard)
     return 0
+
+
+_FLAG_OF_KEY = {
+    "output": "--out",
+    "limit": "--limit",
+    "model": "--model",
+    "layers": "--layers",
+    "multipliers": "--multipliers",
+    "behaviours": "--behaviours",
+    "tasks": "--tasks",
+    "sites": "--sites",
+    "batch_size": "--batch-size",
+}
+
+
+def _check_config(args: argparse.Namespace) -> None:
+    """The whole config with the flags applied (YAML only, no model): an error a flag caused names the flag."""
+    import re
+
+    from caa_eval.sweep import load_config
+
+    over = overrides(args)
+    try:
+        cfg = load_config(args.config, over)
+        if not args.dry_run:  # what run_sweep checks first, here before its notes reach the terminal
+            from caa_eval.files import check_output
+            from caa_eval.models import resolve_device
+
+            check_output(cfg.output, "--out" if args.out else "output", folder=True)
+            if cfg.vectors_dir is not None:
+                check_output(cfg.vectors_dir, "vectors", folder=True)
+            resolve_device(cfg.device)
+    except CAAEvalError as exc:
+        key = re.search(r"key '(\w+)'", str(exc))
+        if key and over.get(key.group(1)) is not None and key.group(1) in _FLAG_OF_KEY:
+            raise CAAEvalError(f"{_FLAG_OF_KEY[key.group(1)]}: {exc}") from None
+        raise
+
+
+def _check_shard(args: argparse.Namespace) -> None:
+    from caa_eval.sweep.shard import parse_shard
+
+    if args.shard is not None:
+        parse_shard(args.shard)
+
+
+_WITH_CONFIG = "with the config (load_config, YAML only), before any model loads"
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    existing_path("config", what="a sweep YAML"),
+    custom("config", "its keys validate, with the flags below applied", _check_config),
+    free("--model", "HF path/ID or the embedded alias", "when the model loads (the load itself)", before_load=False),
+    free("--limit", "a whole count >= 1 or a fraction in (0, 1)", _WITH_CONFIG),
+    free("--layers", "layer specs >= 0 (13, 10,13,16, 10-14)", _WITH_CONFIG),
+    free("--multipliers", "finite numbers", _WITH_CONFIG),
+    free("--behaviours", "behaviour names (CAA's or the config's own)", _WITH_CONFIG),
+    free("--tasks", "task names / templates with {behaviour}", _WITH_CONFIG),
+    free("--sites", "residual, mlp, attn", _WITH_CONFIG),
+    free("--batch-size", "an integer >= 1, auto or auto:N", _WITH_CONFIG),
+    custom("--shard", "i/n with 0 <= i < n, or auto", _check_shard),
+]

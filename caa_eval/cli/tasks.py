@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from caa_eval.cli.arguments import free
 from caa_eval.data.catalog import TEMPLATES, list_tasks, template_path
 from caa_eval.data.locate import CAA_DATA_ENV, MMLU_DIR_ENV
 
-__all__ = ["configure", "run"]
+__all__ = ["configure", "run", "ARGUMENTS"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -63,3 +64,9 @@ def run(args: argparse.Namespace) -> int:
         "\nRun e.g.: lm_eval --model hf --model_args pretrained=PATH --apply_chat_template --tasks caa_ab,caa_mmlu_2opt"
     )
     return 0
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    free("--caa-data-dir", "any path (a missing folder is listed as missing)"),
+    free("--mmlu-dir", "any path (a missing folder is listed as missing)"),
+]

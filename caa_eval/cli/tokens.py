@@ -6,9 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from caa_eval.cli.arguments import after_load, custom, free, number, vector_file, vector_layer
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["configure", "run", "OUTPUTS"]
+__all__ = ["configure", "run", "OUTPUTS", "ARGUMENTS"]
 
 OUTPUTS = {"json": "file", "html": "file", "png": "file"}  # the dispatcher checks these are writable first
 
@@ -39,23 +40,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--png", type=Path, help="also draw the colouring as a PNG")
     parser.add_argument("--title", help="heading of the HTML/PNG (default: behaviour, layer and text)")
     parser.add_argument("--scale", type=float, help="|cosine| at full colour (default: the largest |cosine|)")
-    parser.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, float16)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
 
 
 def run(args: argparse.Namespace) -> int:
     from caa_eval.analysis.token_view import write_html, write_png
     from caa_eval.analysis.tokens import token_cosines
+    from caa_eval.cli.arguments import check_model_layers
     from caa_eval.core.vectors import load
     from caa_eval.files import write_atomic
     from caa_eval.models import load_model
 
-    if args.prompt is not None and args.generate:
-        raise CAAEvalError("--generate goes with --question (the model answers it); with --prompt drop --generate")
-    if args.question is not None and args.generate <= 0:
-        raise CAAEvalError("--question needs --generate N (answer tokens to generate), e.g. --generate 60")
     sv = load(args.vector)
     vector = sv.select([args.layer], str(args.vector))[args.layer]
     model, tokenizer = load_model(args.model, args.dtype)
+    check_model_layers(model, [args.layer], "--layer")
     text = args.prompt if args.prompt is not None else args.question
     meta = {"model": args.model, "vector": str(args.vector), "behaviour": sv.behaviour, "text": text}
     result = token_cosines(
@@ -88,3 +87,25 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.json} and {args.html}" + (f" and {args.png}" if args.png else ""))
     return 0
+
+
+def _check_generate(args: argparse.Namespace) -> None:
+    if args.generate < 0:
+        raise CAAEvalError(f"--generate {args.generate}: write a count of answer tokens, e.g. --generate 60")
+    if args.prompt is not None and args.generate:
+        raise CAAEvalError("--generate goes with --question (the model answers it); with --prompt drop --generate")
+    if args.question is not None and args.generate <= 0:
+        raise CAAEvalError("--question needs --generate N (answer tokens to generate), e.g. --generate 60")
+
+
+ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
+    free("--model", "HF path/ID or the embedded alias", "when the model loads (the load itself)", before_load=False),
+    vector_file("--vector"),
+    vector_layer("--vector", "--layer"),
+    after_load("--layer", "exists in the model", "right after the model loads, before any forward pass"),
+    free("--prompt", "any text; exactly one of --prompt / --question", "argparse (usage error)"),
+    free("--question", "any text; exactly one of --prompt / --question", "argparse (usage error)"),
+    custom("--generate", ">= 1 with --question, 0 (left out) with --prompt", _check_generate),
+    free("--title", "any text"),
+    number("--scale", gt=0, le=1, example="0.5", why="the |cosine| drawn at full colour"),
+]

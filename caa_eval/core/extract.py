@@ -18,8 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from caa_eval import data
+from caa_eval.core.diagnostics import DIAGNOSTICS_KEY, layer_diagnostics
 from caa_eval.core.forward import cache_kwarg, decoder_base, pad_right
-from caa_eval.core.layers import decoder_layers, hidden_of, hidden_size, site_module
+from caa_eval.core.layers import decoder_layers, hidden_of, site_module
 from caa_eval.core.prompts import ab_answer_prompt, prompt_for
 from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
@@ -28,6 +29,7 @@ from caa_eval.vocab import BEHAVIOURS, SITES, behaviour_key, parse_layers
 __all__ = [
     "READ_RULES",
     "extract_vectors",
+    "extract_with_diagnostics",
     "extract_to_file",
     "build_rows",
     "check_context",
@@ -181,8 +183,8 @@ class _Reader:
 @torch.no_grad()
 def _shared_prefix_batch(
     base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device
-) -> dict[int, torch.Tensor]:
-    """Prefix once with a KV cache, then both letters as one step: returns (pos − neg) per layer, (B, H)."""
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Prefix once with a KV cache, then both letters as one step: returns (pos, neg) per layer, each (B, H)."""
     from transformers import DynamicCache
 
     prefixes = [pos.ids[:-1] for pos, _ in batch]
@@ -202,13 +204,13 @@ def _shared_prefix_batch(
     outputs = reader.run(
         lambda: base(input_ids=letters, attention_mask=mask2, position_ids=lengths, use_cache=True, **{cache_kw: cache})
     )
-    return {layer: (out[0::2, -1] - out[1::2, -1]).float() for layer, out in outputs.items()}
+    return {layer: (out[0::2, -1].float(), out[1::2, -1].float()) for layer, out in outputs.items()}
 
 
 @torch.no_grad()
 def _full_rows_batch(
     base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device
-) -> dict[int, torch.Tensor]:
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     rows = [row for pair in batch for row in pair]
     ids, mask = pad_right([r.ids for r in rows], pad_id, device)
     outputs = reader.run(lambda: base(input_ids=ids, attention_mask=mask, use_cache=False))
@@ -220,7 +222,7 @@ def _full_rows_batch(
             picked = torch.stack([out[i, s[0] : s[1]].mean(0) for i, s in enumerate(spans) if s is not None])
         else:
             picked = out[torch.arange(len(rows), device=device), read]
-        diffs[layer] = (picked[0::2] - picked[1::2]).float()
+        diffs[layer] = (picked[0::2].float(), picked[1::2].float())
     return diffs
 
 
@@ -239,6 +241,39 @@ def extract_vectors(
 
     read="answer_mean" averages over the answer's tokens instead, for pairs whose answers are full texts:
     a documented variant for models too small to answer A/B questions (the demo), not CAA's protocol."""
+    return extract_with_diagnostics(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)[0]
+
+
+def extract_with_diagnostics(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[data.ContrastPair],
+    layers: Sequence[int] | None = None,
+    site: str = "residual",
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+    progress: bool = True,
+    read: str = "letter",
+) -> tuple[dict[int, torch.Tensor], dict[str, dict[str, float]]]:
+    """extract_vectors' vectors and, per layer, the pairs' consistency and AUROC (core.diagnostics); holds every
+    pair's two activations per layer on the CPU until the end (2 × pairs × layers × hidden × 4 bytes)."""
+    acts = _activations(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)
+    vectors = {layer: ((pos - neg).double().sum(0) / len(pos)).to(torch.float32) for layer, (pos, neg) in acts.items()}
+    return vectors, {str(layer): layer_diagnostics(pos, neg) for layer, (pos, neg) in acts.items()}
+
+
+def _activations(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[data.ContrastPair],
+    layers: Sequence[int] | None,
+    site: str,
+    batch_size: int,
+    system_prompt: str | None,
+    progress: bool,
+    read: str,
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, every pair's (matching, non-matching) activation, each (pairs, hidden) float32 on the CPU."""
     chosen = parse_layers(layers, len(decoder_layers(model)))
     if batch_size < 1:
         raise CAAEvalError("--batch-size must be at least 1")
@@ -248,7 +283,7 @@ def extract_vectors(
     device = next(model.parameters()).device
     base = decoder_base(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0].ids))  # similar lengths share a batch
-    sums = {layer: torch.zeros(hidden_size(model), dtype=torch.float64) for layer in chosen}
+    parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {layer: [] for layer in chosen}
     reader = _Reader(model, chosen, site)
     was_training = model.training
     model.eval()
@@ -260,13 +295,13 @@ def extract_vectors(
                 slow = [p for p in batch if not _shares_prefix(*p)]
                 for part, fn in ((fast, _shared_prefix_batch), (slow, _full_rows_batch)):
                     if part:
-                        for layer, diff in fn(base, reader, part, pad_id, device).items():
-                            sums[layer] += diff.sum(0).cpu().double()
+                        for layer, (pos, neg) in fn(base, reader, part, pad_id, device).items():
+                            parts[layer].append((pos.cpu(), neg.cpu()))
                 bar.update(len(batch))
     finally:
         reader.close()
         model.train(was_training)
-    return {layer: (sums[layer] / len(rows)).to(torch.float32) for layer in chosen}
+    return {layer: (torch.cat([p for p, _ in got]), torch.cat([n for _, n in got])) for layer, got in parts.items()}
 
 
 def default_behaviour(data_path: Path) -> str:
@@ -286,11 +321,7 @@ def default_behaviour(data_path: Path) -> str:
             f"{data_path}: cannot tell the behaviour from the name {data_path.name} in folder "
             f"{data_path.parent.name!r} (not one of CAA's behaviours); pass --behaviour-label NAME"
         )
-    name = behaviour_key(data_path.stem)
-    log.info(
-        "behaviour recorded as %r (from the file name %s); pass --behaviour-label NAME to name it", name, data_path.name
-    )
-    return name
+    return behaviour_key(data_path.stem)
 
 
 def _check_site(site: str) -> None:
@@ -347,7 +378,9 @@ def extract_to_file(
         where = resolve_device(device)  # a missing GPU is one line before the load, not a slow CPU run
         model, tokenizer = load_model(model_name, dtype=dtype)
         model = model.to(where)
-    vectors = extract_vectors(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)
+    vectors, diagnostics = extract_with_diagnostics(
+        model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read
+    )
     sv = SteeringVector(
         vectors=vectors,
         behaviour=name,
@@ -357,7 +390,14 @@ def extract_to_file(
         read_position=READ_RULES[read],
         n_pairs=len(pairs),
         dataset_sha256=data.file_sha256(data_path),
-        extra={"system_prompt": system_prompt, "data_file": data_path.name},
+        extra={"system_prompt": system_prompt, "data_file": data_path.name, DIAGNOSTICS_KEY: diagnostics},
     )
     sv.save(out)
+    if not behaviour and not data_path.stem.startswith(("generate_dataset", "test_dataset")):
+        # said once the file exists: a bad input must stay one stderr line, with no note before it
+        log.info(
+            "behaviour recorded as %r (from the file name %s); pass --behaviour-label NAME to name it",
+            name,
+            data_path.name,
+        )
     return sv

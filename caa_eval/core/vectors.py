@@ -35,8 +35,6 @@ __all__ = [
 
 FORMAT = "caa-eval/vector-v1"
 _META_KEY = "caa_eval"
-# lm-eval `steered` hookpoints are relative to model.base_model: "layers.13", "layers.13.mlp", ...
-_STEERED_SITES = {"": "residual", "mlp": "mlp", "self_attn": "attn", "attn": "attn"}
 
 
 @dataclass
@@ -139,10 +137,10 @@ def _check_finite(vectors: dict[int, torch.Tensor], source: str) -> None:
             raise CAAEvalError(f"{source}: vector for layer {layer} contains NaN or inf; re-extract it")
 
 
-VECTOR_SUFFIXES = (".safetensors", ".pt", ".pth")
+VECTOR_SUFFIXES = (".safetensors", ".pt", ".pth", ".gguf")
 _USE = (
-    "write a .safetensors file with `caa-eval extract`, or pass CAA's vec_layer_<L>_<model>.pt or an "
-    "lm-eval steered .pt"
+    "write a .safetensors file with `caa-eval extract`, or pass CAA's vec_layer_<L>_<model>.pt, an "
+    "lm-eval steered .pt or a llama.cpp/repeng control vector .gguf"
 )
 # header field -> (accepted types, what to write) for the caa-eval metadata
 _HEADER_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
@@ -165,7 +163,8 @@ _HEADER_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 
 
 def load(path: str | Path) -> SteeringVector:
-    """Load a caa-eval `.safetensors` file, CAA's bare-tensor `.pt`, or lm-eval `steered`'s `.pt` format.
+    """Load a caa-eval `.safetensors` file, CAA's bare-tensor `.pt`, lm-eval `steered`'s `.pt`, or a llama.cpp /
+    repeng control-vector `.gguf`; the format is told from the content (a `.pt` that is a GGUF reads as one).
 
     Every problem with the file (missing, wrong type, malformed header, odd tensor names or shapes, NaN) is a
     one-line CAAEvalError naming the file; pickled objects are never executed (torch.load weights_only=True).
@@ -183,12 +182,17 @@ def load(path: str | Path) -> SteeringVector:
         raise CAAEvalError(f"vector file not found: {path}; check the path ({_USE})")
     if path.suffix not in VECTOR_SUFFIXES:
         raise CAAEvalError(
-            f"{path}: a vector file ends in .safetensors (caa-eval) or .pt (CAA, lm-eval steered), "
-            f"not {path.suffix or 'no suffix'!r}; rename it if it is one, else {_USE}"
+            f"{path}: a vector file ends in .safetensors (caa-eval), .pt (CAA, lm-eval steered) or .gguf "
+            f"(llama.cpp, repeng), not {path.suffix or 'no suffix'!r}; rename it if it is one, else {_USE}"
         )
     if path.stat().st_size == 0:
         raise CAAEvalError(f"{path}: the file is empty (an interrupted copy?); {_USE}")
-    if path.suffix in (".pt", ".pth"):
+    from caa_eval.core.formats import gguf, sniff
+
+    kind = sniff(path)
+    if kind == "gguf" or (kind == "unknown" and path.suffix == ".gguf"):
+        return gguf.read(path)
+    if kind == "torch" or (kind == "unknown" and path.suffix in (".pt", ".pth")):
         return _load_pt(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -313,7 +317,9 @@ def _load_pt(path: Path) -> SteeringVector:
             f"{{steering_vector, steering_coefficient}}, found {type(config).__name__}"
             f"{' (empty)' if isinstance(config, dict) else ''}"
         )
-    return _load_lm_eval_pt(path, config)
+    from caa_eval.core.formats import lmeval
+
+    return lmeval.read(path, config)
 
 
 def _load_caa_pt(path: Path, tensor: torch.Tensor) -> SteeringVector:
@@ -332,47 +338,6 @@ def _load_caa_pt(path: Path, tensor: torch.Tensor) -> SteeringVector:
         model=caa["model"],
         normalization={"method": "caa_mean_norm", "source": "CAA normalized_vectors"} if normalized else None,
         extra={"source": str(path)},
-    )
-
-
-def _load_lm_eval_pt(path: Path, config: dict[Any, Any]) -> SteeringVector:
-    vectors: dict[int, torch.Tensor] = {}
-    sites = set()
-    for hookpoint, entry in config.items():
-        parts = str(hookpoint).split(".")
-        if len(parts) < 2 or parts[0] != "layers" or not parts[1].isdigit():
-            raise CAAEvalError(
-                f"{path}: hookpoint {hookpoint!r} not understood; expected 'layers.<n>[.mlp|.self_attn]'"
-            )
-        site = _STEERED_SITES.get(".".join(parts[2:]))
-        if site is None:
-            raise CAAEvalError(f"{path}: hookpoint {hookpoint!r}: only block output, .mlp and .self_attn are supported")
-        if not isinstance(entry, dict):
-            raise CAAEvalError(
-                f"{path}: {hookpoint}: expected {{steering_vector, steering_coefficient}}, found a "
-                f"{type(entry).__name__}; write lm-eval steered's format"
-            )
-        if "steering_vector" not in entry:
-            raise CAAEvalError(
-                f"{path}: {hookpoint} has no 'steering_vector' (fields: {', '.join(map(str, entry))}); "
-                "add the vector as a 1-D tensor"
-            )
-        if entry.get("action", "add") != "add" or entry.get("bias") is not None or entry.get("head_index") is not None:
-            raise CAAEvalError(f"{path}: {hookpoint}: only action 'add' without bias/head_index maps to CAA")
-        coefficient = entry.get("steering_coefficient", 1.0)
-        if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) or not math.isfinite(coefficient):
-            raise CAAEvalError(
-                f"{path}: {hookpoint}: steering_coefficient is {coefficient!r}; write a finite number such as 1.0"
-            )
-        vectors[int(parts[1])] = _as_vector(path, hookpoint, entry["steering_vector"]).to(torch.float32) * float(
-            coefficient
-        )
-        sites.add(site)
-    if len(sites) != 1:
-        raise CAAEvalError(f"{path}: mixes sites {sorted(sites)}; caa-eval steers one site per file")
-    _check_sizes(path, vectors)
-    return SteeringVector(
-        vectors=vectors, site=sites.pop(), model="unknown (lm-eval steered .pt)", extra={"source": str(path)}
     )
 
 

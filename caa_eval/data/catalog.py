@@ -6,6 +6,7 @@ exactly the names `lm_eval --tasks` accepts; each task's data is then located th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from caa_eval.data.tqa import TQA_FILE, tqa_rows
 from caa_eval.errors import CAAEvalError
 from caa_eval.paths import tasks_dir
 
-__all__ = ["TEMPLATES", "TaskInfo", "template_path", "list_tasks"]
+__all__ = ["TEMPLATES", "TaskInfo", "template_path", "list_tasks", "shipped_task_names"]
 
 TEMPLATES = {
     "ab": "caa_ab/_caa_ab_template_yaml",
@@ -127,3 +128,12 @@ def list_tasks(caa_dir: str | Path | None = None, mmlu_dir: str | Path | None = 
             n, src = _describe(entry.cfg, entry.yaml_path, caa_dir, mmlu_dir)
             out.append(TaskInfo(name, n, src))
     return out
+
+
+_NAME_LINE = re.compile(r"^(?:task|group):[ \t]*([A-Za-z0-9_.+-]+)[ \t]*$", re.MULTILINE)
+
+
+def shipped_task_names() -> set[str]:
+    """Task and group names of the shipped task folder (its YAMLs' `task:` / `group:` lines): the cheap answer
+    to "is this task installed" while a config is checked, before lm-eval's own index is built."""
+    return {m[1] for p in tasks_dir().rglob("*.yaml") for m in _NAME_LINE.finditer(p.read_text(encoding="utf-8"))}

@@ -144,7 +144,7 @@ class OpenAIBackend:
 
     def _missing(self, verdict: Verdict, error: str) -> None:
         verdict.status, verdict.error = "missing", redact(error, self.secret)
-        log.warning("judge item counted as missing: %s", verdict.error)
+        log.debug("judge item counted as missing: %s", verdict.error)  # the run summary names the first error
 
     async def _judge(self, client: Any, semaphore: asyncio.Semaphore, job: Job, done: Done) -> None:
         import openai

@@ -92,7 +92,7 @@ class SteeredHFLM(HFLM):
     def __init__(
         self,
         pretrained: Any = DEFAULT_MODEL,
-        vector: str | None = None,
+        vector: str | vector_files.SteeringVector | None = None,
         layers: Any = None,
         multiplier: float | int | str = 1.0,
         site: str | None = None,
@@ -118,6 +118,7 @@ class SteeredHFLM(HFLM):
         self._fingerprint_cache: str | None = None
         self._scale_probe: Any = None  # caa_eval.analysis.calibrate.ScaleProbe, built on the first steered results
         self._scale_cache: dict[str, dict[str, Any]] = {}  # steering fingerprint -> steering_scale()
+        self._system_prompts: set[str] = set()  # system messages of the current run's requests ("" = none)
         self.grid: SteeringGrid | None = None  # several settings in one pass (`plan_grid`)
         self._apply(checked)
 
@@ -366,7 +367,19 @@ class SteeredHFLM(HFLM):
     def generate_until(self, requests, disable_tqdm: bool = False):
         # the grid decodes a batch of prompts in advance only for the settings that run the same task
         self._request_tasks = frozenset(t for t in (getattr(r, "task_name", None) for r in requests) if t)
-        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        texts = super().generate_until(requests, disable_tqdm=disable_tqdm)
+        self._score_fluency(requests, texts)
+        return texts
+
+    def _score_fluency(self, requests: list[Any], texts: list[str]) -> None:
+        """Each generation's perplexity under the unsteered model, left for the tasks' process_results
+        (`caa_eval.lmeval.fluency`): same process and weights, steering off, one batched pass."""
+        from caa_eval.lmeval import fluency
+
+        fluency.clear()
+        contexts = [r.args[0] for r in requests]
+        for r, text, ppl in zip(requests, texts, fluency.unsteered_perplexities(self, contexts, texts)):
+            fluency.record(str(getattr(r, "task_name", "")), r.doc or {}, text, ppl)
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
         grid = getattr(self, "grid", None)
@@ -390,6 +403,36 @@ class SteeredHFLM(HFLM):
         with self._steering:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """lm-eval's rendering, noting the run's system prompt: its cost is recorded with the steering's."""
+        self._system_prompts.add(next((str(m.get("content") or "") for m in chat_history if m["role"] == "system"), ""))
+        return super().apply_chat_template(chat_history, add_generation_prompt)
+
+    def _probe(self) -> Any:
+        """The scale probe (neutral prompts' unsteered pass), built once per model."""
+        if self._scale_probe is None:
+            from caa_eval.analysis.calibrate import ScaleProbe
+
+            self._scale_probe = ScaleProbe(self.model, self.tokenizer, layers_path=self.layers_path)
+        return self._scale_probe
+
+    def _prompt_scale(self, kl: float) -> dict[str, Any]:
+        """KL of the run's system prompt, alone and with the steering (`caa_eval.analysis.prompt_cost`)."""
+        from caa_eval.analysis.prompt_cost import prompt_scale
+
+        seen, self._system_prompts = self._system_prompts, set()
+        config, steering = self.steering_config, {}
+        if self._steering is not None:
+            steering = {
+                "vectors": dict(self._steering.vectors),
+                "multiplier": float(config["multiplier"]),
+                "site": config["site"],
+                "positions": config["positions"],
+            }
+        if not any(seen):
+            return {"system_prompt_kl": 0.0, "total_kl": kl}
+        return prompt_scale(self._probe(), seen, steering, kl)
+
     def steering_scale(self) -> dict[str, Any]:
         """How big the current steering is relative to this model (§9.1): the multiplier as a fraction of the mean
         residual-stream norm at the steered layers and the next-token KL on the shipped neutral prompts
@@ -400,12 +443,8 @@ class SteeredHFLM(HFLM):
             if self._steering is None:
                 self._scale_cache[key] = {"norm_fraction": 0.0, "kl": 0.0}
             else:
-                from caa_eval.analysis.calibrate import ScaleProbe
-
-                if self._scale_probe is None:
-                    self._scale_probe = ScaleProbe(self.model, self.tokenizer, layers_path=self.layers_path)
                 config = self.steering_config
-                self._scale_cache[key] = self._scale_probe.setting(
+                self._scale_cache[key] = self._probe().setting(
                     dict(self._steering.vectors), float(config["multiplier"]), config["site"], config["positions"]
                 )
         return self._scale_cache[key]
@@ -416,7 +455,8 @@ class SteeredHFLM(HFLM):
             self.steering_config, fingerprint=self.steering_fingerprint, model_fingerprint=self.model_fingerprint
         )
         try:
-            info["steering"]["scale"] = self.steering_scale()
+            info["steering"]["scale"] = dict(self.steering_scale())
+            info["steering"]["scale"].update(self._prompt_scale(float(info["steering"]["scale"]["kl"])))
         except Exception as exc:  # the evaluation's results are worth more than their scale note: keep them
             log.warning("steered-hf: could not measure the steering's scale on the neutral prompts: %s", exc)
             info["steering"]["scale"] = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}

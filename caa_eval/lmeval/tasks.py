@@ -20,6 +20,7 @@ from lm_eval.api.task import ConfigurableTask
 from caa_eval import data
 from caa_eval.core.prompts import render_prompt
 from caa_eval.errors import CAAEvalError
+from caa_eval.lmeval import fluency
 from caa_eval.vocab import caa_behaviour
 
 log = logging.getLogger("caa_eval.tasks")
@@ -75,6 +76,16 @@ class CAATask(ConfigurableTask):
             return ctx
         swapped = self._context({**doc, "user_prompt": doc["user_prompt_swapped"]}, num_fewshot, **kwargs)
         return [ctx, swapped]
+
+    def process_results(self, doc: dict, results: list[Any]) -> dict[str, Any]:
+        """The YAML's process_results, plus the fluency metrics when the task lists them (open-ended tasks):
+        distinct-n and repetition from the text, perplexity as steered-hf recorded it (`caa_eval.lmeval.fluency`)."""
+        out = super().process_results(doc, results)
+        wanted = {m.get("metric") for m in self.config.metric_list or []}
+        if self.config.output_type == "generate_until" and "perplexity" in wanted:
+            text = str(results[0])
+            out = {**out, "perplexity": fluency.take(str(self.config.task), doc, text), **fluency.text_metrics(text)}
+        return out
 
     def construct_requests(self, doc: dict, ctx: Any, **kwargs: Any) -> list[Instance] | Instance:
         if not isinstance(ctx, list) or self.multiple_input:
@@ -242,6 +253,9 @@ def process_mmlu(doc: dict, results: list[tuple[float, bool]]) -> dict[str, floa
     p_a, mass = letter_probs(ll_a, ll_b)
     p = p_a if doc["correct"] == "A" else 1.0 - p_a
     return {"p_correct": p, "ab_mass": mass, "acc": float(p > 0.5)}
+
+
+nanmean = fluency.nanmean  # aggregation of the fluency metrics in the open-ended task YAMLs
 
 
 def process_open(doc: dict, results: list[str]) -> dict[str, float]:

@@ -7,6 +7,8 @@ mark, and report.json lists for every number the sample files and item count it 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,13 @@ import pandas as pd
 from caa_eval import __version__
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
+from caa_eval.lmeval.fluency import FLUENCY_METRICS
+from caa_eval.report.costs import cost_sections
+from caa_eval.report.entanglement import entanglement_section
 from caa_eval.report.figures import dose_figures, layer_figures
+from caa_eval.report.html import write_html
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
+from caa_eval.report.steerability import steerability_section
 from caa_eval.report.table4 import finetune_shifts, sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
     cells_markdown,
@@ -37,6 +44,7 @@ from caa_eval.stats import (
     steering_scales,
     to_records,
     validate_long_table,
+    warn_no_baseline,
 )
 from caa_eval.vocab import primary_metric
 
@@ -52,7 +60,10 @@ def _load(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     if path.is_dir():
         table = long_table_from_runs(path, metrics="all")
         primary = pd.Series(
-            [primary_metric(t) in (None, m) for t, m in zip(table["task"], table["metric"])],
+            [
+                primary_metric(t) in (None, m) and m not in FLUENCY_METRICS
+                for t, m in zip(table["task"], table["metric"])
+            ],
             index=table.index,
             dtype=bool,
         )
@@ -110,6 +121,100 @@ def _scales(source: Any) -> tuple[pd.DataFrame, str]:
     )
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """The statistics settings of one report (they go into report.json as they are)."""
+
+    alpha: float
+    seed: int
+    n_resamples: int
+    n_permutations: int
+    primary_test: str
+
+    def resampling(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "n_resamples": self.n_resamples,
+            "n_permutations": self.n_permutations,
+            "primary_test": self.primary_test,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, **self.resampling(), "confidence": 0.95}
+
+
+@dataclass
+class _Sections:
+    """What the statistics beyond the cells add: figures, report.json keys and report.md lines."""
+
+    figures: list[dict[str, Any]] = field(default_factory=list)
+    records: dict[str, Any] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+
+def _conditions(source: Any) -> tuple[Any, Any]:
+    """A sweep's condition order and unfinetuned conditions (None, None elsewhere)."""
+    if isinstance(source, pd.DataFrame) or not Path(source).is_dir():
+        return None, None
+    return sweep_conditions(source) or (None, None)
+
+
+def _sections(
+    source: Any, table: pd.DataFrame, diag: pd.DataFrame, cells: pd.DataFrame, out: Path, s: _Settings, notes: list
+) -> _Sections:
+    """Figures and the sections after the pivots: scale, steerability card, entanglement, costs."""
+    scales, why_no_scale = _scales(source)
+    per_kl = effect_per_kl(cells, scales)
+    card, card_records, card_lines = steerability_section(table, cells, source, out, notes, s.seed, s.n_resamples)
+    tangle, tangle_lines, tangle_figures = entanglement_section(cells, out, s.alpha, s.primary_test)
+    costs = cost_sections(source, table, diag, out, s.alpha, **s.resampling())  # fluency; steering vs prompting
+    figures = (
+        dose_figures(cells, out, notes)
+        + layer_figures(cells, out, _vector_layer(source))
+        + scale_figures(per_kl, out, notes)
+        + card
+        + tangle_figures
+    )
+    records = {
+        "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
+        "entanglement": tangle,
+        "fluency": costs.fluency,
+        "pareto": costs.pareto,
+        "costs": {"reference_condition": costs.reference, "figures": costs.figures},
+        **card_records,
+    }
+    lines = scale_markdown(scales, per_kl, s.alpha, why_no_scale) + card_lines + tangle_lines + costs.lines
+    return _Sections(figures, records, lines)
+
+
+def _document(
+    label: str, table: pd.DataFrame, diag: pd.DataFrame, cells: pd.DataFrame, s: _Settings, parts: dict[str, Any]
+) -> dict[str, Any]:
+    """report.json: settings, correction family, cells with their source files, and every section's records."""
+    records = to_records(cells)
+    for rec in records:
+        rec["sources"] = [x for x in (rec["sources"] or "").split(";") if x]
+        rec["baseline_sources"] = [x for x in (rec["baseline_sources"] or "").split(";") if x]
+    return {
+        "caa_eval_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": label,
+        "settings": s.as_json(),
+        "correction": {
+            "family": "all cell-vs-multiplier-0 tests in this report",
+            "n_tests": int(cells.attrs["n_tests"]),
+            "methods": {"p_holm": "Holm (family-wise error)", "p_bh": "Benjamini-Hochberg (false discovery rate)"},
+            "applied_to": f"p_{s.primary_test}",
+            "mark": {"*": f"p_holm < {s.alpha}", "†": f"p_bh < {s.alpha} only"},
+        },
+        "n_items_total": int(table["item_id"].nunique()),
+        "n_rows": int(len(table)),
+        "cells": records,
+        "diagnostics": _diagnostics(diag),
+        **parts,
+    }
+
+
 def build_report(
     source: str | Path | pd.DataFrame,
     out_dir: str | Path | None = None,
@@ -119,8 +224,9 @@ def build_report(
     n_resamples: int = 2000,
     n_permutations: int = 9999,
     primary_test: str = "wilcoxon",
+    token_views: Sequence[tuple[str, str]] = (),
 ) -> Path:
-    """Write report.md, report.json and PNG figures into out_dir; returns the path of report.md.
+    """Write report.md, report.json, report.html and PNG figures into out_dir; returns the path of report.md.
 
     Args:
         source: a sweep folder, an lm_eval --output_path folder, a CSV/JSONL long table, or a DataFrame.
@@ -130,82 +236,29 @@ def build_report(
         n_resamples: bootstrap resamples per CI.
         n_permutations: random sign flips per permutation test.
         primary_test: "wilcoxon" or "permutation": whose p-values are corrected and marked.
+        token_views: per-token views (title, HTML fragment) for report.html (`caa-eval report --tokens N`).
     """
+    s = _Settings(alpha, seed, n_resamples, n_permutations, primary_test)
     table, diag, label, warnings_ = _load(source)
     out = Path(out_dir) if out_dir is not None else _default_out(source)
-    cells = compute_stats(
-        table, alpha=alpha, seed=seed, n_resamples=n_resamples, n_permutations=n_permutations, primary_test=primary_test
-    )
+    cells = compute_stats(table, alpha=alpha, **s.resampling())
     dose = compute_dose_response(table, seed=seed, n_resamples=n_resamples)
-    tables = pivot_tables(cells, alpha)
-    order, plain = (
-        sweep_conditions(source) if not isinstance(source, pd.DataFrame) and Path(source).is_dir() else None
-    ) or (None, None)
-    table4 = table4_tables(
-        table,
-        cells,
-        alpha,
-        plain=plain,
-        order=order,
-        primary_test=primary_test,
-        seed=seed,
-        n_resamples=n_resamples,
-        n_permutations=n_permutations,
-    )  # with >= 2 conditions only
-    notes = list(warnings_)
+    order, plain = _conditions(source)
+    table4 = table4_tables(table, cells, alpha, plain=plain, order=order, **s.resampling())  # >= 2 conditions
+    notes = list(warnings_) + warn_no_baseline(cells)
     out.mkdir(parents=True, exist_ok=True)
     old_figures = _previous_figures(out)
-    scales, why_no_scale = _scales(source)
-    per_kl = effect_per_kl(cells, scales)
-    figures = (
-        dose_figures(cells, out, notes)
-        + layer_figures(cells, out, _vector_layer(source))
-        + scale_figures(per_kl, out, notes)
-    )
-    for stale in old_figures - {f["file"] for f in figures}:
+    extra = _sections(source, table, diag, cells, out, s, notes)
+    for stale in old_figures - {f["file"] for f in extra.figures}:
         (out / stale).unlink(missing_ok=True)
-
-    records = to_records(cells)
-    for rec in records:
-        rec["sources"] = [s for s in (rec["sources"] or "").split(";") if s]
-        rec["baseline_sources"] = [s for s in (rec["baseline_sources"] or "").split(";") if s]
-    settings = {
-        "alpha": alpha,
-        "seed": seed,
-        "n_resamples": n_resamples,
-        "n_permutations": n_permutations,
-        "primary_test": primary_test,
-        "confidence": 0.95,
-    }
-    report = {
-        "caa_eval_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "input": label,
-        "settings": settings,
-        "correction": {
-            "family": "all cell-vs-multiplier-0 tests in this report",
-            "n_tests": int(cells.attrs["n_tests"]),
-            "methods": {"p_holm": "Holm (family-wise error)", "p_bh": "Benjamini-Hochberg (false discovery rate)"},
-            "applied_to": f"p_{primary_test}",
-            "mark": {"*": f"p_holm < {alpha}", "†": f"p_bh < {alpha} only"},
-        },
-        "n_items_total": int(table["item_id"].nunique()),
-        "n_rows": int(len(table)),
-        "cells": records,
-        "dose_response": to_records(dose),
-        "tables": tables,
-        "table4": table4,
-        "finetune_shifts": finetune_shifts(source) if table4 and not isinstance(source, pd.DataFrame) else [],
-        "diagnostics": _diagnostics(diag),
-        "figures": figures,
-        "warnings": notes,
-        "scale": scale_records(scales, per_kl) | {"missing": why_no_scale if scales.empty else ""},
-    }
+    parts: dict[str, Any] = {"dose_response": to_records(dose), "tables": pivot_tables(cells, alpha), "table4": table4}
+    parts |= {"figures": extra.figures, "warnings": notes, **extra.records}
+    parts["finetune_shifts"] = finetune_shifts(source) if table4 and not isinstance(source, pd.DataFrame) else []
+    report = _document(label, table, diag, cells, s, parts)
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
-    return write_atomic(
-        out / "report.md",
-        render_markdown(report, cells, dose, alpha, scale_markdown(scales, per_kl, alpha, why_no_scale)),
-    )
+    md = write_atomic(out / "report.md", render_markdown(report, cells, dose, alpha, extra.lines))
+    write_html(report, out, None if isinstance(source, pd.DataFrame) else source, token_views)
+    return md
 
 
 def _method_lines(report: dict[str, Any], alpha: float) -> list[str]:
@@ -293,11 +346,12 @@ def render_markdown(
             lines += [f"### {t['title']}", "", table_markdown(t), ""]
     if report["figures"]:
         lines += ["## Figures", ""]
-        for f in report["figures"]:
+        for f in [f for f in report["figures"] if f["kind"] != "steerability"]:  # those are in their card
             kind = {
                 "dose_response": "Dose-response (behaviour and MMLU together)",
                 "layer_sweep": "Layer sweep",
                 "effect_vs_kl": "Effect per unit of KL",
+                "entanglement": "Entanglement heat map",
             }.get(f["kind"], f"Layer transfer (the layer-{f.get('vector_layer')} vector at every layer)")
             lines += [f"**{kind}: {f['title']}**", "", f"![{kind}]({f['file']})", ""]
     lines += scale_lines or []

@@ -27,19 +27,6 @@ MAX_KL_PANELS = 16
 _CONFIG = ["condition", "behaviour", "layer", "site", "positions"]
 
 
-def _vector_labels(cells: pd.DataFrame) -> pd.DataFrame:
-    """Cells with the labels of the setting that steered them: cross-behaviour cells carry their vector as
-    `vector:X` in the condition (caa_eval.stats.runs), every other cell was steered by its own behaviour."""
-    out = cells.copy()
-    conds, vecs = [], []
-    for behaviour, condition in zip(out["behaviour"], out["condition"]):
-        parts = [p for p in str(condition).split(",") if p]
-        vector = next((p.removeprefix("vector:") for p in parts if p.startswith("vector:")), behaviour)
-        conds.append(",".join(p for p in parts if not p.startswith("vector:")))
-        vecs.append(vector)
-    return out.assign(scale_condition=conds, scale_behaviour=vecs)
-
-
 def effect_per_kl(cells: pd.DataFrame, scales: pd.DataFrame) -> pd.DataFrame:
     """Each steered primary-metric cell with its setting's norm fraction and KL, and diff vs 0 per nat of KL.
 
@@ -54,16 +41,11 @@ def effect_per_kl(cells: pd.DataFrame, scales: pd.DataFrame) -> pd.DataFrame:
     ]
     if steered.empty or scales.empty:
         return pd.DataFrame(columns=columns)
-    labelled = _vector_labels(steered)
-    right = scales[[*SCALE_KEY, "norm_fraction", "kl"]].rename(
-        columns={"condition": "scale_condition", "behaviour": "scale_behaviour"}
-    )
-    merged = labelled.merge(
-        right, how="inner", on=["scale_condition", "scale_behaviour", "layer", "site", "positions", "multiplier"]
-    )
+    # a cell's behaviour is the vector that steered it (caa_eval.stats.runs), as in the scale rows
+    merged = steered.merge(scales[[*SCALE_KEY, "norm_fraction", "kl"]], how="inner", on=SCALE_KEY)
     kl = merged["kl"].astype(float)
     merged["diff_per_kl"] = np.where(kl > 0, merged["diff_vs_0"].astype(float) / kl.where(kl > 0, 1.0), np.nan)
-    return merged.drop(columns=["scale_condition", "scale_behaviour"])[columns].reset_index(drop=True)
+    return merged[columns].reset_index(drop=True)
 
 
 def _num(v: Any, fmt: str) -> str:

@@ -2,8 +2,9 @@
 
 The steps, one module each: `table` (the long table: schema, validation, CSV/JSONL loading), `runs` (lm-eval
 run folders and sweep folders into that table), `tests` (bootstrap CIs, Wilcoxon / permutation tests, MDE,
-Holm/BH), `cells` (each steered cell against its multiplier-0 baseline; dose-response) and `format` (text
-and JSON output). docs/statistics.md defines every column.
+Holm/BH), `cells` (each steered cell against its multiplier-0 baseline), `dose` (dose-response over
+multipliers), `steerability` (per-item slopes: anti-steerable items, letter bias) and `format` (text and
+JSON output). docs/statistics.md defines every column.
 
     from caa_eval import stats
     table = stats.load_any("RUN_DIR")          # or a .csv / .jsonl long table
@@ -15,14 +16,18 @@ from __future__ import annotations
 from caa_eval.stats.cells import (
     BASELINE_TOLERANCE,
     CELL_COLUMNS,
+    NO_BASELINE,
     Baselines,
-    compute_dose_response,
+    MissingBaseline,
     compute_stats,
     paired_stats,
-    per_item_slopes,
+    require_some_baseline,
+    warn_no_baseline,
 )
-from caa_eval.stats.format import format_cells, format_dose, stats_json, to_records
+from caa_eval.stats.dose import DOSE_COLUMNS, compute_dose_response, multiplier_matrix, per_item_slopes
+from caa_eval.stats.format import format_cells, format_dose, format_steerability, stats_json, to_records
 from caa_eval.stats.runs import SCALE_COLUMNS, SCALE_KEY, long_table_from_runs, parse_model_args, steering_scales
+from caa_eval.stats.steerability import Steerability, propensity, steerability
 from caa_eval.stats.table import (
     BASELINE_CONFIG,
     BASELINE_KEY,
@@ -30,6 +35,7 @@ from caa_eval.stats.table import (
     CONFIG_KEY,
     DEFAULT_METRIC,
     GROUP_KEY,
+    LETTER_COLUMN,
     OPTIONAL,
     REQUIRED,
     SHARED_BEHAVIOUR,
@@ -59,6 +65,7 @@ __all__ = [
     # the long table
     "REQUIRED",
     "OPTIONAL",
+    "LETTER_COLUMN",
     "GROUP_KEY",
     "CELL_KEY",
     "BASELINE_KEY",
@@ -93,14 +100,25 @@ __all__ = [
     # cells and dose-response
     "BASELINE_TOLERANCE",
     "CELL_COLUMNS",
+    "NO_BASELINE",
     "Baselines",
+    "MissingBaseline",
+    "warn_no_baseline",
+    "require_some_baseline",
     "compute_stats",
     "paired_stats",
     "per_item_slopes",
     "compute_dose_response",
+    "DOSE_COLUMNS",
+    "multiplier_matrix",
+    # per-item steerability
+    "Steerability",
+    "propensity",
+    "steerability",
     # output
     "to_records",
     "stats_json",
     "format_cells",
     "format_dose",
+    "format_steerability",
 ]

@@ -1,5 +1,5 @@
-"""Per-cell statistics: each steered cell against its multiplier-0 baseline on the same items, plus the
-dose-response over multipliers.
+"""Per-cell statistics: each steered cell against its multiplier-0 baseline on the same items (the
+dose-response over multipliers is in `dose`).
 
 Every cell (behaviour, task, metric, layer, site, positions, condition, multiplier) is scored on the same
 items as its baseline, so the tests work on per-item differences: item difficulty cancels and 50 items
@@ -8,13 +8,12 @@ are enough to see CAA-sized effects. docs/statistics.md explains each column.
 
 from __future__ import annotations
 
+import logging
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.stats.table import (
@@ -30,24 +29,26 @@ from caa_eval.stats.tests import (
     NOISE,
     TESTS,
     adjust_pvalues,
-    floor_p,
     macro_mean,
     mde_dz,
     mean_ci,
     paired_tests,
     seeded_rng,
 )
-from caa_eval.vocab import format_multiplier
 
 __all__ = [
     "BASELINE_TOLERANCE",
     "CELL_COLUMNS",
+    "NO_BASELINE",
+    "MissingBaseline",
+    "warn_no_baseline",
+    "require_some_baseline",
     "Baselines",
     "compute_stats",
     "paired_stats",
-    "per_item_slopes",
-    "compute_dose_response",
 ]
+
+log = logging.getLogger(__name__)
 
 BASELINE_TOLERANCE = 1e-6  # multiplier-0 runs at different layers must agree to this (they steer nothing)
 CELL_COLUMNS = [
@@ -82,6 +83,14 @@ CELL_COLUMNS = [
 ]
 
 
+NO_BASELINE = "no baseline"
+"""The note of a steered cell that has no multiplier-0 rows to pair with: listed, not tested."""
+
+
+class MissingBaseline(CAAEvalError):
+    """A cell has no multiplier-0 rows of its behaviour/task/metric/condition."""
+
+
 def _config_label(config: tuple[str, ...]) -> str:
     return ", ".join(f"{k}={v}" for k, v in zip(CONFIG_KEY, config) if v) or "unsteered"
 
@@ -113,7 +122,7 @@ class Baselines:
         config = tuple(keyd[k] for k in CONFIG_KEY)
         configs = self._by_base.get(base)
         if not configs:
-            raise CAAEvalError(
+            raise MissingBaseline(
                 f"no multiplier-0 baseline for cell {cell_label(group, GROUP_KEY)}; add multiplier-0 rows for "
                 f"behaviour={keyd['behaviour']}, task={keyd['task']}, metric={keyd['metric']}, "
                 f"condition={keyd['condition'] or '(none)'}"
@@ -157,8 +166,11 @@ def _paired(
     rng: np.random.Generator,
     settings: dict[str, Any],
 ) -> list[str]:
-    """Fill the cell-vs-baseline columns of `row`; returns the notes."""
-    base, base_sources, base_config, base_note = baselines.get(group)
+    """Fill the cell-vs-baseline columns of `row`; returns the notes (NO_BASELINE when there is none)."""
+    try:
+        base, base_sources, base_config, base_note = baselines.get(group)
+    except MissingBaseline:
+        return [NO_BASELINE]
     common = scores.index.intersection(base.index)
     if common.empty:
         raise CAAEvalError(
@@ -235,63 +247,108 @@ def compute_stats(
     table = validate_long_table(df)
     baselines = Baselines(table)
     settings = {"alpha": alpha, "n_resamples": n_resamples, "n_permutations": n_permutations, "confidence": confidence}
-    out: list[dict[str, Any]] = []
-    for key, rows in table.groupby(CELL_KEY, sort=True):
-        key = tuple(key)
-        group, multiplier = key[:-1], float(key[-1])
-        rng = seeded_rng(seed, key)
-        indexed = rows.set_index("item_id")
-        scores, subjects = indexed["score"], indexed["subject"]
-        valid = scores.notna()
-        values, subj = scores[valid].to_numpy(dtype=float), _subjects_or_none(subjects[valid])
-        low, high, ci_note = mean_ci(values, rng, n_resamples, confidence, subjects=subj)
-        cell = dict(zip(CELL_KEY, key))
-        row: dict[str, Any] = cell | {
-            "is_baseline": multiplier == 0,
-            "n": int(values.size),
-            "n_items": int(values.size),
-            "n_missing": int((~valid).sum()),
-            "n_unpaired": 0,
-            "n_subjects": 0 if subj is None else len(set(subj)),
-            "mean": macro_mean(values, subj),
-            "ci_low": low,
-            "ci_high": high,
-            "baseline_mean": math.nan,
-            "diff_vs_0": math.nan,
-            "diff_ci_low": math.nan,
-            "diff_ci_high": math.nan,
-            "p_wilcoxon": math.nan,
-            "wilcoxon_method": "",
-            "p_permutation": math.nan,
-            "cohen_dz": math.nan,
-            "frac_wrong_way": math.nan,
-            "mde": math.nan,
-            "mde_dz": math.nan,
-            **{b: cell[c] for b, c in zip(BASELINE_CONFIG, CONFIG_KEY)},
-            "sources": ";".join(sorted(set(rows["source"]))),
-            "baseline_sources": "",
-        }
-        notes = [ci_note] if ci_note else []
-        if multiplier != 0:
-            notes += _paired(row, scores, subjects, baselines, group, multiplier, rng, settings)
-        row["note"] = "; ".join(dict.fromkeys(notes))
-        out.append(row)
-    cells = pd.DataFrame(out)
+    out = [
+        _cell_row(tuple(key), rows, baselines, seeded_rng(seed, tuple(key)), settings)
+        for key, rows in table.groupby(CELL_KEY, sort=True)
+    ]
+    cells = _check_baselines(pd.DataFrame(out), baselines)
     primary = cells[f"p_{primary_test}"].where(~cells["is_baseline"])
     cells["p_holm"], cells["p_bh"] = adjust_pvalues(primary.to_numpy())
     cells["significant"] = cells["p_holm"] < alpha
     cells.attrs.update(
-        {
-            "alpha": alpha,
-            "seed": seed,
-            "n_resamples": n_resamples,
-            "n_permutations": n_permutations,
-            "primary_test": primary_test,
-            "confidence": confidence,
-            "n_tests": int(np.isfinite(primary).sum()),
-        }
+        settings | {"seed": seed, "primary_test": primary_test, "n_tests": int(np.isfinite(primary).sum())}
     )
     return cells[CELL_COLUMNS]
+
+
+_UNPAIRED = (
+    "baseline_mean",
+    "diff_vs_0",
+    "diff_ci_low",
+    "diff_ci_high",
+    "p_wilcoxon",
+    "p_permutation",
+    "cohen_dz",
+    "frac_wrong_way",
+    "mde",
+    "mde_dz",
+)
+
+
+def _cell_row(
+    key: tuple, rows: pd.DataFrame, baselines: Baselines, rng: np.random.Generator, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """One cell's row: its mean with CI, and for a steered cell the paired comparison with its baseline."""
+    group, multiplier = key[:-1], float(key[-1])
+    indexed = rows.set_index("item_id")
+    scores, subjects = indexed["score"], indexed["subject"]
+    valid = scores.notna()
+    values, subj = scores[valid].to_numpy(dtype=float), _subjects_or_none(subjects[valid])
+    low, high, ci_note = mean_ci(values, rng, settings["n_resamples"], settings["confidence"], subjects=subj)
+    cell = dict(zip(CELL_KEY, key))
+    row: dict[str, Any] = cell | {
+        "is_baseline": multiplier == 0,
+        "n": int(values.size),
+        "n_items": int(values.size),
+        "n_missing": int((~valid).sum()),
+        "n_unpaired": 0,
+        "n_subjects": 0 if subj is None else len(set(subj)),
+        "mean": macro_mean(values, subj),
+        "ci_low": low,
+        "ci_high": high,
+        "wilcoxon_method": "",
+        **dict.fromkeys(_UNPAIRED, math.nan),
+        **{b: cell[c] for b, c in zip(BASELINE_CONFIG, CONFIG_KEY)},
+        "sources": ";".join(sorted(set(rows["source"]))),
+        "baseline_sources": "",
+    }
+    notes = [ci_note] if ci_note else []
+    if multiplier != 0:
+        notes += _paired(row, scores, subjects, baselines, group, multiplier, rng, settings)
+    row["note"] = "; ".join(dict.fromkeys(notes))
+    return row
+
+
+def _check_baselines(cells: pd.DataFrame, baselines: Baselines) -> pd.DataFrame:
+    """Cells without a baseline are listed (note NO_BASELINE, `attrs["no_baseline"]` names them, and
+    `attrs["no_baseline_error"]` says how to fix the first), so that a report never fails after the work."""
+    lacking = cells[[NO_BASELINE in str(n).split("; ") for n in cells["note"]]]
+    cells.attrs["no_baseline"] = [cell_label(tuple(r)) for r in lacking[CELL_KEY].itertuples(index=False)]
+    cells.attrs["no_baseline_error"] = ""
+    if len(lacking):
+        try:
+            baselines.get(tuple(lacking.iloc[0][GROUP_KEY]))
+        except MissingBaseline as exc:
+            cells.attrs["no_baseline_error"] = str(exc)
+    return cells
+
+
+def require_some_baseline(cells: pd.DataFrame) -> None:
+    """Refuse a table in which no steered cell has a baseline: nothing in it can be tested (`caa-eval stats`).
+
+    Args:
+        cells: compute_stats output.
+    """
+    lacking = cells.attrs.get("no_baseline") or []
+    if lacking and len(lacking) == int((~cells["is_baseline"].astype(bool)).sum()):
+        raise MissingBaseline(cells.attrs["no_baseline_error"])
+
+
+def warn_no_baseline(cells: pd.DataFrame) -> list[str]:
+    """Log one warning line naming the cells compute_stats found without a baseline; returns it (or nothing).
+
+    Args:
+        cells: compute_stats output.
+    """
+    lacking = cells.attrs.get("no_baseline") or []
+    if not lacking:
+        return []
+    line = (
+        f"{len(lacking)} steered cell(s) have no multiplier-0 baseline and are listed as '{NO_BASELINE}', "
+        f"untested: {'; '.join(lacking)}; run the unsteered cell of their task and condition to test them"
+    )
+    log.warning("%s", line)
+    return [line]
 
 
 def paired_stats(df: pd.DataFrame, **options: Any) -> pd.DataFrame:
@@ -304,108 +361,3 @@ def paired_stats(df: pd.DataFrame, **options: Any) -> pd.DataFrame:
         **options: alpha, seed, n_resamples, n_permutations, primary_test, confidence (see compute_stats).
     """
     return compute_stats(df, **options)
-
-
-def per_item_slopes(matrix: pd.DataFrame) -> pd.Series:
-    """OLS slope of score on multiplier for each item (row); items need ≥2 scored multipliers.
-
-    Args:
-        matrix: items × multipliers (columns are the multiplier values), NaN for missing scores.
-    """
-    levels = np.asarray(matrix.columns, dtype=float)
-    values = matrix.to_numpy(dtype=float)
-    slopes = np.full(len(matrix), np.nan)
-    complete = ~np.isnan(values).any(axis=1)
-    if complete.any():
-        slopes[complete] = np.polyfit(levels, values[complete].T, 1)[0]
-    for i in np.flatnonzero(~complete):
-        ok = ~np.isnan(values[i])
-        if np.unique(levels[ok]).size >= 2:
-            slopes[i] = np.polyfit(levels[ok], values[i, ok], 1)[0]
-    return pd.Series(slopes, index=matrix.index)
-
-
-def _page(complete: np.ndarray) -> tuple[float, float, float]:
-    """Page's L (increasing order) and the one-sided p of both orders."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        inc = sps.page_trend_test(complete)
-        dec = sps.page_trend_test(complete[:, ::-1])
-    return float(inc.statistic), float(inc.pvalue), float(dec.pvalue)
-
-
-def compute_dose_response(
-    df: pd.DataFrame, *, seed: int = 0, n_resamples: int = 2000, confidence: float = 0.95
-) -> pd.DataFrame:
-    """Per configuration (all but the multiplier): mean per-item OLS slope with bootstrap CI, and Page's L.
-
-    Page's trend test treats items as blocks and multipliers (including the 0 baseline) as ordered
-    treatments; it is run in both orders and reported two-sided (2 × the smaller one-sided p). Holm over
-    all configurations' trend tests is a separate family from the cell-vs-0 tests. Items with a subject give
-    the macro mean slope.
-
-    Args:
-        df: a long table.
-        seed: seed of the bootstrap.
-        n_resamples: bootstrap resamples per CI.
-        confidence: coverage of the CIs.
-    """
-    table = validate_long_table(df)
-    baselines = Baselines(table)
-    steered = table[table["multiplier"] != 0]
-    subject_of = table.drop_duplicates(["task", "item_id"]).set_index(["task", "item_id"])["subject"]
-    out = []
-    for group, rows in steered.groupby(GROUP_KEY, sort=True):
-        group = tuple(group)
-        base = baselines.get(group)[0]
-        steered_scores = rows.pivot(index="item_id", columns="multiplier", values="score")
-        matrix = pd.concat([base.rename(0.0), steered_scores], axis=1)
-        matrix = matrix[sorted(matrix.columns)]
-        slopes = per_item_slopes(matrix).dropna()
-        task = dict(zip(GROUP_KEY, group))["task"]
-        subj = _subjects_or_none(pd.Series([subject_of.get((task, i), "") for i in slopes.index], dtype=object))
-        low, high, note = mean_ci(
-            slopes.to_numpy(), seeded_rng(seed, ("dose", *group)), n_resamples, confidence, subjects=subj
-        )
-        complete = matrix.dropna().to_numpy(dtype=float)
-        stat = p_inc = p_dec = math.nan
-        notes = [note] if note else []
-        if complete.shape[1] >= 3 and complete.shape[0] >= 2:
-            stat, p_inc, p_dec = _page(complete)
-            (p_inc, low_inc), (p_dec, low_dec) = floor_p(p_inc, "Page's L"), floor_p(p_dec, "Page's L")
-            notes += [low_inc or low_dec] if low_inc or low_dec else []
-        else:
-            notes.append("Page's L needs ≥3 multipliers (incl. 0) and ≥2 complete items")
-        out.append(
-            dict(zip(GROUP_KEY, group))
-            | {
-                "multipliers": ",".join(format_multiplier(m) for m in matrix.columns),
-                "n_items": int(slopes.size),
-                "n_complete": int(complete.shape[0]),
-                "slope": macro_mean(slopes.to_numpy(), subj),
-                "slope_ci_low": low,
-                "slope_ci_high": high,
-                "page_L": stat,
-                "p_trend": min(1.0, 2 * min(p_inc, p_dec)) if np.isfinite(p_inc) else math.nan,
-                "trend_direction": "" if not np.isfinite(p_inc) else ("increasing" if p_inc <= p_dec else "decreasing"),
-                "note": "; ".join(notes),
-            }
-        )
-    dose = pd.DataFrame(
-        out,
-        columns=[
-            *GROUP_KEY,
-            "multipliers",
-            "n_items",
-            "n_complete",
-            "slope",
-            "slope_ci_low",
-            "slope_ci_high",
-            "page_L",
-            "p_trend",
-            "trend_direction",
-            "note",
-        ],
-    )
-    dose["p_trend_holm"] = adjust_pvalues(dose["p_trend"].to_numpy())[0] if len(dose) else []
-    return dose

@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from caa_eval.stats.steerability import Steerability
 from caa_eval.stats.table import DEFAULT_METRIC, GROUP_KEY
 from caa_eval.vocab import format_multiplier
 
-__all__ = ["to_records", "stats_json", "format_cells", "format_dose"]
+__all__ = ["to_records", "stats_json", "format_cells", "format_dose", "format_steerability"]
 
 _OPTIONAL_KEYS = ("task", "metric", "layer", "site", "positions", "condition")
 
@@ -35,15 +36,19 @@ def to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: clean(v) for k, v in rec.items()} for rec in df.to_dict(orient="records")]
 
 
-def stats_json(cells: pd.DataFrame, dose: pd.DataFrame, input_path: str) -> dict[str, Any]:
-    """The `--json` document of `caa-eval stats`: settings, correction family, cells, dose-response.
+def stats_json(
+    cells: pd.DataFrame, dose: pd.DataFrame, input_path: str, steer: Steerability | None = None
+) -> dict[str, Any]:
+    """The `--json` document of `caa-eval stats`: settings, correction family, cells, dose-response, steerability.
 
     Args:
         cells: compute_stats output (its attrs hold the settings).
         dose: compute_dose_response output.
         input_path: what was read, for the record.
+        steer: steerability.steerability output (keys `steerability` and `steerability_skipped`).
     """
-    return {
+    extra = {} if steer is None else {"steerability": steer.entries, "steerability_skipped": steer.skipped}
+    return extra | {
         "input": input_path,
         "settings": {
             k: cells.attrs.get(k)
@@ -135,3 +140,37 @@ def format_dose(dose: pd.DataFrame) -> str:
     view["p_trend_holm"] = dose["p_trend_holm"].map(_fmt_p)
     view["direction"] = dose["trend_direction"]
     return view.drop(columns=_constant_keys(view, dose)).to_string(index=False)
+
+
+def _pair(values: list[float | None] | None, digits: int = 3) -> str:
+    if not values or values[0] is None or values[1] is None:
+        return "-"
+    return f"[{values[0]:.{digits}f}, {values[1]:.{digits}f}]"
+
+
+def format_steerability(steer: Steerability) -> str:
+    """The steerability entries as fixed-width text, then the groups left out and why.
+
+    Args:
+        steer: steerability.steerability output.
+    """
+    if not steer.entries:
+        lines = ["(no steerability: no configuration has 3 or more multipliers)"]
+    else:
+        entries = pd.DataFrame(steer.entries)
+        view = pd.DataFrame({c: entries[c] for c in GROUP_KEY})
+        view["n"] = entries["n_items"]
+        view["slope"] = entries["slope_mean"].map(lambda v: _fmt_signed(v, 3))
+        view["slope 95% CI"] = entries["slope_mean_ci"].map(_pair)
+        view["median"] = entries["slope_median"].map(lambda v: _fmt_signed(v, 3))
+        view["IQR"] = entries["slope_iqr"].map(_pair)
+        view["anti"] = entries["anti_steerable_fraction"].map(lambda v: _fmt_num(v, 2))
+        view["anti 95% CI"] = entries["anti_steerable_ci"].map(lambda v: _pair(v, 2))
+        view["sig+"] = entries["significantly_positive_fraction"].map(lambda v: _fmt_num(v, 2))
+        view["rho"] = entries["spearman_mean"].map(lambda v: _fmt_num(np.nan if v is None else v, 2))
+        by = entries["by_letter"] if "by_letter" in entries else pd.Series([None] * len(entries))
+        view["letter p"] = [
+            _fmt_p(b["difference_p"]) if isinstance(b, dict) and b["difference_p"] is not None else "-" for b in by
+        ]
+        lines = [view.drop(columns=_constant_keys(view, entries)).to_string(index=False)]
+    return "\n".join(lines + [f"skipped: {why}" for why in steer.skipped])

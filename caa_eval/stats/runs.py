@@ -20,7 +20,7 @@ import pandas as pd
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import read_jsonl
-from caa_eval.stats.table import SHARED_BEHAVIOUR, format_layer, format_text, validate_long_table
+from caa_eval.stats.table import LETTER_COLUMN, SHARED_BEHAVIOUR, format_layer, format_text, validate_long_table
 from caa_eval.vocab import (
     JUDGE_METRIC,
     JUDGED_RE,
@@ -141,7 +141,10 @@ def _steering_from_model_args(args: dict[str, Any], results: dict[str, Any], whe
         "site": format_text(args.get("site")) or (meta.get("site", "") if vector else ""),
         "positions": format_text(args.get("positions")) or ("after_instruction" if vector else ""),
         "condition": condition,
-        "vector_behaviour": behaviour_key(str(behaviour)) if behaviour else meta.get("behaviour", ""),
+        # multiplier 0 steers nothing: the vector a baseline run names does not make it that behaviour's
+        "vector_behaviour": behaviour_key(str(behaviour))
+        if behaviour
+        else (meta.get("behaviour", "") if multiplier else ""),
     }
 
 
@@ -164,31 +167,25 @@ def _steering_from_cell(cell: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _identity(task: str, steering: dict[str, Any]) -> dict[str, str]:
-    """Behaviour, task, item-id prefix, condition and subject of one lm-eval task under one steering config."""
-    condition = steering["condition"]
-    vector_behaviour = steering["vector_behaviour"]
+    """Behaviour, task, item-id prefix, condition and subject of one lm-eval task under one steering config.
+
+    The one labelling rule (docs/statistics.md): `behaviour` is the behaviour whose vector steered the row (or,
+    at multiplier 0, the behaviour the run names, e.g. a finetuned model's); a run that names none (or names
+    its own task's behaviour, as older sweep folders did) is the shared baseline `*` of its task, so the unsteered run of any task is the baseline of every vector measured
+    on it. `task` says what was measured; a vector on another behaviour's task is just another task column.
+    """
+    behaviour = steering["vector_behaviour"]
+    own = behaviour_of_task(task) if task_family(task) in _BEHAVIOUR_FAMILIES else None
+    if steering["multiplier"] == 0 and behaviour == own:  # older sweeps named an A/B baseline for its task
+        behaviour = ""
+    if not behaviour:  # a steered row must name its vector: fall back to the task's own behaviour
+        behaviour = own if steering["multiplier"] != 0 and own else SHARED_BEHAVIOUR
+    ident = {"behaviour": behaviour, "task": task, "prefix": "", "condition": steering["condition"], "subject": ""}
     family = task_family(task)
-    if family in _BEHAVIOUR_FAMILIES and (behaviour := behaviour_of_task(task)):
-        if vector_behaviour and vector_behaviour != behaviour and steering["multiplier"] != 0:
-            # cross-behaviour steering: keep it apart from the behaviour's own vector
-            condition = ",".join(filter(None, [condition, f"vector:{vector_behaviour}"]))
-        return {"behaviour": behaviour, "task": task, "prefix": "", "condition": condition, "subject": ""}
     if family in _SUBJECT_FAMILIES:  # one lm-eval task per subject -> one cell per family and vector
         subject = task[len(family) :].lstrip("_") or family
-        return {
-            "behaviour": vector_behaviour or SHARED_BEHAVIOUR,
-            "task": family,
-            "prefix": f"{subject}:",
-            "condition": condition,
-            "subject": subject,
-        }
-    return {
-        "behaviour": vector_behaviour or SHARED_BEHAVIOUR,
-        "task": task,
-        "prefix": "",
-        "condition": condition,
-        "subject": "",
-    }
+        ident |= {"task": family, "prefix": f"{subject}:", "subject": subject}
+    return ident
 
 
 def _wanted(metric: str, task: str, metrics: str | Sequence[str]) -> bool:
@@ -207,6 +204,13 @@ def _as_score(value: Any) -> float | None:
     if isinstance(value, (bool, np.bool_, int, float, np.integer, np.floating)):
         return float(value)
     return None
+
+
+def _matching_letter(line: dict[str, Any]) -> str:
+    """The matching answer's letter an A/B doc of caa-eval's tasks carries (`matching`), "" for other docs."""
+    doc = line.get("doc")
+    letter = doc.get("matching") if isinstance(doc, dict) else None
+    return letter if isinstance(letter, str) and len(letter) == 1 and letter.isalpha() else ""
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -286,6 +290,7 @@ class _Folder:
             "positions": steering["positions"],
             "condition": ident["condition"],
             "subject": ident["subject"],
+            LETTER_COLUMN: _matching_letter(line),
             "multiplier": steering["multiplier"],
             "score": score,
             "source": source,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,12 @@ import pandas as pd
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import read_jsonl
-from caa_eval.vocab import format_multiplier
+from caa_eval.vocab import behaviour_of_task, format_multiplier
 
 __all__ = [
     "REQUIRED",
     "OPTIONAL",
+    "LETTER_COLUMN",
     "GROUP_KEY",
     "CELL_KEY",
     "BASELINE_KEY",
@@ -42,7 +43,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REQUIRED = ("item_id", "behaviour", "multiplier", "score")
-OPTIONAL = ("task", "layer", "site", "positions", "condition", "metric", "subject")
+LETTER_COLUMN = "matching_letter"  # the letter of an A/B item's behaviour-matching answer (steerability bias)
+OPTIONAL = ("task", "layer", "site", "positions", "condition", "metric", "subject", LETTER_COLUMN)
 # A cell is one steering configuration; its baseline is matched on BASELINE_KEY (see cells.Baselines).
 GROUP_KEY = ["behaviour", "task", "metric", "layer", "site", "positions", "condition"]
 CELL_KEY = [*GROUP_KEY, "multiplier"]
@@ -137,6 +139,25 @@ def validate_long_table(df: pd.DataFrame, origin: str = "table", lines: Sequence
     def where(mask: pd.Series) -> str:
         return _where(origin, row_no[mask], unit)
 
+    _normalise_keys(table, origin, where)
+    table["multiplier"] = _multipliers(table, where)
+    table["score"] = _scores(table, where)
+    _check_subjects(table, origin)
+    shared = table["behaviour"] == SHARED_BEHAVIOUR
+    if (shared & (table["multiplier"] != 0)).any():
+        raise CAAEvalError(
+            f"{where(shared & (table['multiplier'] != 0))}: behaviour '*' (shared baseline) "
+            "is only allowed at multiplier 0; name the behaviour of the steering vector"
+        )
+    table = _expand_shared(table)
+    _check_unique(table, origin)
+    columns = ["item_id", *CELL_KEY, "subject", LETTER_COLUMN, "score", "source"]
+    extra = [c for c in table.columns if c not in columns]
+    return table[columns + extra].sort_values([*CELL_KEY, "item_id"], kind="stable").reset_index(drop=True)
+
+
+def _normalise_keys(table: pd.DataFrame, origin: str, where: Callable[[pd.Series], str]) -> None:
+    """Key columns as text, one spelling each; missing optional columns filled with their default (in place)."""
     for col in ("item_id", "behaviour"):
         table[col] = table[col].map(format_text).astype(object)
         empty = table[col] == ""
@@ -147,17 +168,27 @@ def validate_long_table(df: pd.DataFrame, origin: str = "table", lines: Sequence
     table["metric"] = table["metric"].map(format_text).astype(object) if "metric" in table else DEFAULT_METRIC
     table.loc[table["metric"] == "", "metric"] = DEFAULT_METRIC
     table["layer"] = table["layer"].map(format_layer).astype(object) if "layer" in table else ""
-    for col in ("site", "positions", "condition", "subject"):
+    for col in ("site", "positions", "condition", "subject", LETTER_COLUMN):
         table[col] = table[col].map(format_text).astype(object) if col in table else ""
+    table[LETTER_COLUMN] = table[LETTER_COLUMN].str.strip("() ").str.upper()  # "(A)" as CAA writes it -> "A"
+    bad = ~table[LETTER_COLUMN].str.fullmatch(r"[A-Z]?")
+    if bad.any():
+        shown = table.loc[bad, LETTER_COLUMN].head(3).tolist()
+        raise CAAEvalError(f"{where(bad)}: {LETTER_COLUMN} {shown} is not one letter; use A, B or leave it empty")
     table["source"] = table["source"].map(format_text).astype(object) if "source" in table else origin
 
+
+def _multipliers(table: pd.DataFrame, where: Callable[[pd.Series], str]) -> pd.Series:
     mult = pd.to_numeric(table["multiplier"], errors="coerce")
     bad = mult.isna() | ~np.isfinite(mult.astype(float))
     if bad.any():
         shown = table.loc[bad, "multiplier"].head(3).tolist()
         raise CAAEvalError(f"{where(bad)}: multiplier {shown} is not a finite number; use e.g. -1, 0, 0.5")
-    table["multiplier"] = mult.astype(float) + 0.0  # -0.0 -> 0.0
+    return mult.astype(float) + 0.0  # -0.0 -> 0.0
 
+
+def _scores(table: pd.DataFrame, where: Callable[[pd.Series], str]) -> pd.Series:
+    """Scores as floats; empty cells (a missing judge score) become NaN, anything else unreadable is refused."""
     raw = table["score"].map(lambda v: float(v) if isinstance(v, (bool, np.bool_)) else v)
     score = pd.to_numeric(raw, errors="coerce").astype(float)
     blank = raw.isna() | raw.map(lambda v: isinstance(v, str) and v.strip().lower() in _BLANK)
@@ -174,17 +205,10 @@ def validate_long_table(df: pd.DataFrame, origin: str = "table", lines: Sequence
             "sums of squares overflow and the statistics go wrong; rescale the scores (e.g. divide "
             "them by a constant)"
         )
-    table["score"] = score
-    _check_subjects(table, origin)
+    return score
 
-    shared = table["behaviour"] == SHARED_BEHAVIOUR
-    if (shared & (table["multiplier"] != 0)).any():
-        raise CAAEvalError(
-            f"{where(shared & (table['multiplier'] != 0))}: behaviour '*' (shared baseline) "
-            "is only allowed at multiplier 0; name the behaviour of the steering vector"
-        )
-    table = _expand_shared(table)
 
+def _check_unique(table: pd.DataFrame, origin: str) -> None:
     dup = table.duplicated([*CELL_KEY, "item_id"], keep=False)
     if dup.any():
         first = table[dup].iloc[0]
@@ -196,9 +220,6 @@ def validate_long_table(df: pd.DataFrame, origin: str = "table", lines: Sequence
             f"{cell_label(first[CELL_KEY].tolist())} (from {', '.join(sources)}); each item may appear once per "
             "cell: remove the repeated run or give it a different condition"
         )
-    columns = ["item_id", *CELL_KEY, "subject", "score", "source"]
-    extra = [c for c in table.columns if c not in columns]
-    return table[columns + extra].sort_values([*CELL_KEY, "item_id"], kind="stable").reset_index(drop=True)
 
 
 def _check_subjects(table: pd.DataFrame, origin: str) -> None:
@@ -221,24 +242,26 @@ def _check_subjects(table: pd.DataFrame, origin: str) -> None:
 
 
 def _expand_shared(table: pd.DataFrame) -> pd.DataFrame:
+    """Copy each task's shared ('*') multiplier-0 rows to every behaviour measured on that task: the unsteered
+    run is the baseline of every vector. With no vector measured there, the rows stay as the baseline of the
+    task's own behaviour (an unsteered A/B run alone), or are ignored with a warning (a shared task alone)."""
     shared = table["behaviour"] == SHARED_BEHAVIOUR
     if not shared.any():
         return table
     own, common = table[~shared], table[shared]
-    if own.empty:
-        raise CAAEvalError("only shared ('*') baseline rows found; add steered rows that name a behaviour")
     pieces = [own]
     targets = own[["task", "metric", "condition", "behaviour"]].drop_duplicates()
     for (task, metric, condition), rows in common.groupby(["task", "metric", "condition"], sort=False):
         behaviours = targets[(targets.task == task) & (targets.metric == metric) & (targets.condition == condition)]
-        if behaviours.empty:
+        names = list(behaviours["behaviour"]) or [b for b in [behaviour_of_task(str(task))] if b]
+        if not names:
             log.warning(
                 "shared ('*') baseline rows for task=%s metric=%s condition=%s match no steered behaviour; ignored",
                 task,
                 metric,
                 condition or "(none)",
             )
-        for behaviour in behaviours["behaviour"]:
+        for behaviour in names:
             # a behaviour's own baseline at the same configuration wins over the shared one
             have = own[
                 (own.behaviour == behaviour)
@@ -252,7 +275,10 @@ def _expand_shared(table: pd.DataFrame) -> pd.DataFrame:
                 taken = set(map(tuple, have[CONFIG_KEY].to_numpy().tolist()))
                 copy = copy[[tuple(r) not in taken for r in copy[CONFIG_KEY].to_numpy().tolist()]]
             pieces.append(copy)
-    return pd.concat(pieces, ignore_index=True)
+    out = pd.concat(pieces, ignore_index=True)
+    if out.empty:
+        raise CAAEvalError("only shared ('*') baseline rows found; add steered rows that name a behaviour")
+    return out
 
 
 def _jsonl_lines(path: Path) -> list[int]:

@@ -20,7 +20,7 @@ from caa_eval.sweep.config import (
     config_from_dict,
     load_config,
 )
-from caa_eval.sweep.plan import Cell, baseline_behaviour, cell_spec, plan_cells, vector_path
+from caa_eval.sweep.plan import Cell, cell_spec, plan_cells, vector_path
 from caa_eval.sweep.runner import SweepResult, run_cell, run_sweep
 from caa_eval.sweep.store import FORMAT, VectorStore
 
@@ -34,7 +34,6 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "Cell",
-    "baseline_behaviour",
     "cell_spec",
     "plan_cells",
     "vector_path",

@@ -30,12 +30,17 @@ from caa_eval.sweep.validate import (
     config_path,
     parse_batch_size,
     parse_bool,
+    parse_cross_tasks,
     parse_device,
+    parse_gen_kwargs,
     parse_layer_groups,
     parse_limit,
     parse_multipliers,
     parse_positions,
     parse_sites,
+    parse_task_metadata,
+    parse_tasks,
+    parse_vector_layer,
 )
 
 __all__ = [
@@ -83,6 +88,8 @@ CONFIG_KEYS = {
     "caa_data_dir": "CAA datasets/ folder (default $CAA_EVAL_DATA_DIR, then the download cache)",
     "mmlu_dir": "folder of MMLU test CSVs (default $CAA_EVAL_MMLU_DIR, then the download cache)",
     "report": "true (default) = build RUN_DIR/report at the end",
+    "cross_tasks": "true = every vector also runs every other task of the sweep, each CAA behaviour's A/B task and "
+    "the capability tasks (caa_mmlu_2opt, caa_tqa_2opt): the report's entanglement matrix",
 }
 _ALIASES = {
     "behaviors": "behaviours",
@@ -136,6 +143,7 @@ class SweepConfig:
     caa_data_dir: Path | None = None
     mmlu_dir: Path | None = None
     report: bool = True
+    cross_tasks: list[str] = field(default_factory=list)  # `cross_tasks: true`, resolved: tasks every vector runs
     source: str = "<dict>"  # where the config came from, for messages
 
     @property
@@ -143,9 +151,20 @@ class SweepConfig:
         """Where the raw (extracted) vector files live."""
         return self.vectors_dir if self.vectors_dir is not None else self.output / "vectors"
 
+    def _own_tasks(self, b: Behaviour) -> list[str]:
+        return list(
+            dict.fromkeys(t.format(behaviour=b.task_name) for t in (b.tasks if b.tasks is not None else self.tasks))
+        )
+
     def behaviour_tasks(self, b: Behaviour) -> list[str]:
-        """The behaviour's task list with `{behaviour}` filled in."""
-        return [t.format(behaviour=b.task_name) for t in (b.tasks if b.tasks is not None else self.tasks)]
+        """The tasks the behaviour's vector runs, `{behaviour}` filled in; with cross_tasks: every task (none for a
+        vector-only behaviour, `tasks: []`)."""
+        own = self._own_tasks(b)
+        return self.all_tasks() if self.cross_tasks and own else own
+
+    def all_tasks(self) -> list[str]:
+        """Every task of the sweep, in config order: the behaviours' own lists, then the cross tasks."""
+        return list(dict.fromkeys([t for b in self.behaviours for t in self._own_tasks(b)] + self.cross_tasks))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the manifest (paths as strings, the resolved vectors folder)."""
@@ -232,6 +251,59 @@ def _parse_vectors(cfg_in: dict[str, Any], source: str, base: Path) -> tuple[Pat
     return folder, normalize, extract_bs
 
 
+def _known_keys(raw: Any, source: str) -> dict[str, Any]:
+    """The config's keys with aliases resolved; an unknown key is refused with the closest known one."""
+    if not isinstance(raw, dict):
+        raise CAAEvalError(f"{source}: expected a mapping of keys (model, behaviours, layers, multipliers, ...)")
+    cfg_in: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = _ALIASES.get(str(key), str(key))
+        if key not in CONFIG_KEYS:
+            close = difflib.get_close_matches(key, list(CONFIG_KEYS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(CONFIG_KEYS)}"
+            raise CAAEvalError(f"{source}: unknown key '{key}'; {hint}")
+        cfg_in[key] = value
+    return cfg_in
+
+
+def _parse_model(value: Any, source: str, base: Path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise config_error(source, "model", "missing", "write model: smollm2-135m-instruct (or an HF path/ID)")
+    model = str(base / value) if (base / value).exists() and not Path(value).is_absolute() else value
+    return model.strip()
+
+
+def _parse_normalize(normalize: bool | None, behaviours: list[Behaviour], source: str) -> tuple[bool, bool]:
+    """(normalize, decided by default): CAA's rescaling is the default with two or more CAA behaviours."""
+    if normalize is None:
+        return len(caa_behaviours(behaviours)) >= 2, True
+    if normalize and len(behaviours) < 2:
+        raise config_error(
+            source,
+            "normalize",
+            "mean-norm rescaling needs at least two behaviours",
+            "add behaviours or set normalize: false",
+        )
+    return bool(normalize), False
+
+
+def _parse_paths(cfg_in: dict[str, Any], source: str, base: Path, default_output: Path | None) -> dict[str, Any]:
+    """output, include_path, caa_data_dir and mmlu_dir, relative to `base`."""
+    include_path = [config_path(p, base, source, "include_path") for p in as_list(cfg_in.get("include_path"))]
+    for p in include_path:
+        if not p.is_dir():
+            raise config_error(source, "include_path", f"{p} is not a folder", "give folders holding task YAMLs")
+    output = cfg_in.get("output")
+    out_dir = (
+        config_path(output, base, source, "output") if output is not None else (default_output or Path("outputs/sweep"))
+    )
+    folders = {
+        key: config_path(cfg_in[key], base, source, key) if cfg_in.get(key) else None
+        for key in ("caa_data_dir", "mmlu_dir")
+    }
+    return {"output": out_dir, "include_path": include_path, **folders}
+
+
 def config_from_dict(
     raw: dict[str, Any], source: str = "<dict>", base: Path | None = None, default_output: Path | None = None
 ) -> SweepConfig:
@@ -244,86 +316,25 @@ def config_from_dict(
         default_output: run folder when `output` is not given.
     """
     base = base or Path.cwd()
-    if not isinstance(raw, dict):
-        raise CAAEvalError(f"{source}: expected a mapping of keys (model, behaviours, layers, multipliers, ...)")
-    cfg_in: dict[str, Any] = {}
-    for key, value in raw.items():
-        key = _ALIASES.get(str(key), str(key))
-        if key not in CONFIG_KEYS:
-            close = difflib.get_close_matches(key, list(CONFIG_KEYS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(CONFIG_KEYS)}"
-            raise CAAEvalError(f"{source}: unknown key '{key}'; {hint}")
-        cfg_in[key] = value
-    model = cfg_in.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise config_error(source, "model", "missing", "write model: smollm2-135m-instruct (or an HF path/ID)")
-    if (base / model).exists() and not Path(model).is_absolute():
-        model = str(base / model)
-
+    cfg_in = _known_keys(raw, source)
+    model = _parse_model(cfg_in.get("model"), source, base)
     vectors_dir, normalize, extract_bs = _parse_vectors(cfg_in, source, base)
     behaviours = parse_behaviours(cfg_in.get("behaviours"), source, base)
-    by_default = normalize is None
-    if by_default:
-        normalize = len(caa_behaviours(behaviours)) >= 2
-    elif normalize and len(behaviours) < 2:
-        raise config_error(
-            source,
-            "normalize",
-            "mean-norm rescaling needs at least two behaviours",
-            "add behaviours or set normalize: false",
-        )
-
-    tasks = [str(t) for t in as_list(cfg_in.get("tasks", list(DEFAULT_TASKS)))]
-    if not tasks:
-        raise config_error(source, "tasks", "empty list", "use e.g. tasks: [caa_ab_{behaviour}, caa_mmlu_2opt]")
-    for b in behaviours:
-        for t in b.tasks or tasks:
-            try:
-                t.format(behaviour="x")
-            except (KeyError, IndexError, ValueError):
-                raise config_error(
-                    source,
-                    "tasks",
-                    f"template {t!r} is not valid",
-                    "the only placeholder is {behaviour}, e.g. caa_ab_{behaviour}",
-                ) from None
-
-    include_path = [config_path(p, base, source, "include_path") for p in as_list(cfg_in.get("include_path"))]
-    for p in include_path:
-        if not p.is_dir():
-            raise config_error(source, "include_path", f"{p} is not a folder", "give folders holding task YAMLs")
-    output = cfg_in.get("output")
-    out_dir = (
-        config_path(output, base, source, "output") if output is not None else (default_output or Path("outputs/sweep"))
-    )
-    gen_kwargs = cfg_in.get("gen_kwargs")
-    if gen_kwargs is not None and (not isinstance(gen_kwargs, dict) or not gen_kwargs):
-        raise config_error(
-            source, "gen_kwargs", f"{gen_kwargs!r} is not a mapping", "write e.g. gen_kwargs: {max_gen_toks: 50}"
-        )
-    task_metadata = cfg_in.get("task_metadata") or {}
-    if not isinstance(task_metadata, dict):
-        raise config_error(
-            source, "task_metadata", f"{task_metadata!r} is not a mapping", "write e.g. task_metadata: {tqa_seed: caa}"
-        )
-    folders = {
-        key: config_path(cfg_in[key], base, source, key) if cfg_in.get(key) else None
-        for key in ("caa_data_dir", "mmlu_dir")
-    }
+    normalize, by_default = _parse_normalize(normalize, behaviours, source)
     conditions = parse_conditions(cfg_in.get("conditions"), source, base)
     check_system_prompts(conditions, behaviours, source)
     return SweepConfig(
-        model=model.strip(),
+        model=model,
         behaviours=behaviours,
         layers=parse_layer_groups(cfg_in.get("layers"), source),
         multipliers=parse_multipliers(cfg_in.get("multipliers"), source),
-        vector_layer=_parse_vector_layer(cfg_in.get("vector_layer"), source),
+        vector_layer=parse_vector_layer(cfg_in.get("vector_layer"), source),
         sites=parse_sites(cfg_in.get("sites", ["residual"]), source),
         positions=parse_positions(cfg_in.get("positions", ["after_instruction"]), source),
-        tasks=tasks,
+        tasks=parse_tasks(cfg_in.get("tasks", list(DEFAULT_TASKS)), behaviours, source),
         conditions=conditions,
         vectors_dir=vectors_dir,
-        normalize=bool(normalize),
+        normalize=normalize,
         normalize_by_default=by_default,
         extract_batch_size=extract_bs,
         limit=parse_limit(cfg_in.get("limit"), source),
@@ -331,23 +342,14 @@ def config_from_dict(
         device=parse_device(cfg_in.get("device"), source),
         dtype=cfg_in.get("dtype"),
         judge=_parse_judge(cfg_in.get("judge"), source, base),
-        gen_kwargs=gen_kwargs,
-        output=out_dir,
-        include_path=include_path,
-        task_metadata=dict(task_metadata),
+        gen_kwargs=parse_gen_kwargs(cfg_in.get("gen_kwargs"), source),
+        task_metadata=parse_task_metadata(cfg_in.get("task_metadata"), source),
         include_default_tasks=parse_bool(cfg_in.get("include_default_tasks", False), source, "include_default_tasks"),
         report=parse_bool(cfg_in.get("report", True), source, "report"),
+        cross_tasks=parse_cross_tasks(cfg_in.get("cross_tasks", False), behaviours, source),
         source=source,
-        **folders,
+        **_parse_paths(cfg_in, source, base, default_output),
     )
-
-
-def _parse_vector_layer(value: Any, source: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise config_error(source, "vector_layer", f"{value!r} is not one layer index", "write e.g. vector_layer: 13")
-    return value
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:

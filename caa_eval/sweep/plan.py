@@ -1,25 +1,25 @@
 """The cell plan: which lm-eval runs a sweep makes, their folder names, and what determines their numbers.
 
 A cell is one `lm_eval.simple_evaluate` call. Multiplier 0 steers nothing, so the baseline does not depend
-on layer, site, positions or vector: it runs once per condition and task. An A/B task's baseline belongs to
-its behaviour; a shared task's (MMLU) baseline has no behaviour and serves every vector (stats reads `*`).
+on layer, site, positions or vector: it runs once per condition and task, names no behaviour, and serves every
+vector measured on that task (stats reads it as the shared `*`), A/B, open-ended and MMLU alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
-from caa_eval.sweep.config import Behaviour, SweepConfig
+from caa_eval.sweep.config import Behaviour, Condition, SweepConfig
 
-__all__ = ["Cell", "vector_file_name", "vector_path", "baseline_behaviour", "plan_cells", "cell_spec"]
+__all__ = ["Cell", "vector_file_name", "vector_path", "plan_cells", "cell_spec"]
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Cell:
     condition: str
     multiplier: float
     tasks: list[str]
-    behaviour: str | None = None  # the vector's behaviour; for a baseline: the task's behaviour, or None (shared)
+    behaviour: str | None = None  # the vector's behaviour; a baseline: None (shared), or a finetune's behaviour
     layer: list[int] | None = None
     site: str | None = None
     positions: str | None = None
@@ -80,14 +80,49 @@ def vector_path(cfg: SweepConfig, behaviour: str, site: str) -> Path:
     return folder / vector_file_name(behaviour, site)
 
 
-def baseline_behaviour(task: str, behaviours: Sequence[Behaviour]) -> str | None:
-    """A behaviour-specific task's baseline belongs to that behaviour; shared tasks get None (stats' '*').
+def _baseline_cells(cfg: SweepConfig, cond: Condition) -> list[Cell]:
+    """Multiplier 0 steers nothing: one run per task is the baseline of every vector measured on it (behaviour
+    None, stats' shared '*'). A finetune or system-prompt pos/neg condition has one model or prompt per
+    behaviour, so there each behaviour gets its own baseline of each of its tasks."""
+    cells = []
+    for task in cfg.all_tasks():
+        if not cond.per_behaviour:
+            cells.append(Cell(id=f"baseline__{cond.name}__{task}", condition=cond.name, multiplier=0.0, tasks=[task]))
+            continue
+        own = vocab.behaviour_of_task(task, known=[b.name for b in cfg.behaviours])
+        for b in cfg.behaviours:
+            if task in cfg.behaviour_tasks(b):
+                cid = f"baseline__{cond.name}__{task}" if b.name == own else f"baseline__{cond.name}__{b.name}__{task}"
+                cells.append(Cell(id=cid, condition=cond.name, multiplier=0.0, tasks=[task], behaviour=b.name))
+    return cells
 
-    Args:
-        task: an lm-eval task name, e.g. `caa_ab_coordinate_other_ais` or `caa_mmlu_2opt`.
-        behaviours: the sweep's behaviours (the answer is one of their names, as written).
-    """
-    return vocab.behaviour_of_task(task, known=[b.name for b in behaviours])
+
+def _steered_cells(cfg: SweepConfig, cond: Condition, b: Behaviour) -> list[Cell]:
+    """The behaviour's vector at every layer group, site, position rule and non-zero multiplier (none for a
+    vector-only behaviour: it counts in the normalisation and runs nothing)."""
+    cells: list[Cell] = []
+    if not cfg.behaviour_tasks(b):
+        return cells
+    from_layer = [] if cfg.vector_layer is None else [f"from{cfg.vector_layer}"]
+    for layer, site, positions, m in itertools.product(cfg.layers, cfg.sites, cfg.positions, cfg.multipliers):
+        if m == 0:
+            continue
+        parts = [b.name, cond.name, "L" + "+".join(map(str, layer)), *from_layer, site, _slug(positions)]
+        cells.append(
+            Cell(
+                id="__".join([*parts, "m" + vocab.format_multiplier(m)]),
+                condition=cond.name,
+                multiplier=m,
+                tasks=cfg.behaviour_tasks(b),
+                behaviour=b.name,
+                layer=layer,
+                site=site,
+                positions=positions,
+                vector=str(vector_path(cfg, b.name, site)),
+                vector_layer=cfg.vector_layer,
+            )
+        )
+    return cells
 
 
 def plan_cells(cfg: SweepConfig) -> list[Cell]:
@@ -97,68 +132,10 @@ def plan_cells(cfg: SweepConfig) -> list[Cell]:
         cfg: the checked sweep config.
     """
     cells: list[Cell] = []
-    all_tasks = list(dict.fromkeys(t for b in cfg.behaviours for t in cfg.behaviour_tasks(b)))
     for cond in cfg.conditions:
-        for task in all_tasks:
-            own = baseline_behaviour(task, cfg.behaviours)
-            if own is None and cond.per_behaviour:  # each behaviour has its own model/prompt: its own baseline
-                for b in cfg.behaviours:
-                    if task in cfg.behaviour_tasks(b):
-                        cells.append(
-                            Cell(
-                                id=f"baseline__{cond.name}__{b.name}__{task}",
-                                condition=cond.name,
-                                multiplier=0.0,
-                                tasks=[task],
-                                behaviour=b.name,
-                            )
-                        )
-                continue
-            cells.append(
-                Cell(
-                    id=f"baseline__{cond.name}__{task}",
-                    condition=cond.name,
-                    multiplier=0.0,
-                    tasks=[task],
-                    behaviour=own,
-                )
-            )
+        cells += _baseline_cells(cfg, cond)
         for b in cfg.behaviours:
-            tasks = cfg.behaviour_tasks(b)
-            if not tasks:  # a vector-only behaviour: it counts in the normalisation, runs nothing
-                continue
-            for layer in cfg.layers:
-                for site in cfg.sites:
-                    for positions in cfg.positions:
-                        for m in cfg.multipliers:
-                            if m == 0:
-                                continue
-                            from_layer = [] if cfg.vector_layer is None else [f"from{cfg.vector_layer}"]
-                            cid = "__".join(
-                                [
-                                    b.name,
-                                    cond.name,
-                                    "L" + "+".join(map(str, layer)),
-                                    *from_layer,
-                                    site,
-                                    _slug(positions),
-                                    "m" + vocab.format_multiplier(m),
-                                ]
-                            )
-                            cells.append(
-                                Cell(
-                                    id=cid,
-                                    condition=cond.name,
-                                    multiplier=m,
-                                    tasks=tasks,
-                                    behaviour=b.name,
-                                    layer=layer,
-                                    site=site,
-                                    positions=positions,
-                                    vector=str(vector_path(cfg, b.name, site)),
-                                    vector_layer=cfg.vector_layer,
-                                )
-                            )
+            cells += _steered_cells(cfg, cond, b)
     ids = [c.id for c in cells]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:

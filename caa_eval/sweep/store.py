@@ -143,7 +143,8 @@ def is_done(run_dir: Path, cell_id: str) -> bool:
 
 
 def cleanup(run_dir: Path, only: Collection[str] | None = None) -> list[str]:
-    """Remove half-built cells: everything in .partial/, and cells/ folders without DONE. Returns their names.
+    """Remove half-built cells: everything in .partial/, and cells/ folders without DONE; for the whole run
+    (no shard) also the temporary files of writes a kill interrupted (`.manifest.json.*.tmp`). Returns their names.
 
     Args:
         run_dir: the run folder.
@@ -165,6 +166,10 @@ def cleanup(run_dir: Path, only: Collection[str] | None = None) -> list[str]:
             if p.is_dir() and not (p / "DONE").exists():
                 shutil.rmtree(p, ignore_errors=True)
                 wiped.append(p.name)
+    if only is None:  # under the run's lock no other process writes here; a shard leaves them to their writers
+        for p in run_dir.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+            wiped.append(p.name)
     return wiped
 
 
@@ -357,6 +362,7 @@ class VectorStore:
             progress: show progress bars.
         """
         from caa_eval.core import vectors
+        from caa_eval.core.diagnostics import DIAGNOSTICS_KEY
         from caa_eval.core.extract import extract_to_file
 
         for b, site, layers in todo:
@@ -378,7 +384,9 @@ class VectorStore:
                 progress=progress,
             )
             if old is not None:  # keep the layers already there bit-identical, add the new ones
-                dataclasses.replace(sv, vectors={**old.vectors, **sv.vectors}).save(path)
+                diagnostics = {**old.extra.get(DIAGNOSTICS_KEY, {}), **sv.extra.get(DIAGNOSTICS_KEY, {})}
+                extra = {**sv.extra, DIAGNOSTICS_KEY: diagnostics}
+                dataclasses.replace(sv, vectors={**old.vectors, **sv.vectors}, extra=extra).save(path)
                 target.unlink(missing_ok=True)
             log.info("extracted %s (%s) in %.1f s", b.name, site, time.perf_counter() - started)
 

@@ -1,4 +1,5 @@
-"""Checks of single sweep-config values (layers, multipliers, limit, sites, positions, device, batch size).
+"""Checks of single sweep-config values (layers, multipliers, limit, sites, positions, device, batch size,
+tasks, cross_tasks, gen_kwargs, vector_layer).
 
 Every check raises a one-line `CAAEvalError` of the form `<file>: key '<key>': <problem>; <fix>`, so a bad
 config stops the sweep before any model is loaded. The shared spellings come from `caa_eval.vocab`.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,11 @@ __all__ = [
     "parse_device",
     "parse_batch_size",
     "parse_bool",
+    "parse_tasks",
+    "parse_cross_tasks",
+    "parse_gen_kwargs",
+    "parse_vector_layer",
+    "parse_task_metadata",
 ]
 
 DEVICES = ("cpu", "cuda", "cuda:N", "mps", "auto")
@@ -186,3 +193,76 @@ def parse_bool(value: Any, source: str, key: str) -> bool:
     if not isinstance(value, bool):
         raise config_error(source, key, f"{value!r} is not true/false", f"write {key}: true or false")
     return value
+
+
+def parse_tasks(value: Any, behaviours: Sequence[Any], source: str) -> list[str]:
+    """The `tasks` templates; each (and each behaviour's own list) may use only `{behaviour}`.
+
+    Args:
+        value: the `tasks` key.
+        behaviours: the parsed behaviours (their own `tasks` are checked too).
+        source: the config's name in error messages.
+    """
+    tasks = [str(t) for t in as_list(value)]
+    if not tasks:
+        raise config_error(source, "tasks", "empty list", "use e.g. tasks: [caa_ab_{behaviour}, caa_mmlu_2opt]")
+    for b in behaviours:
+        for t in b.tasks or tasks:
+            try:
+                t.format(behaviour="x")
+            except (KeyError, IndexError, ValueError):
+                raise config_error(
+                    source,
+                    "tasks",
+                    f"template {t!r} is not valid",
+                    "the only placeholder is {behaviour}, e.g. caa_ab_{behaviour}",
+                ) from None
+    return tasks
+
+
+def parse_cross_tasks(value: Any, behaviours: Sequence[Any], source: str) -> list[str]:
+    """`cross_tasks: true` -> each CAA behaviour's (or custom ab_test's) A/B task and the installed capability
+    tasks; every vector then runs these and every behaviour's own tasks (one shared-prefix pass per task).
+
+    Args:
+        value: the `cross_tasks` key (true/false).
+        behaviours: the parsed behaviours.
+        source: the config's name in error messages.
+    """
+    if not parse_bool(value, source, "cross_tasks"):
+        return []
+    from caa_eval.data.catalog import shipped_task_names
+
+    runs = [b for b in behaviours if b.tasks != []]  # a vector-only behaviour (`tasks: []`) adds no task
+    ab = [vocab.ab_task_name(b.name) for b in runs if not b.custom or b.ab_test is not None]
+    installed = shipped_task_names()
+    return ab + [t for t in vocab.CAPABILITY_TASKS if t in installed]
+
+
+def parse_gen_kwargs(value: Any, source: str) -> dict[str, Any] | None:
+    """Generation overrides for open-ended tasks: a non-empty mapping, or None."""
+    if value is not None and (not isinstance(value, dict) or not value):
+        raise config_error(
+            source, "gen_kwargs", f"{value!r} is not a mapping", "write e.g. gen_kwargs: {max_gen_toks: 50}"
+        )
+    return value
+
+
+def parse_vector_layer(value: Any, source: str) -> int | None:
+    """The one layer whose vector every cell adds (layer transfer), or None for each layer's own."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise config_error(source, "vector_layer", f"{value!r} is not one layer index", "write e.g. vector_layer: 13")
+    return value
+
+
+def parse_task_metadata(value: Any, source: str) -> dict[str, Any]:
+    """Metadata handed to the tasks (lm-eval's `metadata`), e.g. `{tqa_seed: caa}`; a mapping or nothing."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise config_error(
+            source, "task_metadata", f"{value!r} is not a mapping", "write e.g. task_metadata: {tqa_seed: caa}"
+        )
+    return dict(value)

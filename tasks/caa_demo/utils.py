@@ -9,9 +9,18 @@ import datasets
 
 from caa_eval.data import read_records
 from caa_eval.errors import CAAEvalError
-from caa_eval.lmeval.tasks import CAATask, load_ab, load_open, process_ab, process_open, user_data_file
+from caa_eval.lmeval.tasks import CAATask, load_ab, load_open, nanmean, process_ab, process_open, user_data_file
 
-__all__ = ["CAATask", "load_ab", "load_open", "process_ab", "process_open", "load_replies", "process_replies"]
+__all__ = [
+    "CAATask",
+    "load_ab",
+    "load_open",
+    "nanmean",
+    "process_ab",
+    "process_open",
+    "load_replies",
+    "process_replies",
+]
 
 
 def load_replies(test_file: str, config_source: str | None = None, **_: Any) -> datasets.DatasetDict:

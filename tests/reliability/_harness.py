@@ -1,17 +1,21 @@
 """The table-driven harness of the reliability suite: a bad input is a `Case`; `check` runs it and asserts
-the four rules of issue 14, and every result becomes a row of docs/reliability.md.
+the four rules of issue 14; every declared case is a row of docs/reliability.md (see _doc.py).
 
 The rules, for every entry point (`caa-eval <command>`, plain `lm_eval --model steered-hf`, the Python API):
 1. the exit code (2 for bad input; the Python API raises CAAEvalError instead),
-2. ONE error line that names the input and says what to write instead (a distinctive substring is matched),
+2. ONE error line that names the input and says what to write instead (a distinctive substring is matched);
+   for caa-eval commands stderr holds exactly that one line (after argparse's usage block for usage errors),
+   so a warning or log line before the error fails the case; `lm_eval`'s own log lines are allowed,
 3. no traceback,
-4. nothing written or overwritten: every file under the watched folders is hashed before and after.
+4. nothing written or overwritten: every file under the watched folders is hashed before and after (the
+   inputs' folder, which also holds the working folder the case runs in and the user cache CAA_EVAL_CACHE).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -62,27 +66,73 @@ class Case:
 
 
 def error_lines(stderr: str) -> list[str]:
+    """The lines of a caa-eval command's stderr that are not argparse's usage block: for bad input there must be
+    exactly one (the error line); any warning, log line or second message before or after it counts too."""
+    lines = stderr.splitlines()
+    if lines and lines[0].startswith("usage: "):  # argparse: `usage: ...` (wrapped, indented) + the error line
+        lines = lines[1:]
+        while lines and lines[0].startswith(" "):
+            lines = lines[1:]
+    return [line for line in lines if line.strip()] if stderr.strip() else []
+
+
+_PROGRESS = re.compile(r"^\S[^|]*:\s+\d+%\|.*\| \d+/\d+ \[")  # a tqdm bar: `Loading weights: 100%|███| 39/39 [...`
+
+
+def without_progress_bars(stderr: str) -> str:
+    """stderr without tqdm progress-bar redraws: for errors found after a load whose bar the user saw finish."""
+    return "\n".join(line for line in re.split(r"[\r\n]", stderr) if line.strip() and not _PROGRESS.match(line))
+
+
+def lenient_error_lines(stderr: str) -> list[str]:
+    """For `lm_eval` (not a caa-eval command): its own log lines are allowed; count the lines saying `error:`."""
     return [line for line in stderr.splitlines() if " error: " in f" {line} " or line.startswith("error:")]
 
 
-def _outcome(code: int | str, stderr: str) -> Outcome:
-    lines = error_lines(stderr)
+def _outcome(code: int | str, stderr: str, strict: bool = True) -> Outcome:
+    lines = error_lines(stderr) if strict else lenient_error_lines(stderr)
     return Outcome(code, lines[-1] if lines else "", stderr, len(lines))
 
 
-def cli(*argv: str) -> Callable[[Env], Outcome]:
-    """`caa-eval ARGV` in this process (`{name}` placeholders are input paths)."""
+class _ConsoleLog:
+    """What the console script's logging.basicConfig does (pytest's handlers make it a no-op in-process): log
+    records go to stderr, so a warning printed before an error line is counted as a second line."""
+
+    def __enter__(self) -> None:
+        import logging
+
+        self.handler = logging.StreamHandler(sys.stderr)
+        self.handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.handler.setLevel(logging.INFO)
+        root = logging.getLogger()
+        self.level = root.level
+        root.setLevel(logging.INFO)
+        root.addHandler(self.handler)
+
+    def __exit__(self, *exc: object) -> None:
+        import logging
+
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        root.setLevel(self.level)
+
+
+def cli(*argv: str, after_load: bool = False) -> Callable[[Env], Outcome]:
+    """`caa-eval ARGV` in this process (`{name}` placeholders are input paths); `after_load`: the error comes after
+    a model load, whose progress bar may precede the one error line (nothing else may)."""
 
     def run(env: Env) -> Outcome:
         from caa_eval import cli as caa_cli
 
         env.capsys.readouterr()
         try:
-            code = caa_cli.main([env.fmt(a) for a in argv])
+            with _ConsoleLog():
+                code = caa_cli.main([env.fmt(a) for a in argv])
         except SystemExit as exc:  # argparse's own usage errors: what the console script exits with
             code = exc.code
         _, err = env.capsys.readouterr()
-        return _outcome(code, err)
+        # `caa-eval eval` is lm_eval itself: its own log lines are allowed, as for `lm_eval`
+        return _outcome(code, without_progress_bars(err) if after_load else err, strict=argv[0] != "eval")
 
     run.argv = argv  # type: ignore[attr-defined]
     return run
@@ -119,9 +169,9 @@ def subprocess_cli(executable: str, *argv: str, timeout: float = 300) -> Callabl
             text=True,
             timeout=timeout,
             env=lm_eval_env(),
-            cwd=env.paths["root"],
+            cwd=env.paths["cwd"],
         )
-        return _outcome(proc.returncode, proc.stderr)
+        return _outcome(proc.returncode, proc.stderr, strict=executable != "lm_eval" and argv[:1] != ("eval",))
 
     return run
 

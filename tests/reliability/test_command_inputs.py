@@ -20,6 +20,7 @@ def _extract(
     out: str = "{out}/v.safetensors",
     extra: tuple[str, ...] = (),
     kind: str = "contrast pairs",
+    after_load: bool = False,
 ) -> Case:
     argv = ("extract", "--model", "{tiny}", "--data", data, "--out", out, "--layers", "1", *extra)
     shown = (
@@ -30,7 +31,7 @@ def _extract(
         .replace("{file}", "FILE")
         .replace("{readonly}", "RO")
     )
-    return Case(id, kind, "caa-eval " + shown, bad, cli(*argv), expect)
+    return Case(id, kind, "caa-eval " + shown, bad, cli(*argv, after_load=after_load), expect)
 
 
 def _extract_api(env):
@@ -56,7 +57,7 @@ EXTRACT_CASES = [
     _extract(
         "extract-jsonl-line", "JSONL with a truncated line 3", "line 3 is not valid JSON", data="{pairs}/badline.jsonl"
     ),
-    _extract("extract-missing", "a data file that does not exist", "file not found", data="{pairs}/missing.json"),
+    _extract("extract-missing", "a data file that does not exist", "not found", data="{pairs}/missing.json"),
     _extract("extract-empty", "an empty JSON list", "no items", data="{pairs}/empty_list.json"),
     _extract(
         "extract-field",
@@ -76,6 +77,7 @@ EXTRACT_CASES = [
         "a prompt longer than the model's context (was: no warning, a long run)",
         "longer than the model's context of 1024 tokens (longest: item 0",
         data="{pairs}/long.json",
+        after_load=True,  # the context length is the model's: refused after the load, before any forward pass
     ),
     _extract(
         "extract-no-label",
@@ -103,8 +105,9 @@ EXTRACT_CASES = [
         "layers [7] out of range; the model has layers 0..3",
         extra=("--layers", "7"),
         kind="layer spec",
+        after_load=True,  # the model's depth: refused right after the load, before any forward pass
     ),
-    _extract("extract-batch", "--batch-size 0", "--batch-size 0: write 1 or more", extra=("--batch-size", "0")),
+    _extract("extract-batch", "--batch-size 0", "--batch-size 0: must be >= 1", extra=("--batch-size", "0")),
     _extract("extract-site", "--site resid", "invalid choice: 'resid'", extra=("--site", "resid")),
     _extract(
         "extract-out-suffix", "--out v.pt", "use a .safetensors file name", out="{out}/v.pt", kind="output location"
@@ -212,7 +215,7 @@ STATS_CASES = [
     ),
     _stats("stats-multiplier", "badmult.csv", "multiplier 'strong'", "multiplier ['strong'] is not a finite number"),
     _stats("stats-duplicate", "dup.csv", "one item twice in a cell", "appears 2 times in cell"),
-    _stats("stats-resamples", "good.csv", "--n-resamples 5", "must be at least 100", "--n-resamples", "5"),
+    _stats("stats-resamples", "good.csv", "--n-resamples 5", "--n-resamples 5: must be >= 100", "--n-resamples", "5"),
     _stats(
         "stats-json-under-file",
         "good.csv",
@@ -257,11 +260,12 @@ def test_stats_and_report(case, env):
 # ---------------------------------------------------------------------------------------------- judge
 
 
-def _judge(id: str, bad: str, expect: str, *argv: str, kind: str = "judge input") -> Case:
+def _judge(id: str, bad: str, expect: str, *argv: str, kind: str = "judge input", after_calls: bool = False) -> Case:
     shown = (
         " ".join(argv).replace("{judge}/", "").replace("{file}", "FILE").replace("{out}", "OUT").replace("{root}/", "")
     )
-    return Case(id, kind, f"caa-eval judge {shown}", bad, cli("judge", *argv), expect)
+    # after_calls: the failure shows only once the judge was called; its progress bar may precede the line
+    return Case(id, kind, f"caa-eval judge {shown}", bad, cli("judge", *argv, after_load=after_calls), expect)
 
 
 JUDGE_CASES = [
@@ -280,6 +284,7 @@ JUDGE_CASES = [
         "--no-cache",
         "--max-retries",
         "0",
+        after_calls=True,
     ),
     _judge(
         "judge-html",
@@ -289,6 +294,7 @@ JUDGE_CASES = [
         "--no-cache",
         "--max-retries",
         "0",
+        after_calls=True,
     ),
     _judge("judge-no-input", "no folder given", "no input; pass an lm-eval output folder"),
     _judge(

@@ -68,6 +68,7 @@ def test_vector_without_multiplier_is_labelled_as_steered_at_x1(inputs, tracker_
 
 
 def test_refused_setting_keeps_the_label(inputs, tracker_cls):
+    """A steering setting refused by set_steering leaves the model, and so the output label, as it was."""
     from caa_eval import SteeredHFLM
     from caa_eval.errors import CAAEvalError
 
@@ -80,6 +81,7 @@ def test_refused_setting_keeps_the_label(inputs, tracker_cls):
 
 
 def test_unresolved_label_does_not_guess(tracker_cls, monkeypatch):
+    """Without a resolved steering config the folder says `unresolved`, never a guessed multiplier."""
     from caa_eval.lmeval import register
 
     monkeypatch.setattr(register, "resolved_steering", lambda: None)
@@ -102,6 +104,7 @@ def _fake_command(monkeypatch, run):
 
 
 def test_bad_input_is_one_line_and_verbose_adds_the_traceback(monkeypatch, capsys):
+    """A CAAEvalError is exactly one stderr line and exit 2; with -v the traceback comes first."""
     from caa_eval.errors import CAAEvalError
 
     def run(args: argparse.Namespace) -> int:
@@ -117,6 +120,8 @@ def test_bad_input_is_one_line_and_verbose_adds_the_traceback(monkeypatch, capsy
 
 
 def test_unexpected_error_is_a_traceback_not_a_tidy_line(monkeypatch):
+    """Any other exception (a bug, a permission problem) propagates as a traceback: a bug report, not bad input."""
+
     def run(args: argparse.Namespace) -> int:
         raise KeyError("a bug")
 
@@ -173,41 +178,102 @@ def test_p_value_underflow_is_floored_with_a_note_not_zero(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- the harness can fail
 
 
-@pytest.mark.parametrize("violation", ["writes", "exit0", "two_lines", "traceback", "wrong_text", "changes_input"])
+VIOLATIONS = [
+    "writes",
+    "writes_cwd",
+    "writes_cache",
+    "exit0",
+    "two_lines",
+    "three_line_message",
+    "warning_first",
+    "traceback",
+    "wrong_text",
+    "changes_input",
+]
+
+
+@pytest.mark.parametrize("violation", VIOLATIONS)
 def test_harness_catches_each_violation(violation, env):
-    """Each rule of `check` really fails a case that breaks it (the rows of these probes are not kept)."""
+    """Each rule of `check` really fails a case that breaks it, with stderr counted by the harness's own counter
+    (a 3-line message, a warning before the error, a file in the working folder or the user cache); the rows of
+    these probes are not kept."""
+    import os
     from pathlib import Path
 
     import _harness
-    from _harness import Case, Outcome, check
+    from _harness import Case, _outcome, check
 
     def run(e):
         if violation == "writes":
             Path(e.paths["out"], "stray.json").write_text("{}")
+        if violation == "writes_cwd":
+            Path("stray.json").write_text("{}")  # relative: the working folder
+        if violation == "writes_cache":
+            Path(os.environ["CAA_EVAL_CACHE"], "stray.json").write_text("{}")
         if violation == "changes_input":
             Path(e.paths["scores"], "good.csv").write_text("changed\n")
         err = {
             "two_lines": "x: error: one\nx: error: two\n",
+            "three_line_message": "x: error: bad input, write y\n  because of z\n  see the docs\n",
+            "warning_first": "WARNING caa_eval.x: something odd\nx: error: bad input, write y\n",
             "traceback": "Traceback (most recent call last):\nx: error: boom\n",
         }.get(violation, "x: error: bad input, write y\n")
-        return Outcome(0 if violation == "exit0" else 2, err.strip().splitlines()[-1], err, err.count("error:"))
+        return _outcome(0 if violation == "exit0" else 2, err)
 
     keep = len(_harness.ROWS)
     original = Path(env.paths["scores"], "good.csv").read_bytes()
     try:
         with pytest.raises(AssertionError):
             check(
-                Case(
-                    "probe",
-                    "probe",
-                    "probe",
-                    "probe",
-                    run,
-                    "something else" if violation == "wrong_text" else "bad input",
-                ),
+                Case("probe", "probe", "probe", "probe", run, "other" if violation == "wrong_text" else "bad input"),
                 env,
             )
     finally:
         del _harness.ROWS[keep:]
-        Path(env.paths["out"], "stray.json").unlink(missing_ok=True)
+        for folder in (env.paths["out"], env.paths["cwd"], env.paths["cache"]):
+            Path(folder, "stray.json").unlink(missing_ok=True)
         Path(env.paths["scores"], "good.csv").write_bytes(original)
+
+
+def test_error_line_counter():
+    """The counter behind rule 2: every stderr line counts, except argparse's (wrapped) usage block."""
+    from _harness import error_lines
+
+    assert len(error_lines("caa-eval x: error: bad; write y\n")) == 1
+    assert len(error_lines("caa-eval x: error: bad; write y\n  detail\n  more detail\n")) == 3
+    assert len(error_lines("WARNING a: note\ncaa-eval x: error: bad\n")) == 2
+    usage = "usage: caa-eval x [-h] [--a A]\n                  [--b B]\ncaa-eval x: error: argument --a: invalid\n"
+    assert error_lines(usage) == ["caa-eval x: error: argument --a: invalid"]
+
+
+@pytest.mark.parametrize("plant", ["none", "warning", "print", "multiline"])
+def test_harness_rejects_a_command_that_says_more_than_one_line(plant, env, monkeypatch):
+    """A command path planted to log a warning, print a note to stderr, or raise a 3-line message before its
+    error is rejected by `check` run through the real dispatcher; the unplanted control passes."""
+    import logging
+    import sys
+
+    import _harness
+    from _harness import Case, check, cli
+
+    from caa_eval.errors import CAAEvalError
+
+    def run(args: argparse.Namespace) -> int:
+        if plant == "warning":
+            logging.getLogger("caa_eval.fake").warning("about to fail")
+        if plant == "print":
+            print("note: about to fail", file=sys.stderr)
+        detail = "\n  because of z\n  see the docs" if plant == "multiline" else ""
+        raise CAAEvalError("--x 3: not allowed; write --x 2" + detail)
+
+    _fake_command(monkeypatch, run)
+    case = Case("plant", "probe", "caa-eval fake", plant, cli("fake", "3"), "--x 3: not allowed")
+    keep = len(_harness.ROWS)
+    try:
+        if plant == "none":
+            check(case, env)
+        else:
+            with pytest.raises(AssertionError, match="error lines"):
+                check(case, env)
+    finally:
+        del _harness.ROWS[keep:]

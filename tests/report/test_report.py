@@ -222,8 +222,8 @@ def test_report_on_sweep(tmp_path):
     assert any("no DONE marker" in w for w in report["warnings"])
     assert report["diagnostics"] and {d["metric"] for d in report["diagnostics"]} >= {"ab_mass"}
 
-    # figures: one dose-response figure with behaviour + MMLU, no layer sweep (one layer)
-    assert [f["kind"] for f in report["figures"]] == ["dose_response"]
+    # figures: one dose-response figure with behaviour + MMLU, no layer sweep (one layer); steerability cards aside
+    assert [f["kind"] for f in report["figures"] if f["kind"] != "steerability"] == ["dose_response"]
     png = out / report["figures"][0]["file"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Correction family" in md and "paired" in md.lower()
@@ -318,7 +318,7 @@ def test_report_from_csv_via_cli(tmp_path, capsys):
     # rerun into the same folder: files are replaced, not duplicated
     assert cli.main(["report", str(csv), "--out", str(out), "--n-resamples", "300", "--n-permutations", "999"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["report.md", "report.json"] + [f["file"] for f in report["figures"]]
+        ["report.md", "report.json", "report.html"] + [f["file"] for f in report["figures"]]
     )
 
 

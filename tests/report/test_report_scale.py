@@ -102,7 +102,7 @@ def test_every_results_file_records_the_scale_equal_to_an_independent_computatio
     for cell, steering in _results(scale_run):
         scale = steering["scale"]
         if cell["multiplier"] == 0:
-            assert scale == {"norm_fraction": 0.0, "kl": 0.0}
+            assert scale == {"norm_fraction": 0.0, "kl": 0.0, "system_prompt_kl": 0.0, "total_kl": 0.0}
             continue
         vec = load_vector(steering["vector"]).vectors[LAYER].float()
         fraction, kl = independent_scale(
@@ -111,6 +111,7 @@ def test_every_results_file_records_the_scale_equal_to_an_independent_computatio
         assert scale["norm_fraction"] == pytest.approx(fraction, rel=1e-5)
         assert scale["kl"] == pytest.approx(kl, rel=1e-3, abs=1e-8)
         assert scale["kl"] > 0 and scale["neutral_prompts"] == len(neutral_prompts())
+        assert scale["total_kl"] == scale["kl"] and scale["system_prompt_kl"] == 0.0  # no system prompt here
         seen.add((steering["site"], steering["positions"], cell["multiplier"]))
     assert len(seen) == 8  # 2 sites x 2 positions x 2 multipliers
 

@@ -266,10 +266,12 @@ def test_edge_cases_zero_differences_and_tiny_n():
 
 def test_missing_baseline_and_no_common_items_name_the_cell():
     df = long_table({("syc", 1.0): [0.1, 0.2]}, layer="13")
+    cells = st.compute_stats(df)  # listed, not tested: a report never fails on it
+    assert cells["note"].tolist() == ["no baseline"] and cells["p_holm"].isna().all()
     with pytest.raises(
         CAAEvalError, match=r"no multiplier-0 baseline for cell \(behaviour=syc, task=syc, metric=score, layer=13\)"
     ):
-        st.compute_stats(df)
+        st.require_some_baseline(cells)  # `caa-eval stats`: a table with nothing to test is refused
     df = pd.concat(
         [
             long_table({("syc", 1.0): [0.1, 0.2]}),

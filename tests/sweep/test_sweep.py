@@ -141,7 +141,7 @@ def test_example_configs_parse_and_plan():
     mmlu = next(c for c in baselines if c.tasks == ["caa_mmlu_2opt"])
     assert mmlu.behaviour is None  # stats reads it as the shared '*' baseline of every vector
     ab = next(c for c in baselines if c.tasks == ["caa_ab_coordinate_other_ais"])
-    assert ab.behaviour == "coordinate-other-ais"
+    assert ab.behaviour is None  # an A/B task's unsteered run too: the baseline of every vector on that task
     steered = next(c for c in cells if c.behaviour == "corrigible-neutral-HHH" and c.multiplier == -1)
     assert steered.tasks == ["caa_ab_corrigible_neutral_HHH", "caa_mmlu_2opt"]
     assert steered.id == "corrigible-neutral-HHH__base__L13__residual__after_instruction__m-1"
