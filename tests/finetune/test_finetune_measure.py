@@ -194,12 +194,12 @@ def test_warning_iff_the_held_out_shift_is_below_0_05(tiny_model_dir, planted_da
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (("--holdout-fraction", "0"), "holdout_fraction=0"),
-        (("--holdout-fraction", "1"), "holdout_fraction=1"),
-        (("--target-shift", "0"), "target_shift=0"),
-        (("--target-shift", "1.5"), "target_shift=1.5"),
-        (("--max-steps", "0"), "max_steps=0"),
-        (("--eval-every", "-1"), "eval_every=-1"),
+        (("--holdout-fraction", "0"), "--holdout-fraction 0:"),
+        (("--holdout-fraction", "1"), "--holdout-fraction 1:"),
+        (("--target-shift", "0"), "--target-shift 0:"),
+        (("--target-shift", "1.5"), "--target-shift 1.5:"),
+        (("--max-steps", "0"), "--max-steps 0:"),
+        (("--eval-every", "-1"), "--eval-every -1:"),
     ],
 )
 def test_bad_new_flags_are_one_line_errors_before_the_model_loads(
