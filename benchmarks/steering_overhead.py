@@ -2,9 +2,12 @@
 
 Log-likelihood items/s on a CAA A/B-style request set and greedy generation tokens/s with the KV cache on
 open-ended prompts (exactly --max-new tokens each). Runs are paired, and which of the two goes first alternates,
-so drift in machine speed hits both; the median ratio is printed. Goals: log-likelihood ≥ 0.97×, generation ≥ 0.95×.
+so drift in machine speed hits both. Reported per measure: the median of the paired ratios steered/hf with a
+distribution-free 95% confidence interval (binomial order statistics; needs at least 6 runs, claims use >= 10).
+A goal (log-likelihood >= 0.97x, generation >= 0.95x) counts as met only when the whole interval lies above it.
 
-    python benchmarks/steering_overhead.py --items 200 --gen-items 16 --repeats 3
+    python benchmarks/steering_overhead.py --items 200 --gen-items 16 --runs 10
+    python benchmarks/steering_overhead.py --items 8 --gen-items 2 --max-new 4 --runs 2   # smoke: no verdict
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
+from scipy.stats import binom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -70,6 +74,37 @@ def gen_requests(tok, n: int, max_new: int) -> list[Instance]:
     ]
 
 
+def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float | None, float | None, float]:
+    """(median, low, high, coverage): the interval [x_(k), x_(n+1-k)] of the sorted values with the largest k whose
+    exact binomial coverage 1 - 2·P(Bin(n, 1/2) <= k-1) is still >= `confidence` (no distribution assumed);
+    low/high None when n is too small for any such interval."""
+    x = sorted(values)
+    n = len(x)
+    k = 0
+    while k + 1 <= n // 2 and 1 - 2 * binom.cdf(k, n, 0.5) >= confidence:
+        k += 1
+    if k == 0:
+        return statistics.median(x), None, None, 0.0
+    return statistics.median(x), x[k - 1], x[n - k], float(1 - 2 * binom.cdf(k - 1, n, 0.5))
+
+
+def verdict(low: float | None, high: float | None, goal: float) -> str:
+    if low is None or high is None:
+        return "no verdict (too few runs for a 95% CI; use --runs 10)"
+    if low > goal:
+        return f"goal >= {goal}x MET (the whole CI is above it)"
+    if high < goal:
+        return f"goal >= {goal}x NOT MET (the whole CI is below it)"
+    return f"goal >= {goal}x NOT ESTABLISHED (the CI contains it)"
+
+
+def report(name: str, ratios: list[float], goal: float) -> str:
+    med, low, high, coverage = median_ci(ratios)
+    ci = "n/a" if low is None else f"[{low:.3f}, {high:.3f}] (exact coverage {coverage:.1%})"
+    runs = ", ".join(f"{r:.3f}" for r in ratios)
+    return f"RATIO steered/hf {name} = {med:.3f}x median, 95% CI {ci}; {verdict(low, high, goal)}; runs {runs}"
+
+
 def timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -84,7 +119,7 @@ def main() -> None:
     parser.add_argument("--max-new", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--layer", type=int, default=13)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=10, help="alternating paired runs (>= 10 for a verdict)")
     args = parser.parse_args()
 
     path = resolve(args.model)
@@ -99,7 +134,7 @@ def main() -> None:
     hf.loglikelihood(ll[:8])
     steered.loglikelihood(ll[:8])  # warm-up
     ratios_ll, ratios_gen, rates = [], [], []
-    for repeat in range(args.repeats):
+    for repeat in range(args.runs):
         first = repeat % 2  # who goes first alternates, so a drift in machine speed does not favour one side
         times = {}
         for who in ("hf", "steered") if first == 0 else ("steered", "hf"):
@@ -118,18 +153,12 @@ def main() -> None:
     med = [statistics.median(r[i] for r in rates) for i in range(4)]
     print(
         f"model {args.model}, layer {args.layer}, batch {args.batch_size}, threads {torch.get_num_threads()}, "
-        f"{args.repeats} alternating repeats"
+        f"{args.runs} alternating paired runs"
     )
     print(f"log-likelihood: hf {med[0]:.1f} req/s, steered {med[1]:.1f} req/s")
     print(f"generation    : hf {med[2]:.1f} tok/s, steered {med[3]:.1f} tok/s (exactly --max-new tokens per prompt)")
-    print(
-        f"RATIO steered/hf log-likelihood throughput = {statistics.median(ratios_ll):.3f}x  (goal >= 0.97x; "
-        f"runs {', '.join(f'{r:.3f}' for r in ratios_ll)})"
-    )
-    print(
-        f"RATIO steered/hf generation throughput     = {statistics.median(ratios_gen):.3f}x  (goal >= 0.95x; "
-        f"runs {', '.join(f'{r:.3f}' for r in ratios_gen)})"
-    )
+    print(report("log-likelihood throughput", ratios_ll, 0.97))
+    print(report("generation throughput", ratios_gen, 0.95))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.paths import tasks_dir
@@ -64,6 +66,8 @@ def run_demo(
     layer: int = LAYER,
     limit: int | None = None,
     max_gen_toks: int = 48,
+    model: str | None = None,
+    layers_path: str | None = None,
 ) -> str:
     """Run the demo into `out` and return its table.
 
@@ -74,71 +78,31 @@ def run_demo(
         layer: the layer the vector is read at and added to.
         limit: items per task (None = all 12; tests use fewer).
         max_gen_toks: new tokens per open-ended answer.
+        model: another HF model folder instead of the embedded SmolLM2 (it also judges); tests use tiny ones.
+        layers_path: dotted path to that model's decoder blocks if they are not found structurally.
     """
     from caa_eval import models
-    from caa_eval.core.extract import extract_to_file
-    from caa_eval.judge import judge_samples
     from caa_eval.lmeval.model import SteeredHFLM
-    from caa_eval.lmeval.run import default_task_manager, env_info_once, evaluate_to_folder
 
     if 0 not in multipliers:
         raise CAAEvalError("the demo compares against multiplier 0: include 0 in the multipliers")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # the demo prints its own five steps
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    print(f"[1/5] embedded model: {models.prepare()} (loaded once, as lm-eval's steered-hf)", flush=True)
-    lm = SteeredHFLM(pretrained=models.DEFAULT_MODEL, batch_size=8, device="cpu", multiplier=0)
-    demo_tasks = tasks_dir() / "caa_demo"
-    vector = out / "optimism.safetensors"
-    print(f"[2/5] extracting the optimism vector (layer {layer}) -> {vector}", flush=True)
-    # a 135M model reads little into an answer letter, so the demo averages over the reply text (read=answer_mean)
-    extract_to_file(
-        models.DEFAULT_MODEL,
-        demo_tasks / "optimism_generate_replies.json",
-        vector,
-        layers=[layer],
-        behaviour="optimism",
-        model=lm.model,
-        tokenizer=lm.tokenizer,
-        progress=False,
-        read="answer_mean",
-    )
-    print(
-        f"[3/5] lm-eval with steered-hf at multipliers {list(multipliers)} (one shared-prefix pass for the "
-        "log-likelihood tasks, one shared generate call per batch of open-ended prompts)",
-        flush=True,
-    )
-    settings = {
-        m: {"vector": str(vector), "layers": [layer], "multiplier": m} if m else {"multiplier": 0} for m in multipliers
-    }
-    tasks = {m: ["caa_demo"] + (["caa_demo_optimism_open"] if m in open_multipliers else []) for m in multipliers}
-    lm.plan_grid(list(settings.values()), tasks=list(tasks.values()))  # open answers: one generate call per batch
-    manager = default_task_manager()  # once, not once per multiplier
-    runs: dict[float, Path] = {}
-    with env_info_once():
-        for mult in multipliers:
-            run_dir = out / "runs" / f"m{mult:+g}"
-            if run_dir.exists():  # rerun of the demo: start clean, never mix old and new samples
-                shutil.rmtree(run_dir)
-            lm.set_steering(**settings[mult])
-            evaluate_to_folder(
-                lm,
-                tasks[mult],
-                run_dir,
-                task_manager=manager,
-                limit=limit,
-                model_args={"pretrained": models.DEFAULT_MODEL, **settings[mult]},
-                gen_kwargs={"max_gen_toks": max_gen_toks},
-            )
-            runs[mult] = run_dir
-            print(f"      multiplier {mult:+g}: {run_dir}", flush=True)
-    lm.clear_grid()
+    name = model or models.DEFAULT_MODEL
+    where = f"embedded model: {models.prepare()}" if model is None else f"model: {name}"
+    print(f"[1/5] {where} (loaded once, as lm-eval's steered-hf)", flush=True)
+    lm = SteeredHFLM(pretrained=name, batch_size=8, device="cpu", multiplier=0, layers_path=layers_path)
+    vector = _extract(lm, name, out, layer)
+    runs = _evaluate(lm, name, out, vector, layer, multipliers, open_multipliers, limit, max_gen_toks)
     print(
         "[4/5] judging open-ended answers with the local hf judge (SmolLM2: pipeline check, not a real judge)",
         flush=True,
     )
+    from caa_eval.judge import judge_samples
+
     open_files = [f for m in open_multipliers for f in runs[m].glob("samples_caa_demo_optimism_open_*.jsonl")]
-    judge_samples(open_files, backend="hf", judge_model=models.DEFAULT_MODEL, rubrics=RUBRIC, batch_size=8)
+    judge_samples(open_files, backend="hf", judge_model=name, rubrics=RUBRIC, batch_size=8)
 
     print("[5/5] paired statistics against multiplier 0", flush=True)
     text = summarize(runs, open_multipliers, layer) + (
@@ -149,65 +113,90 @@ def run_demo(
     return text
 
 
+def _extract(lm: Any, name: str, out: Path, layer: int) -> Path:
+    """Step 2: the optimism vector, read from the already loaded model (its layout, so `layers_path` holds)."""
+    from caa_eval.core.extract import extract_to_file
+
+    vector = out / "optimism.safetensors"
+    print(f"[2/5] extracting the optimism vector (layer {layer}) -> {vector}", flush=True)
+    # a 135M model reads little into an answer letter, so the demo averages over the reply text (read=answer_mean)
+    extract_to_file(
+        name,
+        tasks_dir() / "caa_demo" / "optimism_generate_replies.json",
+        vector,
+        layers=[layer],
+        behaviour="optimism",
+        model=lm.model,
+        tokenizer=lm.tokenizer,
+        progress=False,
+        read="answer_mean",
+        layout=lm.layout,
+    )
+    return vector
+
+
+def _evaluate(
+    lm: Any,
+    name: str,
+    out: Path,
+    vector: Path,
+    layer: int,
+    multipliers: Sequence[float],
+    open_multipliers: Sequence[float],
+    limit: int | None,
+    max_gen_toks: int,
+) -> dict[float, Path]:
+    """Step 3: lm-eval at every multiplier, one run folder each; log-likelihoods and generations from one grid."""
+    from caa_eval.core.vectors import load
+    from caa_eval.lmeval.run import default_task_manager, env_info_once, evaluate_to_folder
+
+    print(
+        f"[3/5] lm-eval with steered-hf at multipliers {list(multipliers)} (one shared-prefix pass for the "
+        "log-likelihood tasks, one shared generate call per batch of open-ended prompts)",
+        flush=True,
+    )
+    sv = load(vector)  # read and hashed once for every setting
+    settings = {m: {"vector": sv, "layers": [layer], "multiplier": m} if m else {"multiplier": 0} for m in multipliers}
+    tasks = {m: ["caa_demo"] + (["caa_demo_optimism_open"] if m in open_multipliers else []) for m in multipliers}
+    lm.plan_grid(list(settings.values()), tasks=list(tasks.values()))  # open answers: one generate call per batch
+    manager = default_task_manager()  # once, not once per multiplier
+    runs: dict[float, Path] = {}
+    with env_info_once():
+        for mult in multipliers:
+            run_dir = out / "runs" / f"m{mult:+g}"
+            if run_dir.exists():  # rerun of the demo: start clean, never mix old and new samples
+                shutil.rmtree(run_dir)
+            lm.set_steering(**settings[mult])
+            recorded = {"vector": str(vector), "layers": [layer], "multiplier": mult} if mult else {"multiplier": 0}
+            evaluate_to_folder(
+                lm,
+                tasks[mult],
+                run_dir,
+                task_manager=manager,
+                limit=limit,
+                model_args={"pretrained": name, **recorded},
+                gen_kwargs={"max_gen_toks": max_gen_toks},
+            )
+            runs[mult] = run_dir
+            print(f"      multiplier {mult:+g}: {run_dir}", flush=True)
+    lm.clear_grid()
+    return runs
+
+
 def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer: int = LAYER) -> str:
     """The demo table from the lm-eval samples of each multiplier's run folder."""
     import pandas as pd
 
     from caa_eval import stats
 
-    rows, table = [], []
-    for mult, run in runs.items():
-        replies = _samples(run, "caa_demo_optimism")
-        letters = _samples(run, "caa_demo_optimism_ab")
-        judged = _judged(run, "caa_demo_optimism_open")
-        for s in replies:
-            rows.append(
-                {
-                    "item_id": s["doc_id"],
-                    "behaviour": "optimism",
-                    "task": "reply_ll_diff",
-                    "multiplier": mult,
-                    "score": s["ll_diff"],
-                }
-            )
-        for s in letters:
-            rows.append(
-                {
-                    "item_id": s["doc_id"],
-                    "behaviour": "optimism",
-                    "task": "ab_p_match",
-                    "multiplier": mult,
-                    "score": s["p_match"],
-                }
-            )
-        for s in judged:
-            rows.append(
-                {
-                    "item_id": s["doc_id"],
-                    "behaviour": "optimism",
-                    "task": "open_judge",
-                    "multiplier": mult,
-                    "score": float("nan") if s["score"] is None else s["score"],
-                }
-            )
-        scored = [s["score"] for s in judged if s["score"] is not None]
-        table.append(
-            (
-                mult,
-                _mean([s["p_match"] for s in replies]),
-                _mean([s["ll_diff"] for s in replies]),
-                _mean([s["p_match"] for s in letters]),
-                _mean([s["ab_mass"] for s in letters]),
-                _mean(scored),
-            )
-        )
+    rows: list[dict] = []
+    table = [_read_run(mult, run, rows) for mult, run in runs.items()]
     result = stats.compute_stats(pd.DataFrame(rows), seed=0, n_resamples=1000, n_permutations=2000)
     p_holm = {(r.task, float(r.multiplier)): r.p_holm for r in result.itertuples() if r.multiplier != 0}
     sample_text = {}
     for mult in open_multipliers:
         first = _samples(runs[mult], "caa_demo_optimism_open")[0]
         sample_text[mult] = (first["doc"]["question"], str(first["filtered_resps"][0]).strip().replace("\n", " ")[:160])
-
     lines = [
         f"caa-eval demo: SmolLM2-135M-Instruct, behaviour 'optimism' (project-authored, 48 pairs / 12 test items), "
         f"vector at layer {layer} (mean over reply tokens), steering after the instruction",
@@ -221,16 +210,50 @@ def summarize(runs: dict[float, Path], open_multipliers=OPEN_MULTIPLIERS, layer:
             f"| {mult:+g} | {p_reply:.3f} | {ll:+.2f} | {'—' if p is None else f'{p:.3g}'} | {p_ab:.3f} | {mass:.3f} | "
             f"{'' if judge != judge else f'{judge:.2f}'} |"
         )
-    lines += [
-        "",
-        "Reading it: the log-odds column is the paired effect on the same 12 items (Wilcoxon, Holm over all cells);",
-        "the A/B letter probe stays at chance (~0.5) because a 135M model cannot answer A/B questions, which is",
-        "why CAA's own behaviours need a larger model (Llama-2-7b-chat in the paper). The judge column comes from",
-        "SmolLM2 judging itself and only shows the pipeline works offline.",
-        "",
-    ]
+    lines += _READING
     q0 = sample_text[open_multipliers[0]][0]
     lines.append(f"Generations for: {q0!r}")
     for mult, (_, text) in sample_text.items():
         lines.append(f"  m={mult:+g}: {text!r}")
     return "\n".join(lines)
+
+
+_READING = [
+    "",
+    "Reading it: the log-odds column is the paired effect on the same 12 items (Wilcoxon, Holm over all cells);",
+    "the A/B letter probe stays at chance (~0.5) because a 135M model cannot answer A/B questions, which is",
+    "why CAA's own behaviours need a larger model (Llama-2-7b-chat in the paper). The judge column comes from",
+    "SmolLM2 judging itself and only shows the pipeline works offline.",
+    "",
+]
+
+
+def _read_run(mult: float, run: Path, rows: list[dict]) -> tuple[float, float, float, float, float, float]:
+    """One multiplier's per-item scores (appended to `rows`, the long table) and its row of means."""
+    replies = _samples(run, "caa_demo_optimism")
+    letters = _samples(run, "caa_demo_optimism_ab")
+    judged = _judged(run, "caa_demo_optimism_open")
+    for task, samples, field in (("reply_ll_diff", replies, "ll_diff"), ("ab_p_match", letters, "p_match")):
+        rows += [
+            {"item_id": s["doc_id"], "behaviour": "optimism", "task": task, "multiplier": mult, "score": s[field]}
+            for s in samples
+        ]
+    rows += [
+        {
+            "item_id": s["doc_id"],
+            "behaviour": "optimism",
+            "task": "open_judge",
+            "multiplier": mult,
+            "score": float("nan") if s["score"] is None else s["score"],
+        }
+        for s in judged
+    ]
+    scored = [s["score"] for s in judged if s["score"] is not None]
+    return (
+        mult,
+        _mean([s["p_match"] for s in replies]),
+        _mean([s["ll_diff"] for s in replies]),
+        _mean([s["p_match"] for s in letters]),
+        _mean([s["ab_mass"] for s in letters]),
+        _mean(scored),
+    )

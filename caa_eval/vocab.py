@@ -24,6 +24,7 @@ __all__ = [
     "CAPABILITY_TASKS",
     "PROBABILITY_METRICS",
     "parse_layers",
+    "parse_site",
     "format_multiplier",
     "parse_multiplier",
     "behaviour_key",
@@ -106,6 +107,21 @@ def parse_layers(spec: Any, n_layers: int | None = None, name: str = "layers") -
         if bad:
             raise CAAEvalError(f"{name}: layers {bad} out of range; the model has layers 0..{n_layers - 1}")
     return sorted(set(out))
+
+
+def parse_site(value: Any, source: str = "", hint: str = "") -> str:
+    """One of `SITES`, or one error line in one wording wherever a site is read (CLI, model args, files, hooks).
+
+    Args:
+        value: the site as the user or a file spelled it.
+        source: where it came from (a file name), prefixed to the message.
+        hint: an extra remedy appended in parentheses.
+    """
+    if value not in SITES:
+        where = f"{source}: " if source else ""
+        extra = f" ({hint})" if hint else ""
+        raise CAAEvalError(f"{where}site={value!r} not understood; write one of {', '.join(SITES)}{extra}")
+    return str(value)
 
 
 def parse_multiplier(value: Any, name: str = "multiplier") -> float:

@@ -31,6 +31,9 @@ def test_demo_runs_end_to_end_and_shows_the_effect(tmp_path, smollm2_dir, capsys
         run = tmp_path / "demo" / "runs" / f"m{m}"
         results = sorted(run.glob("results_*.json"))
         assert results, run
-        config = json.loads(results[0].read_text())["config"]
-        assert config["model"] == "SteeredHFLM" or "steer" in json.dumps(config).lower()
+        recorded = json.loads(results[0].read_text())
+        assert float(recorded["config"]["model_args"]["multiplier"]) == float(m)  # the run says how it was steered
+        assert recorded["config"]["steering"]["multiplier"] == float(m) and (m == "+0") == (
+            recorded["config"]["steering"]["vector"] is None
+        )
         assert list(run.glob("judged_caa_demo_optimism_open_*.jsonl"))

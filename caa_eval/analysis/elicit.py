@@ -10,7 +10,7 @@ crosses the threshold once between grid points; it reports the first crossing it
 Uncertainty comes from the items: a bootstrap over items (scipy.stats.bootstrap, percentile method)
 re-finds the crossing on the resampled mean curve (linear interpolation between evaluated multipliers),
 and gives a BCa CI of the mean score at the reported multiplier. The scorer is any function
-multiplier -> per-item scores; `lmeval_scorer` runs an lm-eval task through `steered-hf`.
+multiplier -> per-item scores; `caa_eval.lmeval.scorer.lmeval_scorer` runs an lm-eval task through `steered-hf`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from caa_eval.errors import CAAEvalError
 from caa_eval.vocab import format_multiplier
 
-__all__ = ["Scorer", "Elicitation", "find_threshold", "crossing", "lmeval_scorer", "markdown_table"]
+__all__ = ["Scorer", "Elicitation", "find_threshold", "crossing", "markdown_table"]
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def find_threshold(
     """Smallest multiplier in [0, max_multiplier] whose mean score reaches `threshold` (grid, then bisection).
 
     Args:
-        score: multiplier -> per-item scores (e.g. `lmeval_scorer(...)`).
+        score: multiplier -> per-item scores (e.g. `caa_eval.lmeval.scorer.lmeval_scorer(...)`).
         threshold: the mean score that counts as "the behaviour is triggered" (p_match 0.5 = chance).
         max_multiplier: the largest multiplier tried.
         grid: number of equal steps from 0 to `max_multiplier` in the coarse pass.
@@ -172,137 +172,74 @@ def find_threshold(
     tolerance = max_multiplier / 100 if tolerance is None else float(tolerance)
     if not tolerance > 0:
         raise CAAEvalError(f"tolerance={tolerance}: give a positive width")
-    scores: dict[float, np.ndarray] = {}
-
-    def mean_at(m: float) -> float:
-        m = float(m)
-        if m not in scores:
-            values = np.asarray(score(m), dtype=np.float64).reshape(-1)
-            if values.size == 0 or not np.all(np.isfinite(values)):
-                raise CAAEvalError(f"multiplier {format_multiplier(m)}: the scorer returned no or non-finite scores")
-            if scores and values.size != next(iter(scores.values())).size:
-                raise CAAEvalError("the scorer returned a different number of items at different multipliers")
-            scores[m] = values
-            log.info("multiplier %s: mean %.4f", format_multiplier(m), values.mean())
-        return float(scores[m].mean())
-
-    baseline = mean_at(0.0)
-    lo, hi = 0.0, None
-    if baseline >= threshold:
-        hi = 0.0
-        mean_at(max_multiplier / grid)  # one grid point past the crossing, as below
-    else:
-        for k in range(1, grid + 1):
-            m = max_multiplier * k / grid
-            if mean_at(m) >= threshold:
-                hi = m
-                break
-            lo = m
-        if hi is not None:
-            above = hi + max_multiplier / grid  # one grid point past the crossing, so resamples can cross later
-            if above <= max_multiplier * (1 + 1e-9):
-                mean_at(above)
-            while hi - lo > tolerance:
-                mid = (lo + hi) / 2
-                if mean_at(mid) >= threshold:
-                    hi = mid
-                else:
-                    lo = mid
-    curve = sorted((m, float(v.mean())) for m, v in scores.items())
+    curve = _Curve(score)
+    baseline = curve.mean_at(0.0)
+    lo, hi = _search(curve, threshold, max_multiplier, grid, tolerance, baseline)
+    scores = curve.scores
     m_ci, s_ci = _bootstrap(scores, threshold, max_multiplier, hi, confidence, n_resamples, seed)
-    n_items = next(iter(scores.values())).size
     return Elicitation(
         threshold,
         max_multiplier,
         tolerance,
-        n_items,
+        next(iter(scores.values())).size,
         baseline,
         hi is not None,
         hi,
         None if hi is None else (lo, hi),
-        None if hi is None else mean_at(hi),
+        None if hi is None else curve.mean_at(hi),
         s_ci,
         m_ci,
-        curve,
+        sorted((m, float(v.mean())) for m, v in scores.items()),
         confidence,
     )
 
 
-def lmeval_scorer(
-    lm: Any,
-    task: str,
-    vector: Any,
-    layer: int,
-    metric: str | None = None,
-    limit: int | None = None,
-    site: str | None = None,
-    positions: str = "after_instruction",
-    task_manager: Any = None,
-    allow_fingerprint_mismatch: bool = False,
-) -> Scorer:
-    """A scorer running an lm-eval task through a loaded `steered-hf` model at each multiplier.
+class _Curve:
+    """The scorer's per-item scores at each multiplier asked for, each computed once and checked."""
 
-    The task is built once; each call sets the steering in place (`SteeredHFLM.set_steering`), runs
-    `lm_eval.evaluator.evaluate` with the chat template and logged samples, and returns the per-item
-    `metric` in doc order.
+    def __init__(self, score: Scorer):
+        self.score = score
+        self.scores: dict[float, np.ndarray] = {}
 
-    Args:
-        lm: a `caa_eval.lmeval.model.SteeredHFLM`.
-        task: lm-eval task name (e.g. `caa_ab_sycophancy`).
-        vector: vector file path or loaded `SteeringVector`.
-        layer: the steered block.
-        metric: per-item metric (default: the task family's primary metric, p_match for caa_ab).
-        limit: use only the first `limit` items.
-        site, positions: where and at which tokens to add the vector.
-        task_manager: an lm-eval TaskManager (default: one with the shipped tasks).
-        allow_fingerprint_mismatch: apply a vector extracted from another model (base -> chat).
-    """
-    from lm_eval.evaluator import evaluate
-    from lm_eval.tasks import TaskManager, get_task_dict
+    def mean_at(self, m: float) -> float:
+        m = float(m)
+        if m not in self.scores:
+            values = np.asarray(self.score(m), dtype=np.float64).reshape(-1)
+            if values.size == 0 or not np.all(np.isfinite(values)):
+                raise CAAEvalError(f"multiplier {format_multiplier(m)}: the scorer returned no or non-finite scores")
+            if self.scores and values.size != next(iter(self.scores.values())).size:
+                raise CAAEvalError("the scorer returned a different number of items at different multipliers")
+            self.scores[m] = values
+            log.info("multiplier %s: mean %.4f", format_multiplier(m), values.mean())
+        return float(self.scores[m].mean())
 
-    from caa_eval.lmeval.register import ensure_registered
-    from caa_eval.paths import tasks_dir
-    from caa_eval.vocab import primary_metric
 
-    ensure_registered()
-    metric = metric or primary_metric(task)
-    if not metric:
-        raise CAAEvalError(f"task {task!r} has no known primary metric; name the per-item metric with --metric")
-    manager = task_manager or TaskManager(include_path=[str(tasks_dir())])
-    try:
-        task_dict = get_task_dict([task], manager)
-    except (KeyError, ValueError) as exc:
-        raise CAAEvalError(
-            f"lm-eval cannot build task {task!r} ({exc}); check the name with `caa-eval tasks`"
-        ) from None
-
-    def score(multiplier: float) -> np.ndarray:
-        if multiplier == 0:
-            lm.set_steering(vector=None, multiplier=0)
+def _search(
+    curve: _Curve, threshold: float, max_multiplier: float, grid: int, tolerance: float, baseline: float
+) -> tuple[float, float | None]:
+    """(lo, hi): the bracket of the crossing after the grid pass and bisection; hi None = never reached."""
+    lo, hi = 0.0, None
+    step = max_multiplier / grid
+    if baseline >= threshold:
+        curve.mean_at(step)  # one grid point past the crossing, as below
+        return lo, 0.0
+    for k in range(1, grid + 1):
+        m = max_multiplier * k / grid
+        if curve.mean_at(m) >= threshold:
+            hi = m
+            break
+        lo = m
+    if hi is None:
+        return lo, None
+    if hi + step <= max_multiplier * (1 + 1e-9):  # one grid point past the crossing, so resamples can cross later
+        curve.mean_at(hi + step)
+    while hi - lo > tolerance:
+        mid = (lo + hi) / 2
+        if curve.mean_at(mid) >= threshold:
+            hi = mid
         else:
-            lm.set_steering(
-                vector=vector,
-                layers=[layer],
-                multiplier=multiplier,
-                site=site,
-                positions=positions,
-                allow_fingerprint_mismatch=allow_fingerprint_mismatch,
-            )
-        results = evaluate(
-            lm=lm,
-            task_dict=task_dict,
-            limit=limit,
-            log_samples=True,
-            apply_chat_template=True,
-            bootstrap_iters=0,
-            verbosity="WARNING",
-        )
-        samples = sorted(results["samples"][task], key=lambda s: s["doc_id"])
-        if samples and metric not in samples[0]:
-            raise CAAEvalError(f"task {task!r} logs no per-item {metric!r}; name one of its metrics with --metric")
-        return np.array([float(s[metric]) for s in samples])
-
-    return score
+            lo = mid
+    return lo, hi
 
 
 def markdown_table(rows: list[tuple[str, Elicitation]]) -> str:

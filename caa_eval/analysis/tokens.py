@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from caa_eval.core.layers import decoder_layers, hidden_of, site_module
-from caa_eval.core.prompts import prompt_for
+from caa_eval.core.prompts import prompt_ids
 from caa_eval.errors import CAAEvalError
 
 __all__ = ["TokenCosines", "prompt_ids", "generate_answer", "site_activations", "cosine_rows", "token_cosines"]
@@ -54,27 +54,6 @@ class TokenCosines:
             "n_prompt_tokens": self.n_prompt,
             "meta": self.meta,
         }
-
-
-def prompt_ids(tokenizer: Any, text: str, chat_template: bool = True, system_prompt: str | None = None) -> list[int]:
-    """Token ids of `text` as a user turn (chat template + generation prompt) or as given.
-
-    Args:
-        tokenizer: an HF tokenizer.
-        text: the user's text.
-        chat_template: True = `prompt_for` (the prompt rule extraction and the tasks use; CAA's base-model
-            format when the tokenizer has no template); False = the text with the tokenizer's default
-            special tokens.
-        system_prompt: a system message before the user turn (chat template only; None or "" = none).
-    """
-    if not text:
-        raise CAAEvalError("the prompt is empty; pass --prompt TEXT or --question TEXT")
-    if not chat_template:
-        return list(tokenizer(text)["input_ids"])
-    rendered = prompt_for(tokenizer, text, system_prompt or None, answer_prefix=None)
-    bos = getattr(tokenizer, "bos_token", None)
-    add_special = not (bos and rendered.startswith(bos))  # as lm-eval's HFLM: the template may write BOS itself
-    return list(tokenizer(rendered, add_special_tokens=add_special)["input_ids"])
 
 
 @torch.no_grad()

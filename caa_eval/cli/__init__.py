@@ -45,8 +45,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DESCRIPTION = (
+    "Steer a language model with Contrastive Activation Addition (CAA) and measure the effect inside "
+    "lm-evaluation-harness: extract steering vectors from contrast pairs, evaluate steered models on A/B, MMLU "
+    "and open-ended tasks, sweep layers x multipliers x sites, judge open answers, and get a report of which "
+    "effects are statistically significant. Start with `caa-eval demo`."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="caa-eval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="caa-eval", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"caa-eval {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

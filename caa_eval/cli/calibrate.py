@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from caa_eval.cli.arguments import after_load, custom, free, number, positions, vector_file, vector_layer
 from caa_eval.errors import CAAEvalError
@@ -65,7 +66,7 @@ def _prompts(path: Path | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from caa_eval.analysis.calibrate import ScaleProbe, calibrate, multiplier_scale
+    from caa_eval.analysis.calibrate import ScaleProbe
     from caa_eval.cli.arguments import check_model_layers
     from caa_eval.core.vectors import load
     from caa_eval.files import write_atomic
@@ -95,37 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "vectors": [],
     }
     for path, sv in vectors:
-        cells = [path.name, sv.behaviour, f"{float(sv.vectors[args.layer].float().norm()):.3f}"]
-        entry: dict = {"vector": str(path), "behaviour": sv.behaviour, "calibration": [], "scale": []}
-        for d in directions:
-            cal = calibrate(
-                model,
-                tokenizer,
-                sv,
-                args.layer,
-                args.kl,
-                d,
-                args.site,
-                args.positions,
-                args.tolerance,
-                args.max_multiplier,
-                probe,
-            )
-            entry["calibration"].append(cal.to_json())
-            if cal.multiplier is None:
-                cells.append(f"not reached up to {format_multiplier(d * args.max_multiplier)}")
-                print(
-                    f"{path}: KL {args.kl:g} not reached up to multiplier {format_multiplier(d * args.max_multiplier)}"
-                )
-            else:
-                cells.append(f"{cal.multiplier:+.3g} ({cal.norm_fraction:.0%} of ‖h‖)")
-                print(
-                    f"{path}: multiplier {cal.multiplier:+.4g} reaches KL {cal.kl:.4f} "
-                    f"(target {args.kl:g}); the added vector is {cal.norm_fraction:.1%} of the mean residual norm"
-                )
-        for row in multiplier_scale(model, tokenizer, sv, args.layer, multipliers, args.site, args.positions, probe):
-            entry["scale"].append(row.to_json())
-            cells.append(f"{row.norm_fraction:.2f} / {row.kl:.3g}")
+        cells, entry = _vector_row(args, model, tokenizer, probe, path, sv, directions, multipliers)
         out["vectors"].append(entry)
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
@@ -136,6 +107,52 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         write_atomic(args.markdown, table)
     return 0
+
+
+def _vector_row(
+    args: argparse.Namespace,
+    model: Any,
+    tokenizer: Any,
+    probe: Any,
+    path: Path,
+    sv: Any,
+    directions: list[int],
+    multipliers: list[float],
+) -> tuple[list[str], dict[str, Any]]:
+    """One vector's table cells and JSON entry: the calibrated multiplier per direction, then each multiplier's scale."""
+    from caa_eval.analysis.calibrate import calibrate, multiplier_scale
+    from caa_eval.vocab import format_multiplier
+
+    cells = [path.name, sv.behaviour, f"{float(sv.vectors[args.layer].float().norm()):.3f}"]
+    entry: dict[str, Any] = {"vector": str(path), "behaviour": sv.behaviour, "calibration": [], "scale": []}
+    for d in directions:
+        cal = calibrate(
+            model,
+            tokenizer,
+            sv,
+            args.layer,
+            args.kl,
+            d,
+            args.site,
+            args.positions,
+            args.tolerance,
+            args.max_multiplier,
+            probe,
+        )
+        entry["calibration"].append(cal.to_json())
+        if cal.multiplier is None:
+            cells.append(f"not reached up to {format_multiplier(d * args.max_multiplier)}")
+            print(f"{path}: KL {args.kl:g} not reached up to multiplier {format_multiplier(d * args.max_multiplier)}")
+        else:
+            cells.append(f"{cal.multiplier:+.3g} ({cal.norm_fraction:.0%} of ‖h‖)")
+            print(
+                f"{path}: multiplier {cal.multiplier:+.4g} reaches KL {cal.kl:.4f} "
+                f"(target {args.kl:g}); the added vector is {cal.norm_fraction:.1%} of the mean residual norm"
+            )
+    for row in multiplier_scale(model, tokenizer, sv, args.layer, multipliers, args.site, args.positions, probe):
+        entry["scale"].append(row.to_json())
+        cells.append(f"{row.norm_fraction:.2f} / {row.kl:.3g}")
+    return cells, entry
 
 
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)

@@ -62,8 +62,8 @@ def _target(args: argparse.Namespace) -> None:
 
 
 ARGUMENTS = [  # each argument's range, checked by the dispatcher before run() (see caa_eval.cli.arguments)
-    vector_file("file"),
     custom("--out", "a file with the target's suffix (.gguf, .pt), a folder for --to caa", _target),
+    vector_file("file"),
     free("--model-hint", "any model name"),
     parsed("--multiplier", "a finite number", parse_multiplier),
 ]

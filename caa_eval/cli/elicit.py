@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from caa_eval.cli.arguments import (
     after_load,
@@ -90,28 +91,22 @@ def _layer(sv, requested: int | None, source: str) -> int:
     return sv.layers[0]
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from caa_eval.analysis.elicit import find_threshold, lmeval_scorer, markdown_table
-    from caa_eval.cli.arguments import check_model_layers
+def _jobs(args: argparse.Namespace) -> list[tuple[str, Path, Any, int, str]]:
+    """(behaviour, vector file, vector, layer, task) per behaviour; every input checked before the slow part."""
     from caa_eval.core.vectors import load
-    from caa_eval.files import write_atomic
-    from caa_eval.lmeval.register import ensure_registered
-    from caa_eval.paths import tasks_dir
     from caa_eval.vocab import task_suffix
 
-    if logging.getLogger().level > logging.DEBUG:  # lm-eval logs every evaluation; keep the search readable
-        logging.getLogger("lm_eval").setLevel(logging.WARNING)
     behaviours = _behaviours(args.behaviours)
     jobs = []
-    for b in behaviours:  # check every input before the slow part
+    for b in behaviours:
         path = Path(args.vector.replace("{behavior}", b))
         sv = load(path)
         jobs.append((b, path, sv, _layer(sv, args.layer, str(path)), args.task.replace("{behavior}", task_suffix(b))))
+    return jobs
 
-    ensure_registered()
-    from lm_eval.tasks import TaskManager
+
+def _load_model(args: argparse.Namespace) -> Any:
+    import torch
 
     from caa_eval.lmeval.model import SteeredHFLM
 
@@ -123,33 +118,30 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.dtype:
         kwargs["dtype"] = args.dtype
-    lm = SteeredHFLM(**kwargs)
+    return SteeredHFLM(**kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from caa_eval.analysis.elicit import find_threshold, markdown_table
+    from caa_eval.cli.arguments import check_model_layers
+    from caa_eval.files import write_atomic
+    from caa_eval.lmeval.run import default_task_manager
+    from caa_eval.lmeval.scorer import lmeval_scorer
+
+    if logging.getLogger().level > logging.DEBUG:  # lm-eval logs every evaluation; keep the search readable
+        logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    jobs = _jobs(args)
+    lm = _load_model(args)
     check_model_layers(lm.model, [job[3] for job in jobs], "--layer")
-    manager = TaskManager(  # after the layer check: indexing lm-eval's tasks takes seconds
-        include_path=[str(tasks_dir())], metadata={"caa_data_dir": str(args.data_dir)} if args.data_dir else None
-    )
-    out = {
-        "model": args.model,
-        "threshold": args.threshold,
-        "max_multiplier": args.max_multiplier,
-        "limit": args.limit,
-        "positions": args.positions,
-        "rows": [],
-    }
+    # after the layer check: indexing lm-eval's tasks takes seconds
+    manager = default_task_manager({"caa_data_dir": str(args.data_dir)} if args.data_dir else None)
+    keys = ("threshold", "max_multiplier", "limit", "positions")
+    out: dict[str, Any] = {"model": args.model, **{k: getattr(args, k) for k in keys}, "rows": []}
     table = []
     for b, path, sv, layer, task in jobs:
         t0 = time.perf_counter()
-        score = lmeval_scorer(
-            lm,
-            task,
-            sv,
-            layer,
-            metric=args.metric,
-            limit=args.limit,
-            site=args.site,
-            positions=args.positions,
-            task_manager=manager,
-        )
+        steering = {"metric": args.metric, "limit": args.limit, "site": args.site, "positions": args.positions}
+        score = lmeval_scorer(lm, task, sv, layer, task_manager=manager, **steering)
         result = find_threshold(
             score, args.threshold, args.max_multiplier, args.grid, args.tolerance, n_resamples=args.resamples
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from caa_eval.core.vectors import SteeringVector
+from caa_eval.core.steering_vector import SteeringVector
 from caa_eval.errors import CAAEvalError
 from caa_eval.vocab import CAA_VECTOR_RE, behaviour_key
 

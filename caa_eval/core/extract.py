@@ -20,11 +20,12 @@ from tqdm.auto import tqdm
 from caa_eval import data
 from caa_eval.core.diagnostics import DIAGNOSTICS_KEY, layer_diagnostics
 from caa_eval.core.forward import cache_kwarg, decoder_base, pad_right
-from caa_eval.core.layers import decoder_layers, hidden_of, site_module
+from caa_eval.core.layers import ModelLayout, hidden_of
 from caa_eval.core.prompts import ab_answer_prompt, prompt_for
 from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
-from caa_eval.vocab import BEHAVIOURS, SITES, behaviour_key, parse_layers
+from caa_eval.files import check_output
+from caa_eval.vocab import BEHAVIOURS, behaviour_key, parse_layers, parse_site
 
 __all__ = [
     "READ_RULES",
@@ -147,13 +148,12 @@ def _shares_prefix(pos: _Row, neg: _Row) -> bool:
 class _Reader:
     """Forward hooks that record the site output of each requested layer, and stop after the last one."""
 
-    def __init__(self, model: torch.nn.Module, layers: Sequence[int], site: str):
-        blocks = decoder_layers(model)
+    def __init__(self, layout: ModelLayout, layers: Sequence[int], site: str):
         self.layers = list(layers)
         self.outputs: dict[int, torch.Tensor] = {}
         self.active = False
-        self.handles = [site_module(blocks[layer], site).register_forward_hook(self._record(layer)) for layer in layers]
-        self.handles.append(blocks[max(layers)].register_forward_hook(self._stop))
+        self.handles = [layout.site(layer, site).register_forward_hook(self._record(layer)) for layer in layers]
+        self.handles.append(layout.blocks[max(layers)].register_forward_hook(self._stop))
 
     def _record(self, layer: int):
         def hook(module, args, output):
@@ -236,12 +236,15 @@ def extract_vectors(
     system_prompt: str | None = None,
     progress: bool = True,
     read: str = "letter",
+    layout: ModelLayout | None = None,
 ) -> dict[int, torch.Tensor]:
     """Mean over pairs of (matching − non-matching) activation at the answer letter, per layer.
 
     read="answer_mean" averages over the answer's tokens instead, for pairs whose answers are full texts:
-    a documented variant for models too small to answer A/B questions (the demo), not CAA's protocol."""
-    return extract_with_diagnostics(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)[0]
+    a documented variant for models too small to answer A/B questions (the demo), not CAA's protocol.
+    `layout`: the model's `ModelLayout` (default: resolved structurally)."""
+    args = (model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read, layout)
+    return extract_with_diagnostics(*args)[0]
 
 
 def extract_with_diagnostics(
@@ -254,10 +257,11 @@ def extract_with_diagnostics(
     system_prompt: str | None = None,
     progress: bool = True,
     read: str = "letter",
+    layout: ModelLayout | None = None,
 ) -> tuple[dict[int, torch.Tensor], dict[str, dict[str, float]]]:
     """extract_vectors' vectors and, per layer, the pairs' consistency and AUROC (core.diagnostics); holds every
     pair's two activations per layer on the CPU until the end (2 × pairs × layers × hidden × 4 bytes)."""
-    acts = _activations(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read)
+    acts = _activations(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read, layout)
     vectors = {layer: ((pos - neg).double().sum(0) / len(pos)).to(torch.float32) for layer, (pos, neg) in acts.items()}
     return vectors, {str(layer): layer_diagnostics(pos, neg) for layer, (pos, neg) in acts.items()}
 
@@ -272,9 +276,11 @@ def _activations(
     system_prompt: str | None,
     progress: bool,
     read: str,
+    layout: ModelLayout | None = None,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, every pair's (matching, non-matching) activation, each (pairs, hidden) float32 on the CPU."""
-    chosen = parse_layers(layers, len(decoder_layers(model)))
+    layout = layout or ModelLayout.of(model)
+    chosen = parse_layers(layers, layout.n_layers)
     if batch_size < 1:
         raise CAAEvalError("--batch-size must be at least 1")
     rows = build_rows(tokenizer, pairs, system_prompt, read)
@@ -284,7 +290,7 @@ def _activations(
     base = decoder_base(model)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0].ids))  # similar lengths share a batch
     parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {layer: [] for layer in chosen}
-    reader = _Reader(model, chosen, site)
+    reader = _Reader(layout, chosen, site)
     was_training = model.training
     model.eval()
     try:
@@ -324,9 +330,13 @@ def default_behaviour(data_path: Path) -> str:
     return behaviour_key(data_path.stem)
 
 
-def _check_site(site: str) -> None:
-    if site not in SITES:
-        raise CAAEvalError(f"site={site!r} not understood; write one of {', '.join(SITES)}")
+def _check_settings(layers: Any, site: str, read: str, batch_size: int) -> None:
+    parse_layers(layers)
+    parse_site(site)
+    if read not in READ_RULES:
+        raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
+    if batch_size < 1:
+        raise CAAEvalError(f"--batch-size {batch_size}: write 1 or more")
 
 
 def extract_to_file(
@@ -344,42 +354,34 @@ def extract_to_file(
     read: str = "letter",
     device: str | None = None,
     dtype: str = "float32",
+    layers_path: str | None = None,
+    layout: ModelLayout | None = None,
 ) -> SteeringVector:
     """Extract from a contrast-pair file and save a self-describing `.safetensors` vector file.
 
     Args:
         model_name: HF path/ID or `smollm2-135m-instruct` (loaded unless `model`/`tokenizer` are given).
-        data_path: JSON/JSONL contrast pairs.
-        out: output `.safetensors` path.
+        data_path, out: the JSON/JSONL contrast pairs; the output `.safetensors` path.
         layers: layer spec (`all`, 13, `10-14`, a list).
-        site: `residual`, `mlp` or `attn`.
+        site, batch_size: `residual`, `mlp` or `attn`; pairs per forward pass.
         behaviour: name recorded in the file (default: CAA's folder name, else the file's stem).
-        system_prompt: optional system message in every prompt.
-        read: `letter` (CAA) or `answer_mean` (free-text answers).
+        system_prompt, read: a system message in every prompt; `letter` (CAA) or `answer_mean` (free-text answers).
         device: where a model loaded here runs (`cuda`, `cuda:N`, `mps`, `cpu`; None/`auto`: cuda if available).
         dtype: the weights' dtype of a model loaded here (`float32`, `bfloat16`, `float16`).
+        layers_path, layout: where the decoder blocks are, for models not found structurally (a dotted path, or
+            the given model's `ModelLayout`).
     """
-    from caa_eval.files import check_output
-
     data_path = Path(data_path)
     # everything that can be checked without the model is checked before loading it
     check_output(out, "out")
-    parse_layers(layers)
-    _check_site(site)
-    if read not in READ_RULES:
-        raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
-    if batch_size < 1:
-        raise CAAEvalError(f"--batch-size {batch_size}: write 1 or more")
+    _check_settings(layers, site, read, batch_size)
     pairs = data.load_contrast_pairs(data_path, free_text_answers=read == "answer_mean")
     name = behaviour_key(behaviour) if behaviour else default_behaviour(data_path)
     if model is None:
-        from caa_eval.models import load_model, resolve_device
-
-        where = resolve_device(device)  # a missing GPU is one line before the load, not a slow CPU run
-        model, tokenizer = load_model(model_name, dtype=dtype)
-        model = model.to(where)
+        model, tokenizer = _load(model_name, device, dtype)
+    layout = layout or ModelLayout.of(model, layers_path)
     vectors, diagnostics = extract_with_diagnostics(
-        model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read
+        model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read, layout
     )
     sv = SteeringVector(
         vectors=vectors,
@@ -395,9 +397,13 @@ def extract_to_file(
     sv.save(out)
     if not behaviour and not data_path.stem.startswith(("generate_dataset", "test_dataset")):
         # said once the file exists: a bad input must stay one stderr line, with no note before it
-        log.info(
-            "behaviour recorded as %r (from the file name %s); pass --behaviour-label NAME to name it",
-            name,
-            data_path.name,
-        )
+        log.info("behaviour recorded as %r (from the file name %s); pass --behaviour-label NAME", name, data_path.name)
     return sv
+
+
+def _load(model_name: str, device: str | None, dtype: str) -> tuple[Any, Any]:
+    from caa_eval.models import load_model, resolve_device
+
+    where = resolve_device(device)  # a missing GPU is one line before the load, not a slow CPU run
+    model, tokenizer = load_model(model_name, dtype=dtype)
+    return model.to(where), tokenizer

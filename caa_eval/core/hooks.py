@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from caa_eval.core.layers import decoder_layers, hidden_of, site_module, with_hidden
+from caa_eval.core.layers import ModelLayout, hidden_of, with_hidden
 from caa_eval.core.positions import InstructionLocator, Positions, regex_token_positions
 from caa_eval.errors import CAAEvalError
-from caa_eval.vocab import SITES
+from caa_eval.vocab import parse_site
 
 __all__ = ["Steering", "steer"]
 
@@ -49,7 +49,7 @@ class Steering:
             `regex:P`).
         tokenizer: needed by `after_instruction`, `span` and `regex`.
         locator: a prepared `InstructionLocator` (saves rendering the template again).
-        layers_path: dotted path to the decoder blocks for models not found structurally.
+        layout: the model's `ModelLayout` (default: resolved here; models that need `layers_path` pass theirs).
 
     Before a forward without an attention mask (lm-eval pads loglikelihood batches on the right without
     one) call `set_batch(row_lengths=…)`; for mode `generated` outside `generate()` pass `prompt_lengths`.
@@ -65,10 +65,9 @@ class Steering:
         positions: str | Positions = "after_instruction",
         tokenizer: Any = None,
         locator: InstructionLocator | None = None,
-        layers_path: str | None = None,
+        layout: ModelLayout | None = None,
     ):
-        if site not in SITES:
-            raise CAAEvalError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
+        parse_site(site)
         self.model = model
         self.site = site
         self.positions = Positions.parse(positions)
@@ -80,12 +79,12 @@ class Steering:
         if self.positions.mode == "regex" and tokenizer is None:
             raise CAAEvalError("positions=regex needs the tokenizer")
         self.locator = locator
-        blocks = decoder_layers(model, layers_path)
+        layout = layout or ModelLayout.of(model)
         for layer in vectors:
-            if not 0 <= layer < len(blocks):
-                raise CAAEvalError(f"layer {layer} out of range: the model has layers 0..{len(blocks) - 1}")
+            if not 0 <= layer < layout.n_layers:
+                raise CAAEvalError(f"layer {layer} out of range: the model has layers 0..{layout.n_layers - 1}")
         self.vectors = {layer: v.detach().reshape(-1) for layer, v in vectors.items()}
-        self.modules = {layer: site_module(blocks[layer], site) for layer in self.vectors}
+        self.modules = {layer: layout.site(layer, site) for layer in self.vectors}
         self.multiplier = multiplier
         self._handles: list[Any] = []
         self._cast: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}

@@ -1,20 +1,23 @@
 """Where CAA acts inside a model: its decoder blocks and, in each, the module whose output is a site.
 
 Blocks are found structurally for HF causal LMs (Llama, Mistral, Qwen, GPT-2, NeoX, …, also under a peft
-wrapper); for anything else the user names the block list with a dotted path (`layers_path`).
+wrapper); for anything else the user names the block list with a dotted path (`layers_path`). A model's
+`ModelLayout` is resolved once and handed to every step that hooks into it (steering, extraction, the one-pass
+grid, the scale probe), so a `layers_path` given once holds everywhere.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from caa_eval.errors import CAAEvalError
-from caa_eval.vocab import SITES
+from caa_eval.vocab import parse_site
 
-__all__ = ["decoder_layers", "site_module", "hidden_of", "with_hidden", "hidden_size"]
+__all__ = ["ModelLayout", "decoder_layers", "site_module", "hidden_of", "with_hidden", "hidden_size"]
 
 _KNOWN_PATHS = (
     "model.layers",
@@ -75,8 +78,7 @@ def decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.Modul
 
 def site_module(block: nn.Module, site: str) -> nn.Module:
     """The module whose forward output is `site` in one decoder block (the block itself for `residual`)."""
-    if site not in SITES:
-        raise CAAEvalError(f"unknown site {site!r}; use one of {', '.join(SITES)}")
+    parse_site(site)
     if site == "residual":
         return block
     for name in _SUBMODULES[site]:
@@ -99,3 +101,34 @@ def hidden_size(model: nn.Module) -> int:
     config: Any = model.config  # an HF PretrainedConfig (nn.Module's attribute typing cannot say so)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     return int(getattr(config, "hidden_size", None) or config.n_embd)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelLayout:
+    """Where CAA acts in one loaded model: its decoder blocks (found once) and their width.
+
+    Make it once per model with `ModelLayout.of(model, layers_path)` and pass it on; a step given a model
+    without a layout resolves the blocks structurally, which fails for models that need `layers_path`.
+    """
+
+    blocks: nn.ModuleList
+    layers_path: str | None
+    hidden_size: int | None  # None for a bare module without an HF config
+
+    @classmethod
+    def of(cls, model: nn.Module, layers_path: str | None = None) -> ModelLayout:
+        """Args:
+        model: an HF causal LM (or any module holding its blocks in an `nn.ModuleList`).
+        layers_path: dotted path to the block list for models whose blocks are not found structurally.
+        """
+        path = layers_path or getattr(model, "caa_layers_path", None)
+        width = hidden_size(model) if getattr(model, "config", None) is not None else None
+        return cls(decoder_layers(model, path), path, width)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    def site(self, layer: int, site: str) -> nn.Module:
+        """The module whose output is `site` in block `layer`."""
+        return site_module(self.blocks[layer], site)

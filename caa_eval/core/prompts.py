@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from caa_eval.errors import CAAEvalError
+
 __all__ = [
     "ANSWER_OPENER",
     "Renderer",
@@ -23,6 +25,7 @@ __all__ = [
     "base_prompt",
     "prompt_for",
     "ab_answer_prompt",
+    "prompt_ids",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,3 +102,24 @@ def ab_answer_prompt(tokenizer: Any, question: str, answer: str, system_prompt: 
         raise ValueError(f"answer {answer!r} does not start with {ANSWER_OPENER!r}")
     context = prompt_for(tokenizer, question, system_prompt, ANSWER_OPENER)
     return context + answer[len(ANSWER_OPENER) :], len(context)
+
+
+def prompt_ids(tokenizer: Any, text: str, chat_template: bool = True, system_prompt: str | None = None) -> list[int]:
+    """Token ids of `text` as a user turn (chat template + generation prompt) or as given.
+
+    Args:
+        tokenizer: an HF tokenizer.
+        text: the user's text.
+        chat_template: True = `prompt_for` (the prompt rule extraction and the tasks use; CAA's base-model
+            format when the tokenizer has no template); False = the text with the tokenizer's default
+            special tokens.
+        system_prompt: a system message before the user turn (chat template only; None or "" = none).
+    """
+    if not text:
+        raise CAAEvalError("the prompt is empty; pass --prompt TEXT or --question TEXT")
+    if not chat_template:
+        return list(tokenizer(text)["input_ids"])
+    rendered = prompt_for(tokenizer, text, system_prompt or None, answer_prefix=None)
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and rendered.startswith(bos))  # as lm-eval's HFLM: the template may write BOS itself
+    return list(tokenizer(rendered, add_special_tokens=add_special)["input_ids"])

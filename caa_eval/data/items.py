@@ -65,6 +65,13 @@ class ABItems:
     path: Path
 
 
+def _swapped(prompt: str, path: Path, i: int) -> str:
+    try:
+        return swap_ab(prompt)
+    except CAAEvalError as exc:
+        raise CAAEvalError(f"{path}: item {i}: {exc}") from None
+
+
 def load_ab_items(
     path: str | Path, behaviour: str = "", non_ab: str = "exclude", balanced: bool = False, warn: bool = True
 ) -> ABItems:
@@ -110,10 +117,7 @@ def load_ab_items(
             "scored": is_ab,
         }
         if balanced:
-            try:
-                row["user_prompt_swapped"] = swap_ab(prompt)
-            except CAAEvalError as exc:
-                raise CAAEvalError(f"{path}: item {i}: {exc}") from None
+            row["user_prompt_swapped"] = _swapped(prompt, path, i)
         rows.append(row)
     if excluded and warn:
         log.warning(

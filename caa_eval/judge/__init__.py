@@ -12,8 +12,9 @@ backends + openai_backend + hf_backend, pipeline (judge_samples). See docs/judge
 
 from __future__ import annotations
 
-from caa_eval.judge.backends import BACKENDS, Backend, Job, make_backend
+from caa_eval.judge.backends import BACKENDS, Backend, Job
 from caa_eval.judge.cache import ScoreCache, Verdict, cache_key, default_cache_path
+from caa_eval.judge.factory import make_backend
 from caa_eval.judge.hf_backend import DEFAULT_HF_MODEL, HFBackend
 from caa_eval.judge.openai_backend import DEFAULT_OPENAI_MODEL, OpenAIBackend
 from caa_eval.judge.pipeline import JudgeFailedError, JudgeSummary, TaskSummary, Usage, judge_samples

@@ -15,14 +15,15 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
-from caa_eval.judge.backends import Job, make_backend, model_identity
+from caa_eval.judge.backends import Job, model_identity
 from caa_eval.judge.cache import ScoreCache, Verdict, cache_key, default_cache_path
+from caa_eval.judge.factory import make_backend
 from caa_eval.judge.redact import redacted_logs
 from caa_eval.judge.rubrics import load_rubrics
 from caa_eval.judge.samples import Item, ensure_writable, find_samples, output_path, read_items, task_of
@@ -166,10 +167,8 @@ def judge_samples(
         concurrency: openai: requests in flight.
         cache_path: default `~/.cache/caa-eval/judge/scores.sqlite`; None disables the disk cache.
         rubrics: YAML file or {behaviour: text} overriding or adding rubrics.
-        base_url: openai: server URL (default $OPENAI_BASE_URL).
-        api_key: openai: key (default $OPENAI_API_KEY).
-        timeout: openai: seconds per request.
-        max_retries: openai: the client's retries on 429/5xx/timeouts.
+        base_url, api_key: openai: server URL and key (default $OPENAI_BASE_URL, $OPENAI_API_KEY).
+        timeout, max_retries: openai: seconds per request; the client's retries on 429/5xx/timeouts.
         batch_size: hf: prompts per forward pass.
         output_dir: write outputs here instead of beside the samples.
         write: False = return the summary only.
@@ -177,6 +176,32 @@ def judge_samples(
     """
     started = time.perf_counter()
     rubric_map = load_rubrics(rubrics)
+    per_file, targets = _inputs(paths, rubric_map, output_dir, write)
+    settings: dict[str, Any] = {"concurrency": concurrency, "timeout": timeout, "max_retries": max_retries}
+    be = make_backend(backend, judge_model, base_url=base_url, api_key=api_key, batch_size=batch_size, **settings)
+    resolved_cache = default_cache_path() if cache_path is DEFAULT_CACHE else cache_path
+    plan = _Plan(per_file, rubric_map, be, model_identity(be))
+    with redacted_logs(be.secret), ScoreCache(resolved_cache) as cache:  # type: ignore[arg-type]
+        plan.look_up(cache)
+        plan.score(cache, progress)
+    summaries, outputs = plan.tabulate(targets)
+    result = JudgeSummary(
+        backend=be.name,
+        judge_model=be.model,
+        tasks=summaries,
+        usage=plan.usage,
+        cache_path=str(resolved_cache) if resolved_cache is not None else None,
+        elapsed_s=round(time.perf_counter() - started, 3),
+        first_error=plan.first_error,
+    )
+    _write(result, outputs)
+    return result
+
+
+def _inputs(
+    paths: str | Path | Iterable[str | Path], rubric_map: dict[str, Any], output_dir: str | Path | None, write: bool
+) -> tuple[dict[Path, list[Item]], dict[Path, Path | None]]:
+    """Every samples file's items and where its judged file goes; checked before any judge call."""
     path_list = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files = find_samples(path_list, rubric_map)
     per_file: dict[Path, list[Item]] = {f: read_items(f, rubric_map) for f in files}
@@ -184,75 +209,77 @@ def judge_samples(
     targets = {f: output_path(f, out_dir) if write else None for f in files}
     for folder in dict.fromkeys(t.parent for t in targets.values() if t is not None):
         ensure_writable(folder)
-    be = make_backend(
-        backend,
-        judge_model,
-        base_url=base_url,
-        api_key=api_key,
-        concurrency=concurrency,
-        timeout=timeout,
-        max_retries=max_retries,
-        batch_size=batch_size,
-    )
-    identity = model_identity(be)
-    resolved_cache = default_cache_path() if cache_path is DEFAULT_CACHE else cache_path
-    usage = Usage()
+    return per_file, targets
 
-    with redacted_logs(be.secret), ScoreCache(resolved_cache) as cache:  # type: ignore[arg-type]
-        verdicts: dict[str, Verdict] = {}
-        jobs: dict[str, Job] = {}
-        keys: dict[tuple[Path, int], str] = {}
-        for f, items in per_file.items():
+
+@dataclass
+class _Plan:
+    """One judge run: which items need a call (plan), their verdicts (score), the judged rows (tabulate)."""
+
+    per_file: dict[Path, list[Item]]
+    rubrics: dict[str, Any]
+    be: Any  # the Backend
+    identity: str  # the judge's cache identity
+    usage: Usage = field(default_factory=Usage)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    keys: dict[tuple[Path, int], str] = field(default_factory=dict)
+    first_error: str | None = None
+
+    def look_up(self, cache: ScoreCache) -> None:
+        """Every item's cache key; cached and repeated items need no call."""
+        for f, items in self.per_file.items():
             for i, item in enumerate(items):
-                rubric = rubric_map[item.behaviour]
-                key = cache_key(be.name, identity, rubric, item.question, item.answer)
-                keys[f, i] = key
-                if key in verdicts or key in jobs:
-                    usage.cached += 1
+                rubric = self.rubrics[item.behaviour]
+                key = cache_key(self.be.name, self.identity, rubric, item.question, item.answer)
+                self.keys[f, i] = key
+                if key in self.verdicts or key in self.jobs:
+                    self.usage.cached += 1
                     continue
                 hit = cache.get(key)
                 if hit is not None:
-                    verdicts[key] = hit
-                    usage.cached += 1
+                    self.verdicts[key] = hit
+                    self.usage.cached += 1
                 else:
-                    jobs[key] = Job(key, rubric, item.question, item.answer)
+                    self.jobs[key] = Job(key, rubric, item.question, item.answer)
 
+    def score(self, cache: ScoreCache, progress: bool) -> None:
+        """Run the backend on the jobs; each verdict is committed to the cache the moment it arrives."""
         bar = None
-        if progress and jobs:
+        if progress and self.jobs:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(jobs), desc=f"judge ({be.name}:{be.model})", unit="item", file=sys.stderr)
+            bar = tqdm(
+                total=len(self.jobs), desc=f"judge ({self.be.name}:{self.be.model})", unit="item", file=sys.stderr
+            )
 
         def done(job: Job, verdict: Verdict) -> None:
-            verdicts[job.key] = verdict
+            self.verdicts[job.key] = verdict
             # first thing after a paid reply: commit it, so nothing that fails later can lose it
-            cache.put(job.key, verdict, backend=be.name, judge_model=identity, rubric_sha=job.rubric.sha)
-            usage.calls += verdict.calls
-            usage.invalid += verdict.invalid_replies
-            usage.prompt_tokens += verdict.prompt_tokens
-            usage.completion_tokens += verdict.completion_tokens
-            usage.unknown_usage += verdict.calls if verdict.usage_unknown else 0
+            cache.put(job.key, verdict, backend=self.be.name, judge_model=self.identity, rubric_sha=job.rubric.sha)
+            u = self.usage
+            u.calls += verdict.calls
+            u.invalid += verdict.invalid_replies
+            u.prompt_tokens += verdict.prompt_tokens
+            u.completion_tokens += verdict.completion_tokens
+            u.unknown_usage += verdict.calls if verdict.usage_unknown else 0
             if bar is not None:
                 bar.update(1)
 
         try:
-            if jobs:
-                _run_coroutine(be.run(list(jobs.values()), done))
+            if self.jobs:
+                _run_coroutine(self.be.run(list(self.jobs.values()), done))
         finally:
             if bar is not None:
                 bar.close()
-        usage.http_requests = getattr(be, "http_requests", 0)
+        self.usage.http_requests = getattr(self.be, "http_requests", 0)
 
-    summaries: list[TaskSummary] = []
-    outputs: list[tuple[Path, list[dict[str, Any]], TaskSummary]] = []
-    first_error: str | None = None
-    for f, items in per_file.items():
+    def _rows(self, f: Path, items: list[Item]) -> list[dict[str, Any]]:
         rows = []
         for i, item in enumerate(items):
-            v = verdicts.get(keys[f, i]) or Verdict(score=None, status="missing")
-            if v.score is None and first_error is None:
-                first_error = _why_unscored(v)
-            rubric = rubric_map[item.behaviour]
+            v = self.verdicts.get(self.keys[f, i]) or Verdict(score=None, status="missing")
+            if v.score is None and self.first_error is None:
+                self.first_error = _why_unscored(v)
             rows.append(
                 {
                     "doc_id": item.doc_id,
@@ -265,52 +292,58 @@ def judge_samples(
                     "status": v.status,
                     "judge_reply": v.reply,
                     "p_valid": v.p_valid,
-                    "rubric_sha": rubric.sha,
-                    "judge_backend": be.name,
-                    "judge_model": be.model,
+                    "rubric_sha": self.rubrics[item.behaviour].sha,
+                    "judge_backend": self.be.name,
+                    "judge_model": self.be.model,
                 }
             )
-        scores = [r["score"] for r in rows if r["score"] is not None]
-        mean, std = _mean_std(scores)
-        behaviours = sorted({it.behaviour for it in items})
-        target = targets[f]
-        summary = TaskSummary(
-            task=task_of(f),
-            behaviour=",".join(behaviours),
-            samples_file=str(f),
-            output_file=str(target) if target else None,
-            n=len(rows),
-            scored=len(scores),
-            mean=mean,
-            std=std,
-            invalid=sum(r["status"] == "invalid" for r in rows),
-            missing=len(rows) - len(scores),
-            rubric_sha=",".join(sorted({rubric_map[b].sha for b in behaviours})),
-        )
-        usage.missing += summary.missing
-        summaries.append(summary)
-        if target is not None:
-            outputs.append((target, rows, summary))
+        return rows
 
-    result = JudgeSummary(
-        backend=be.name,
-        judge_model=be.model,
-        tasks=summaries,
-        usage=usage,
-        cache_path=str(resolved_cache) if resolved_cache is not None else None,
-        elapsed_s=round(time.perf_counter() - started, 3),
-        first_error=first_error,
-    )
-    n = sum(t.n for t in summaries)
-    if n and not any(t.scored for t in summaries):
-        invalid = sum(t.invalid for t in summaries)
+    def tabulate(self, targets: dict[Path, Path | None]) -> tuple[list[TaskSummary], list[_Output]]:
+        """Per samples file: the judged rows and their summary (and where they go, when written)."""
+        summaries: list[TaskSummary] = []
+        outputs: list[_Output] = []
+        for f, items in self.per_file.items():
+            rows = self._rows(f, items)
+            scores = [r["score"] for r in rows if r["score"] is not None]
+            mean, std = _mean_std(scores)
+            behaviours = sorted({it.behaviour for it in items})
+            target = targets[f]
+            summary = TaskSummary(
+                task=task_of(f),
+                behaviour=",".join(behaviours),
+                samples_file=str(f),
+                output_file=str(target) if target else None,
+                n=len(rows),
+                scored=len(scores),
+                mean=mean,
+                std=std,
+                invalid=sum(r["status"] == "invalid" for r in rows),
+                missing=len(rows) - len(scores),
+                rubric_sha=",".join(sorted({self.rubrics[b].sha for b in behaviours})),
+            )
+            self.usage.missing += summary.missing
+            summaries.append(summary)
+            if target is not None:
+                outputs.append((target, rows, summary))
+        return summaries, outputs
+
+
+_Output = tuple[Path, list[dict[str, Any]], TaskSummary]
+
+
+def _write(result: JudgeSummary, outputs: list[_Output]) -> None:
+    """The judged files and their summaries; nothing at all when no item got a score."""
+    n = sum(t.n for t in result.tasks)
+    if n and not any(t.scored for t in result.tasks):
+        invalid = sum(t.invalid for t in result.tasks)
         raise JudgeFailedError(
             f"all {n} items failed ({n - invalid} without a reply, {invalid} with invalid replies) with judge "
-            f"{be.name}:{be.model}; first error: {first_error}; nothing written, rerun once the judge works",
+            f"{result.backend}:{result.judge_model}; first error: {result.first_error}; nothing written, "
+            "rerun once the judge works",
             result,
         )
     for target, rows, summary in outputs:
         write_atomic(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        meta = {**asdict(summary), "judge_backend": be.name, "judge_model": be.model}
+        meta = {**asdict(summary), "judge_backend": result.backend, "judge_model": result.judge_model}
         write_atomic(target.with_suffix(".summary.json"), json.dumps(meta, indent=2) + "\n")
-    return result

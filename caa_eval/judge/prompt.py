@@ -7,10 +7,7 @@ neutralised, and only a bare number from 0 to 10 ever counts as a score (see doc
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from caa_eval.judge.rubrics import Rubric
+from typing import Protocol
 
 __all__ = [
     "SCORES",
@@ -23,6 +20,17 @@ __all__ = [
     "build_messages",
     "parse_score",
 ]
+
+
+class RubricText(Protocol):
+    """What the prompt needs of a rubric (`caa_eval.judge.rubrics.Rubric` builds on this module, not back)."""
+
+    @property
+    def behaviour(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
 
 SCORES = tuple(range(11))
 MAX_REPLY_TOKENS = 5  # "10." plus slack for a leading space or newline; longer replies are invalid anyway
@@ -66,7 +74,7 @@ def quote(text: str) -> str:
     return _TAG_RE.sub(r"&lt;\1", text)
 
 
-def build_messages(rubric: Rubric, question: str, answer: str) -> list[dict[str, str]]:
+def build_messages(rubric: RubricText, question: str, answer: str) -> list[dict[str, str]]:
     """The chat messages (system + user) that ask the judge for one score.
 
     Args:

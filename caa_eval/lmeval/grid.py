@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from caa_eval.core.forward import cache_kwarg, pad_right
 from caa_eval.core.hooks import Steering
+from caa_eval.core.layers import ModelLayout
 from caa_eval.core.positions import InstructionLocator, Positions
 
 __all__ = ["GridSetting", "SteeringGrid"]
@@ -47,13 +48,16 @@ class GridSetting:
     positions: Positions
     tasks: frozenset[str] | None = None  # the tasks this setting will run (None: any); limits shared generation
 
-    def group(self) -> tuple:
-        """Settings that differ only in multiplier share one tail batch (per-row coefficients)."""
-        content = tuple(
+    def __post_init__(self) -> None:
+        # the vectors' content, hashed once (a grid asks for its groups on every batch)
+        self._content = tuple(
             (layer, hashlib.sha1(v.detach().float().cpu().numpy().tobytes()).hexdigest())
             for layer, v in sorted(self.vectors.items())
         )
-        return (self.site, content)
+
+    def group(self) -> tuple:
+        """Settings that differ only in multiplier share one tail batch (per-row coefficients)."""
+        return (self.site, self._content)
 
 
 @dataclass
@@ -63,10 +67,12 @@ class SteeringGrid:
     Args:
         settings: every setting (an unsteered baseline is a setting with multiplier 0).
         max_rows: upper bound on prefix rows × settings in one tail batch (memory of the repeated cache).
+        layout: the model's `ModelLayout` (where the hooks go); None = resolved structurally.
     """
 
     settings: list[GridSetting]
     max_rows: int = 256
+    layout: ModelLayout | None = None
     results: dict[tuple[str, tuple[int, ...], tuple[int, ...]], tuple[float, bool]] = field(default_factory=dict)
     generated: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
 
@@ -205,7 +211,7 @@ class SteeringGrid:
         first = chunk[0]
         steering: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if first.vectors:  # steer from each row's absolute first steered position ("generated" from a given position)
-            steer = Steering(model, first.vectors, coefficients, first.site, "generated")
+            steer = Steering(model, first.vectors, coefficients, first.site, "generated", layout=self.layout)
             steer.set_batch(prompt_lengths=[s for s in starts for _ in range(k)])
             steering = steer
         with steering:
@@ -258,7 +264,6 @@ class SteeringGrid:
         stop: list[str],
         kwargs: dict[str, Any],
         tasks: frozenset[str],
-        layers_path: str | None = None,
     ) -> torch.Tensor:
         """The generated ids of setting `key` for this batch of prompts (as `model.generate` returns them).
 
@@ -272,7 +277,6 @@ class SteeringGrid:
             stop: stop sequences.
             kwargs: the remaining generation kwargs (attention_mask, …).
             tasks: the tasks of the requests being generated: settings planned for other tasks are not decoded.
-            layers_path: dotted path to the decoder blocks.
         """
         signature = self._signature(context, max_length, stop, kwargs)
         if (key, signature) not in self.generated:
@@ -287,7 +291,7 @@ class SteeringGrid:
                 for k0 in range(0, len(group), per_chunk):
                     chunk = group[k0 : k0 + per_chunk]
                     out = self._generate_chunk(
-                        run, model, tokenizer, chunk, context, max_length, stop, kwargs, layers_path
+                        run, model, tokenizer, chunk, context, max_length, stop, kwargs, self.layout
                     )
                     for j, setting in enumerate(chunk):
                         self.generated[(setting.key, signature)] = out[j * batch : (j + 1) * batch]
@@ -308,7 +312,7 @@ class SteeringGrid:
         return out
 
     @staticmethod
-    def _generate_chunk(run, model, tokenizer, chunk, context, max_length, stop, kwargs, layers_path) -> torch.Tensor:
+    def _generate_chunk(run, model, tokenizer, chunk, context, max_length, stop, kwargs, layout) -> torch.Tensor:
         k = len(chunk)
         rows = dict(kwargs)
         if rows.get("attention_mask") is not None:
@@ -326,7 +330,7 @@ class SteeringGrid:
                 steered.site,
                 steered.positions,
                 tokenizer=tokenizer,
-                layers_path=layers_path,
+                layout=layout,
             )
             steering.set_batch()
         with steering:

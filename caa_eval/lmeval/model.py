@@ -7,9 +7,7 @@ the right-padded, mask-less loglikelihood batches HFLM builds are mapped back to
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import inspect
 import json
 import logging
 from typing import TYPE_CHECKING, Any
@@ -19,60 +17,23 @@ from lm_eval.models.huggingface import HFLM
 
 from caa_eval.core import vectors as vector_files
 from caa_eval.core.hooks import Steering
-from caa_eval.core.layers import decoder_layers, hidden_size
+from caa_eval.core.layers import ModelLayout
 from caa_eval.core.positions import Positions
 from caa_eval.errors import CAAEvalError
+from caa_eval.lmeval.steering_args import STEERING_ARGS, checked_steering, reject_unknown
 from caa_eval.models import DEFAULT_MODEL, resolve
-from caa_eval.vocab import SITES, format_multiplier, parse_layers, parse_multiplier
+from caa_eval.vocab import parse_layers
 
 if TYPE_CHECKING:
     from caa_eval.lmeval.grid import SteeringGrid
 
 __all__ = ["SteeredHFLM", "STEERING_ARGS"]
 
+
 log = logging.getLogger(__name__)
-
-STEERING_ARGS = (
-    "vector",
-    "layers",
-    "multiplier",
-    "site",
-    "positions",
-    "allow_fingerprint_mismatch",
-    "layers_path",
-    "vector_layer",
-)
-# Extra kwargs HFLM forwards to `from_pretrained`; anything else unknown is almost surely a typo.
-FROM_PRETRAINED_ARGS = (
-    "attn_implementation",
-    "low_cpu_mem_usage",
-    "device_map",
-    "quantization_config",
-    "load_in_8bit",
-    "load_in_4bit",
-    "torch_dtype",
-    "cache_dir",
-    "local_files_only",
-    "token",
-    "use_safetensors",
-    "offload_state_dict",
-    "variant",
-)
-
-
-def _as_bool(value: Any, name: str = "value") -> bool:
-    if isinstance(value, bool):
-        return value
-    if str(value).lower() in ("1", "true", "yes"):
-        return True
-    if str(value).lower() in ("0", "false", "no", "none", ""):
-        return False
-    raise CAAEvalError(f"{name}={value!r} not understood; write {name}=true or {name}=false")
 
 
 class SteeredHFLM(HFLM):
-    resolved_steering: dict[str, Any] | None = None  # newest model's resolved setting (see `_record`)
-
     """lm-eval's `hf` model with CAA steering: `--model steered-hf --model_args pretrained=…,vector=…,layers=13,multiplier=-1`.
 
     Args:
@@ -89,6 +50,8 @@ class SteeredHFLM(HFLM):
         **kwargs: every other `HFLM` argument (batch_size, device, dtype, peft, parallelize, …).
     """
 
+    resolved_steering: dict[str, Any] | None = None  # newest model's resolved setting (see `_record`)
+
     def __init__(
         self,
         pretrained: Any = DEFAULT_MODEL,
@@ -102,21 +65,22 @@ class SteeredHFLM(HFLM):
         vector_layer: Any = None,
         **kwargs: Any,
     ):
-        _reject_unknown(kwargs)
+        reject_unknown(kwargs)
         # every steering argument is checked before the (possibly long) model load
-        checked = _check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch)
-        checked["vector_layer"] = _one_layer(vector_layer)
-        self.layers_path = layers_path
+        checked = checked_steering(
+            vector, layers, multiplier, site, positions, allow_fingerprint_mismatch, vector_layer
+        )
         if isinstance(pretrained, str):
             pretrained = resolve(pretrained)
         if kwargs.get("tokenizer") == DEFAULT_MODEL:
             kwargs["tokenizer"] = resolve(DEFAULT_MODEL)
         super().__init__(pretrained=pretrained, **kwargs)
         self._join_data_parallel()
+        self.layout = ModelLayout.of(self.model, layers_path)  # once: hooks, grid and scale probe share it
         self._known_rows: dict[tuple[int, ...], int] | None = None
         self._steering: Steering | None = None
         self._fingerprint_cache: str | None = None
-        self._scale_probe: Any = None  # caa_eval.analysis.calibrate.ScaleProbe, built on the first steered results
+        self._scale_probe: Any = None  # caa_eval.core.scale.ScaleProbe, built on the first steered results
         self._scale_cache: dict[str, dict[str, Any]] = {}  # steering fingerprint -> steering_scale()
         self._system_prompts: set[str] = set()  # system messages of the current run's requests ("" = none)
         self.grid: SteeringGrid | None = None  # several settings in one pass (`plan_grid`)
@@ -179,12 +143,18 @@ class SteeredHFLM(HFLM):
             allow_fingerprint_mismatch: apply a vector read from other weights.
             vector_layer: apply the file's vector of this layer at every layer in `layers` (CAA's layer transfer).
         """
-        checked = _check_steering_args(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch)
-        checked["vector_layer"] = _one_layer(vector_layer)
-        self._apply(checked)
+        self._apply(
+            checked_steering(vector, layers, multiplier, site, positions, allow_fingerprint_mismatch, vector_layer)
+        )
 
     def _apply(self, args: dict[str, Any]) -> None:
         """Resolve checked arguments against the loaded model; assign only when everything fits."""
+        steering, config, fingerprint = self._resolve(args)
+        self._steering, self.steering_config, self.steering_fingerprint = steering, config, fingerprint
+        _record(config, fingerprint)
+
+    def _resolve(self, args: dict[str, Any]) -> tuple[Steering | None, dict[str, Any], str]:
+        """(hooks or None, resolved config, fingerprint) of checked arguments; changes nothing."""
         multiplier, positions_rule, sv = args["multiplier"], Positions.parse(args["positions"]), args["vector"]
         if sv is None:
             config: dict[str, Any] = {
@@ -195,63 +165,18 @@ class SteeredHFLM(HFLM):
                 "positions": str(positions_rule),
                 **self._adapter(),
             }
-            self._steering, self.steering_config, self.steering_fingerprint = None, config, ""
-            _record(config, "")
-            return
-        source = args["source"]
-        n_layers = len(decoder_layers(self.model, self.layers_path))
-        layer_list = parse_layers(args["layers"], n_layers) if args["layers"] is not None else None
-        if layer_list is None:
-            if len(sv.layers) != 1:
-                raise CAAEvalError(
-                    f"{source} holds layers {vector_files.ranges(sv.layers)}; choose with layers=13 or layers=[12,13]"
-                )
-            layer_list = sv.layers
+            return None, config, ""
+        layer_list, vectors = self._vectors_for(args)
         site = args["site"] or sv.site
-        vector_layer = args.get("vector_layer")
-        read_layers = [vector_layer] if vector_layer is not None else layer_list
-        vector_files.validate_for_model(
-            sv,
-            hidden_size(self.model),
-            self.model_fingerprint if sv.model_fingerprint else "",
-            read_layers,
-            n_layers,
-            args["allow_fingerprint_mismatch"],
-            source,
-        )
-        if vector_layer is not None:  # one layer's vector added at every steered layer (layer transfer, §8.2)
-            vectors = {layer: sv.select([vector_layer], source)[vector_layer] for layer in layer_list}
-        else:
-            vectors = sv.select(layer_list, source)
         steering = None
         if multiplier != 0:  # multiplier 0 is exactly the unsteered model: no hooks at all
             steering = Steering(
-                self.model,
-                vectors,
-                multiplier,
-                site,
-                positions_rule,
-                tokenizer=self.tokenizer,
-                layers_path=self.layers_path,
+                self.model, vectors, multiplier, site, positions_rule, tokenizer=self.tokenizer, layout=self.layout
             )
-        if site != sv.site:
-            log.warning("vector was read at site %r but is applied at site %r", sv.site, site)
-        scale = (
-            f"CAA-normalised ({sv.normalization.get('method')}): multipliers are on CAA's published scale"
-            if sv.normalization
-            else "raw (not normalised): multipliers are relative to this vector's own norm"
-        )
-        log.info(
-            "steering with %s, layers %s, multiplier %g, site %s, positions %s; vector %s",
-            source,
-            layer_list,
-            multiplier,
-            site,
-            positions_rule,
-            scale,
-        )
+        _log_setting(args, sv, layer_list, site, positions_rule)
+        vector_layer = args.get("vector_layer")
         config = {
-            "vector": source,
+            "vector": args["source"],
             "vector_sha256": sv.sha256(),
             "behaviour": sv.behaviour,
             "layers": layer_list,
@@ -264,8 +189,33 @@ class SteeredHFLM(HFLM):
             **({"vector_layer": vector_layer} if vector_layer is not None else {}),
         }
         fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self._steering, self.steering_config, self.steering_fingerprint = steering, config, fingerprint
-        _record(config, fingerprint)
+        return steering, config, fingerprint
+
+    def _vectors_for(self, args: dict[str, Any]) -> tuple[list[int], dict[int, torch.Tensor]]:
+        """The steered layers and the vector added at each, checked against this model."""
+        sv, source = args["vector"], args["source"]
+        n_layers = self.layout.n_layers
+        layer_list = parse_layers(args["layers"], n_layers) if args["layers"] is not None else None
+        if layer_list is None:
+            if len(sv.layers) != 1:
+                raise CAAEvalError(
+                    f"{source} holds layers {vector_files.ranges(sv.layers)}; choose with layers=13 or layers=[12,13]"
+                )
+            layer_list = sv.layers
+        vector_layer = args.get("vector_layer")
+        read_layers = [vector_layer] if vector_layer is not None else layer_list
+        vector_files.validate_for_model(
+            sv,
+            self.layout.hidden_size or 0,
+            self.model_fingerprint if sv.model_fingerprint else "",
+            read_layers,
+            n_layers,
+            args["allow_fingerprint_mismatch"],
+            source,
+        )
+        if vector_layer is not None:  # one layer's vector added at every steered layer (layer transfer, §8.2)
+            return layer_list, {layer: sv.select([vector_layer], source)[vector_layer] for layer in layer_list}
+        return layer_list, sv.select(layer_list, source)
 
     # ------------------------------------------------------------------ one pass for a grid of settings
 
@@ -275,10 +225,11 @@ class SteeredHFLM(HFLM):
         """Announce every steering config a sweep will run, so log-likelihoods are computed for all of them in one
         pass (shared unsteered prefix, one short tail per config) and greedy generations in one `generate` call
         per batch of prompts (see `caa_eval.lmeval.grid`). Cells are still run one by one with `set_steering`;
-        their results come from the grid.
+        their results come from the grid. The active steering is left as it was.
 
         Args:
-            configs: `set_steering` keyword dicts (a dict without `vector` is the unsteered baseline).
+            configs: `set_steering` keyword dicts (a dict without `vector` is the unsteered baseline); pass loaded
+                `SteeringVector`s to spare reading and hashing the file per config.
             max_rows: prefix rows × configs per tail batch, prompts × configs per generate call (memory bound).
             tasks: per config, the task names it will run (None: any); a generation is decoded in advance only
                 for the configs that will ask for it.
@@ -287,20 +238,19 @@ class SteeredHFLM(HFLM):
 
         settings = []
         for i, config in enumerate(configs):
-            self.set_steering(**config)
-            steering = self._steering
+            steering, resolved, fingerprint = self._resolve(checked_steering(**config))
             wanted = tasks[i] if tasks is not None else None
             settings.append(
                 GridSetting(
-                    key=self.steering_fingerprint or "unsteered",
+                    key=fingerprint or "unsteered",
                     vectors=dict(steering.vectors) if steering is not None else {},
-                    multiplier=float(self.steering_config["multiplier"]),
-                    site=self.steering_config["site"],
-                    positions=Positions.parse(self.steering_config["positions"]),
+                    multiplier=float(resolved["multiplier"]),
+                    site=resolved["site"],
+                    positions=Positions.parse(resolved["positions"]),
                     tasks=frozenset(wanted) if wanted is not None else None,
                 )
             )
-        self.grid = SteeringGrid(settings, max_rows=max_rows)
+        self.grid = SteeringGrid(settings, max_rows=max_rows, layout=self.layout)
 
     def clear_grid(self) -> None:
         self.grid = None
@@ -395,7 +345,6 @@ class SteeredHFLM(HFLM):
                 stop,
                 generation_kwargs,
                 getattr(self, "_request_tasks", frozenset()),
-                self.layers_path,
             )
         if self._steering is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
@@ -411,14 +360,14 @@ class SteeredHFLM(HFLM):
     def _probe(self) -> Any:
         """The scale probe (neutral prompts' unsteered pass), built once per model."""
         if self._scale_probe is None:
-            from caa_eval.analysis.calibrate import ScaleProbe
+            from caa_eval.core.scale import ScaleProbe
 
-            self._scale_probe = ScaleProbe(self.model, self.tokenizer, layers_path=self.layers_path)
+            self._scale_probe = ScaleProbe(self.model, self.tokenizer, layout=self.layout)
         return self._scale_probe
 
     def _prompt_scale(self, kl: float) -> dict[str, Any]:
-        """KL of the run's system prompt, alone and with the steering (`caa_eval.analysis.prompt_cost`)."""
-        from caa_eval.analysis.prompt_cost import prompt_scale
+        """KL of the run's system prompt, alone and with the steering (`caa_eval.core.prompt_cost`)."""
+        from caa_eval.core.prompt_cost import prompt_scale
 
         seen, self._system_prompts = self._system_prompts, set()
         config, steering = self.steering_config, {}
@@ -436,7 +385,7 @@ class SteeredHFLM(HFLM):
     def steering_scale(self) -> dict[str, Any]:
         """How big the current steering is relative to this model (§9.1): the multiplier as a fraction of the mean
         residual-stream norm at the steered layers and the next-token KL on the shipped neutral prompts
-        (`caa_eval.analysis.calibrate.ScaleProbe`). Recorded in every results file, so every report can state it.
+        (`caa_eval.core.scale.ScaleProbe`). Recorded in every results file, so every report can state it.
         Cached per steering setting; the probe's unsteered pass runs once per model."""
         key = self.steering_fingerprint or "unsteered"
         if key not in self._scale_cache:
@@ -463,70 +412,25 @@ class SteeredHFLM(HFLM):
         return info
 
 
-def _check_steering_args(
-    vector: Any, layers: Any, multiplier: Any, site: Any, positions: Any, allow_fingerprint_mismatch: Any
-) -> dict[str, Any]:
-    """Every steering argument checked without the model (the model-dependent checks follow in set_steering).
-
-    Returns `set_steering` keywords with the vector file loaded, the multiplier a float and the layer spec's
-    syntax checked, so a bad argument costs no model load.
-    """
-    m = parse_multiplier(multiplier)
-    Positions.parse(positions)
-    if site is not None and site not in SITES:
-        raise CAAEvalError(
-            f"site={site!r} not understood; write one of {', '.join(SITES)} (or leave it out: the vector's own site)"
-        )
-    if layers is not None:
-        parse_layers(layers)
-    allow = _as_bool(allow_fingerprint_mismatch, "allow_fingerprint_mismatch")
-    if isinstance(vector, str) and not vector.strip():
-        raise CAAEvalError(
-            "vector= is empty; write vector=FILE.safetensors, or leave vector out (with "
-            "multiplier=0) for the unsteered model"
-        )
-    if vector is None:
-        if m != 0:
-            raise CAAEvalError(
-                f"multiplier={format_multiplier(m)} needs a vector: add vector=FILE.safetensors, or "
-                "write multiplier=0 for the unsteered model (the default multiplier is 1)"
-            )
-        sv, source = None, None
-    elif isinstance(vector, vector_files.SteeringVector):
-        sv, source = vector, f"{vector.behaviour} vector"
-    else:
-        sv, source = vector_files.load(vector), str(vector)
-    return {
-        "vector": sv,
-        "source": source,
-        "layers": layers,
-        "multiplier": m,
-        "site": site,
-        "positions": positions,
-        "allow_fingerprint_mismatch": allow,
-    }
+def _log_setting(args: dict[str, Any], sv: Any, layers: list[int], site: str, positions: Positions) -> None:
+    if site != sv.site:
+        log.warning("vector was read at site %r but is applied at site %r", sv.site, site)
+    scale = (
+        f"CAA-normalised ({sv.normalization.get('method')}): multipliers are on CAA's published scale"
+        if sv.normalization
+        else "raw (not normalised): multipliers are relative to this vector's own norm"
+    )
+    log.info(
+        "steering with %s, layers %s, multiplier %g, site %s, positions %s; vector %s",
+        args["source"],
+        layers,
+        args["multiplier"],
+        site,
+        positions,
+        scale,
+    )
 
 
 def _record(config: dict[str, Any], fingerprint: str) -> None:
     """The resolved setting of the newest steered-hf model: lm-eval's output folder is named from it."""
     SteeredHFLM.resolved_steering = dict(config, fingerprint=fingerprint)
-
-
-def _one_layer(spec: Any) -> int | None:
-    """`vector_layer`: one layer index or None."""
-    if spec is None or spec == "":
-        return None
-    layers = parse_layers(spec, name="vector_layer")
-    if layers is None or len(layers) != 1:
-        count = "every" if layers is None else len(layers)
-        raise CAAEvalError(f"vector_layer={spec!r} names {count} layers; write one, e.g. vector_layer=13")
-    return layers[0]
-
-
-def _reject_unknown(kwargs: dict[str, Any]) -> None:
-    known = set(inspect.signature(HFLM.__init__).parameters) | set(FROM_PRETRAINED_ARGS) | set(STEERING_ARGS)
-    for key in kwargs:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; steering args are {', '.join(STEERING_ARGS)}"
-            raise CAAEvalError(f"steered-hf: unknown model_arg {key!r}{hint}")

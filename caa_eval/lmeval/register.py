@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.abc
+import importlib.machinery
 import json
 import sys
 from typing import Any
 
 MODEL_NAME = "steered-hf"
 MODEL_TARGET = "caa_eval.lmeval.model:SteeredHFLM"
-# lm-eval modules patched once they have finished importing (read by the startup hook caa_eval_autoregister)
+# lm-eval modules patched once they have finished importing (the one list; the startup hook asks `ensure_registered`)
 WATCHED = frozenset(
     {"lm_eval.models", "lm_eval.tasks", "lm_eval.loggers.evaluation_tracker", "lm_eval.api.model", "lm_eval._cli.utils"}
 )
@@ -207,6 +209,33 @@ def _patch_caching_lm(module: Any) -> None:
     _wrap_once(module.CachingLM, "__init__", make)
 
 
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `on_import` once a WATCHED lm-eval module has finished importing (never before: registering before
+    `lm_eval.models` is complete breaks the built-in models)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in WATCHED:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module: Any) -> None:
+            exec_module(module)
+            try:
+                on_import(name, module)
+            except Exception as exc:  # never break lm_eval itself
+                print(f"caa-eval: could not register with lm_eval ({exc})", file=sys.stderr)
+
+        spec.loader.exec_module = exec_then_register  # type: ignore[method-assign]
+        return spec
+
+
 def ensure_registered() -> None:
-    """For entry points that import lm_eval themselves (CLI wrapper, sweeps, tests)."""
-    import caa_eval_autoregister  # noqa: F401  (installs the watcher and patches what is already loaded)
+    """Install the import watcher and patch the lm-eval modules already loaded (called by the startup hook
+    `caa_eval_autoregister` at interpreter start, and by entry points that import lm_eval themselves)."""
+    if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport())
+        for name in WATCHED & set(sys.modules):  # already imported (e.g. hook installed late)
+            on_import(name, sys.modules[name])

@@ -16,15 +16,19 @@ from caa_eval.errors import CAAEvalError
 __all__ = ["evaluate_to_folder", "default_task_manager", "env_info_once"]
 
 
-def default_task_manager() -> Any:
+def default_task_manager(metadata: dict[str, Any] | None = None) -> Any:
     """lm-eval's TaskManager with caa-eval's tasks registered. Indexing every task folder takes seconds: build it
-    once and pass it to each `evaluate_to_folder` call of a process."""
+    once and pass it to each `evaluate_to_folder` call of a process.
+
+    Args:
+        metadata: task metadata lm-eval hands to every task (e.g. `{"caa_data_dir": ...}`).
+    """
     from lm_eval.tasks import TaskManager
 
     from caa_eval.lmeval.register import ensure_registered
 
     ensure_registered()
-    return TaskManager()
+    return TaskManager(metadata=metadata) if metadata else TaskManager()
 
 
 def evaluate_to_folder(

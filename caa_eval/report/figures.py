@@ -132,6 +132,35 @@ def _dose_panel(ax: Any, cells: pd.DataFrame, mine: pd.DataFrame, behaviour: str
     ax.legend(*handles, fontsize=7, loc="best")
 
 
+def _layer_panel(ax: Any, cells: pd.DataFrame, part: pd.DataFrame, behaviour: str, task: str, metric: str) -> None:
+    """One behaviour × task panel: a line with its CI band per multiplier, the baseline dotted."""
+    mine = part[(part["behaviour"] == behaviour) & (part["task"] == task)]
+    for multiplier, series in mine.groupby("multiplier", sort=True):
+        series = series.assign(x=series["layer"].astype(int)).sort_values("x")
+        (line,) = ax.plot(series["x"], series["mean"], marker="o", markersize=3, label=format_multiplier(multiplier))
+        ax.fill_between(
+            series["x"],
+            series["ci_low"].astype(float),
+            series["ci_high"].astype(float),
+            alpha=0.2,
+            color=line.get_color(),
+        )
+    base = [
+        (int(c["layer"]), b["mean"])
+        for _, c in mine.drop_duplicates("layer").iterrows()
+        if (b := baseline_row(cells, c)) is not None
+    ]
+    if base:
+        xs, ys = zip(*sorted(base))
+        ax.plot(xs, ys, color="black", linestyle=":", label="0 (baseline)")
+    own_task = task == behaviour or behaviour_of_task(task) == behaviour
+    ax.set_title(behaviour if own_task else f"{behaviour}: {task}")
+    ax.set_xlabel("layer")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel(_label(task, metric, behaviour))
+    ax.legend(title="multiplier", fontsize=7)
+
+
 def layer_figures(cells: pd.DataFrame, out_dir: Path, vector_layer: int | None = None) -> list[dict[str, Any]]:
     """Score against layer, one line per multiplier, when a configuration was swept over ≥2 single layers.
 
@@ -151,33 +180,7 @@ def layer_figures(cells: pd.DataFrame, out_dir: Path, vector_layer: int | None =
         panels = sorted(set(zip(part["behaviour"], part["task"])))
         fig, axes = new_figure(len(panels))
         for ax, (behaviour, task) in zip(axes, panels):
-            mine = part[(part["behaviour"] == behaviour) & (part["task"] == task)]
-            for multiplier, series in mine.groupby("multiplier", sort=True):
-                series = series.assign(x=series["layer"].astype(int)).sort_values("x")
-                (line,) = ax.plot(
-                    series["x"], series["mean"], marker="o", markersize=3, label=format_multiplier(multiplier)
-                )
-                ax.fill_between(
-                    series["x"],
-                    series["ci_low"].astype(float),
-                    series["ci_high"].astype(float),
-                    alpha=0.2,
-                    color=line.get_color(),
-                )
-            base = [
-                (int(c["layer"]), b["mean"])
-                for _, c in mine.drop_duplicates("layer").iterrows()
-                if (b := baseline_row(cells, c)) is not None
-            ]
-            if base:
-                xs, ys = zip(*sorted(base))
-                ax.plot(xs, ys, color="black", linestyle=":", label="0 (baseline)")
-            own_task = task == behaviour or behaviour_of_task(task) == behaviour
-            ax.set_title(behaviour if own_task else f"{behaviour}: {task}")
-            ax.set_xlabel("layer")
-            ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.set_ylabel(_label(task, key[1], behaviour))
-            ax.legend(title="multiplier", fontsize=7)
+            _layer_panel(ax, cells, part, behaviour, task, key[1])
         label = ", ".join(f"{k}={v}" for k, v in zip(keys, key) if v)
         what = (
             "Layer sweep"

@@ -95,7 +95,12 @@ def scale_markdown(scales: pd.DataFrame, per_kl: pd.DataFrame, alpha: float, why
             f"- scale not measured for {r['behaviour']} layer {r['layer']} × {format_multiplier(r['multiplier'])}: "
             f"{r['error']}"
         )
-    lines += ["## Effect per unit of KL (sites and positions compared fairly)", ""]
+    return lines + _per_kl_markdown(per_kl, alpha)
+
+
+def _per_kl_markdown(per_kl: pd.DataFrame, alpha: float) -> list[str]:
+    """The effect-per-unit-of-KL table (one row per steered cell with a recorded scale)."""
+    lines = ["## Effect per unit of KL (sites and positions compared fairly)", ""]
     if per_kl.empty:
         return lines + ["No steered cell could be matched with a recorded scale.", ""]
     lines += [
@@ -119,34 +124,34 @@ def scale_markdown(scales: pd.DataFrame, per_kl: pd.DataFrame, alpha: float, why
         "diff vs 0 [95% CI]",
         "diff / KL",
     ]
-    body = []
     ordered = per_kl.assign(_abs=per_kl["multiplier"].abs()).sort_values(
         ["behaviour", "task", "metric", "condition", "_abs", "multiplier", "site", "positions", "layer"], kind="stable"
     )
-    for _, c in ordered.iterrows():
-        d = digits(c["metric"])
-        diff = (
-            f"{c['diff_vs_0']:+.{d}f}{mark(c, alpha)} [{c['diff_ci_low']:+.{d}f}, {c['diff_ci_high']:+.{d}f}]"
-            if math.isfinite(c["diff_vs_0"])
-            else "–"
-        )
-        body.append(
-            [
-                c["behaviour"],
-                c["task"],
-                *(c[m] for m in metric),
-                c["condition"] or "–",
-                c["layer"] or "–",
-                c["site"] or "–",
-                c["positions"] or "–",
-                format_multiplier(c["multiplier"]),
-                _num(c["norm_fraction"], ".3f"),
-                _num(c["kl"], ".3g"),
-                diff,
-                _num(c["diff_per_kl"], "+.3g"),
-            ]
-        )
+    body = [_per_kl_row(c, metric, alpha) for _, c in ordered.iterrows()]
     return lines + [md_table(head, body, 7 + len(metric)), ""]
+
+
+def _per_kl_row(c: pd.Series, metric: list[str], alpha: float) -> list[Any]:
+    d = digits(c["metric"])
+    diff = (
+        f"{c['diff_vs_0']:+.{d}f}{mark(c, alpha)} [{c['diff_ci_low']:+.{d}f}, {c['diff_ci_high']:+.{d}f}]"
+        if math.isfinite(c["diff_vs_0"])
+        else "–"
+    )
+    return [
+        c["behaviour"],
+        c["task"],
+        *(c[m] for m in metric),
+        c["condition"] or "–",
+        c["layer"] or "–",
+        c["site"] or "–",
+        c["positions"] or "–",
+        format_multiplier(c["multiplier"]),
+        _num(c["norm_fraction"], ".3f"),
+        _num(c["kl"], ".3g"),
+        diff,
+        _num(c["diff_per_kl"], "+.3g"),
+    ]
 
 
 def scale_figures(per_kl: pd.DataFrame, out_dir: Path, notes: list[str]) -> list[dict[str, Any]]:

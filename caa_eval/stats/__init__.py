@@ -26,6 +26,7 @@ from caa_eval.stats.cells import (
 )
 from caa_eval.stats.dose import DOSE_COLUMNS, compute_dose_response, multiplier_matrix, per_item_slopes
 from caa_eval.stats.format import format_cells, format_dose, format_steerability, stats_json, to_records
+from caa_eval.stats.load import load_any
 from caa_eval.stats.runs import SCALE_COLUMNS, SCALE_KEY, long_table_from_runs, parse_model_args, steering_scales
 from caa_eval.stats.steerability import Steerability, propensity, steerability
 from caa_eval.stats.table import (
@@ -42,7 +43,6 @@ from caa_eval.stats.table import (
     cell_label,
     format_layer,
     format_text,
-    load_any,
     load_long_table,
     validate_long_table,
 )

@@ -36,7 +36,6 @@ __all__ = [
     "cell_label",
     "validate_long_table",
     "load_long_table",
-    "load_any",
     "MAX_ABS_SCORE",
 ]
 
@@ -320,18 +319,3 @@ def load_long_table(path: str | Path) -> pd.DataFrame:
     if (table["source"] == str(path)).all():
         table["source"] = path.name
     return table
-
-
-def load_any(path: str | Path, metrics: str | Sequence[str] = "primary") -> pd.DataFrame:
-    """A folder is read as lm-eval runs or a sweep (see runs.long_table_from_runs), a file as a long table.
-
-    Args:
-        path: a sweep folder, an lm_eval --output_path folder, or a CSV/TSV/JSONL long table.
-        metrics: for folders: "primary", "all" or a list of metric names.
-    """
-    path = Path(path)
-    if path.is_dir():
-        from caa_eval.stats.runs import long_table_from_runs  # runs builds on this module
-
-        return long_table_from_runs(path, metrics)
-    return load_long_table(path)

@@ -16,7 +16,7 @@ from typing import Any
 from caa_eval import vocab
 from caa_eval.data.system_prompts import PROMPT_DIRECTIONS, behaviour_system_prompt
 from caa_eval.errors import CAAEvalError
-from caa_eval.sweep.validate import as_list, config_error, config_path
+from caa_eval.sweep.validate import as_list, config_error, config_path, parse_finetune
 
 __all__ = [
     "DEFAULT_CONDITION",
@@ -229,8 +229,6 @@ def _condition_entry(item: Any, source: str, base: Path, allowed: list[str], fix
     pretrained, peft = _local(item.get("pretrained"), base), _local(item.get("peft"), base)
     finetune = None
     if item.get("finetune") is not None:
-        from caa_eval.sweep.finetunes import parse_finetune  # (imports this module)
-
         if peft or pretrained:
             raise config_error(
                 source,

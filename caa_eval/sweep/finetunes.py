@@ -19,40 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.sweep.entries import Behaviour, Condition
-from caa_eval.sweep.validate import config_error
 
-if TYPE_CHECKING:  # config imports entries, which imports parse_finetune from here
+if TYPE_CHECKING:
     from caa_eval.sweep.config import SweepConfig
 
-__all__ = ["FINETUNE_DIR", "parse_finetune", "adapter_dir", "cell_condition", "pending_finetunes", "train_finetunes"]
+__all__ = ["FINETUNE_DIR", "adapter_dir", "cell_condition", "pending_finetunes", "train_finetunes"]
 
 log = logging.getLogger(__name__)
 
 FINETUNE_DIR = "finetunes"
-
-
-def parse_finetune(value: Any, source: str, name: str) -> dict[str, Any]:
-    """Check a condition's `finetune` mapping (the `caa-eval finetune` settings) and return it.
-
-    Args:
-        value: the mapping from the config, e.g. `{direction: pos, max_steps: 20}`.
-        source: the config's name in error messages.
-        name: the condition's name.
-    """
-    from caa_eval.finetune.train import FinetuneConfig
-
-    if not isinstance(value, dict) or "direction" not in value:
-        raise config_error(
-            source,
-            "conditions",
-            f"{name}: finetune must be a mapping with a direction",
-            "write finetune: {direction: pos} (or neg; optional lr, epochs, max_steps, lora_r, ...)",
-        )
-    try:
-        FinetuneConfig.from_mapping(dict(value), f"condition {name}")
-    except CAAEvalError as exc:
-        raise config_error(source, "conditions", str(exc), "see docs/finetuning.md for the settings") from None
-    return dict(value)
 
 
 def adapter_dir(cfg: SweepConfig, condition: str, behaviour: str) -> Path:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from caa_eval.sweep.entries import Condition
@@ -11,12 +12,20 @@ from caa_eval.sweep.plan import Cell
 __all__ = ["GRID_MAX_SETTINGS", "steering_args", "grid_batches", "plan"]
 
 
-def steering_args(cell: Cell, cond: Condition) -> dict[str, Any]:
-    """The `set_steering` arguments of a cell (one place, used by the cell run and by the grid plan)."""
+def steering_args(cell: Cell, cond: Condition, vectors: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `set_steering` arguments of a cell (one place, used by the cell run and by the grid plan).
+
+    Args:
+        cell: the cell.
+        cond: its condition.
+        vectors: vector file -> loaded `SteeringVector` (`VectorStore.loaded`): the file is read and hashed once
+            per sweep, not once per cell and plan.
+    """
     if cell.is_baseline:
         return {"vector": None, "multiplier": 0}
+    assert cell.vector is not None
     return {
-        "vector": cell.vector,
+        "vector": vectors[cell.vector] if vectors is not None and cell.vector in vectors else cell.vector,
         "layers": cell.layer,
         "multiplier": cell.multiplier,
         "site": cell.site,
@@ -50,13 +59,14 @@ def grid_batches(group: list[Cell], conds: dict[str, Condition]) -> list[list[Ce
     return batches
 
 
-def plan(lm: Any, cells: list[Cell], conds: dict[str, Condition]) -> None:
-    """One shared-prefix pass for every cell of the batch that CAA's prefix sharing applies to."""
+def plan(lm: Any, cells: list[Cell], conds: dict[str, Condition], vectors: Mapping[str, Any] | None = None) -> None:
+    """One shared-prefix pass for every cell of the batch that CAA's prefix sharing applies to (`vectors`: as in
+    `steering_args`)."""
     shareable = [
         c for c in cells if c.is_baseline or (c.positions or "after_instruction") in ("after_instruction", "all")
     ]
     lm.clear_grid()
     if len(shareable) > 1:
         lm.plan_grid(
-            [steering_args(c, conds[c.condition]) for c in shareable], tasks=[list(c.tasks) for c in shareable]
+            [steering_args(c, conds[c.condition], vectors) for c in shareable], tasks=[list(c.tasks) for c in shareable]
         )

@@ -1,9 +1,10 @@
 """Running a sweep in one process: each model is loaded once (per condition) as `steered-hf` and the hooks
 are reconfigured per cell (`SteeredHFLM.set_steering`), so a cell costs only its forward passes.
 
-Order: plan -> check tasks -> extract missing vectors (with the already loaded model) -> normalise (CAA) ->
-refuse DONE cells computed with another setting -> run the pending cells (lm-eval's own files, open-ended
-cells judged right away) -> report. A rerun skips DONE cells; see `caa_eval.sweep.store` for the folder.
+Order (one function per phase, over one `SweepRun` state): plan -> lock and clean up -> check tasks -> extract
+missing vectors (with the already loaded model) -> normalise (CAA) -> refuse DONE cells computed with another
+setting -> train finetune adapters -> per model: plan the grid, run the pending cells (lm-eval's own files,
+open-ended cells judged right away) -> manifest -> report. A rerun skips DONE cells; see `caa_eval.sweep.store`.
 """
 
 from __future__ import annotations
@@ -15,33 +16,22 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caa_eval import vocab
 from caa_eval.errors import CAAEvalError
-from caa_eval.files import check_output, write_atomic
+from caa_eval.files import check_output
 from caa_eval.lmeval.run import env_info_once
 from caa_eval.models import resolve_device
 from caa_eval.sweep import grid
+from caa_eval.sweep.cell import load_lm, primary_summary, run_cell
 from caa_eval.sweep.config import Condition, SweepConfig, normalize_warning
 from caa_eval.sweep.finetunes import cell_condition, pending_finetunes, train_finetunes
 from caa_eval.sweep.plan import Cell, cell_spec, plan_cells
 from caa_eval.sweep.shard import Shard, shard_cells, shared_step
-from caa_eval.sweep.store import (
-    Manifest,
-    RunLock,
-    VectorStore,
-    cleanup,
-    commit_cell,
-    is_done,
-    new_stage,
-    now,
-    sha,
-    to_json,
-)
+from caa_eval.sweep.store import Manifest, RunLock, VectorStore, cleanup, is_done, sha
 from caa_eval.sweep.tasks import check_tasks, task_manager, write_custom_tasks
 
 __all__ = ["SweepResult", "run_cell", "run_sweep"]
@@ -61,129 +51,43 @@ class SweepResult:
     seconds: float
 
 
-def _primary_summary(results: dict[str, Any], tasks: Sequence[str]) -> str:
-    """`task metric=value` per task for the progress line (the family's primary metric when lm-eval has it)."""
-    parts = []
-    table = results.get("results", {})
-    for task in tasks:
-        row = table.get(task, {})
-        for metric in (vocab.primary_metric(task), "gen_len", "acc"):
-            value = row.get(f"{metric},none")
-            if isinstance(value, (int, float)):
-                parts.append(f"{task} {metric}={value:.3f}")
-                break
-    return ", ".join(parts)
+@dataclass
+class SweepRun:
+    """The state the phases of one `run_sweep` call share."""
 
+    cfg: SweepConfig
+    shard: Shard | None
+    progress: bool
+    print_fn: Callable[[str], None]
+    after_cell: Callable[[Cell], None] | None
+    cells: list[Cell]
+    done: set[str]
+    mine: list[Cell]  # this shard's cells (all without a shard)
+    device: str = "cpu"
+    manager: Any = None  # lm-eval's TaskManager
+    manifest: Manifest | None = None
+    store: VectorStore | None = None
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending: list[Cell] = field(default_factory=list)
+    run_cond: dict[str, Condition] = field(default_factory=dict)  # cell id -> the condition it runs under
+    lms: dict[str, Any] = field(default_factory=dict)  # model key -> loaded SteeredHFLM (one at a time)
+    bar: Any = None
 
-def _load_lm(cfg: SweepConfig, cond: Condition, device: str) -> Any:
-    from caa_eval.lmeval.model import SteeredHFLM
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.output
 
-    kwargs: dict[str, Any] = {
-        "pretrained": cond.pretrained or cfg.model,
-        "batch_size": cfg.batch_size,
-        "device": device,
-        "multiplier": 0,
-    }
-    if cond.peft:
-        kwargs["peft"] = cond.peft
-    if cfg.dtype:
-        kwargs["dtype"] = cfg.dtype
-    kwargs.update(cond.model_args)
-    log.info("loading %s for condition %s on %s", kwargs["pretrained"], cond.name, device)
-    return SteeredHFLM(**kwargs)
+    @property
+    def conds(self) -> dict[str, Condition]:
+        return {c.name: c for c in self.cfg.conditions}
 
+    @property
+    def base_key(self) -> str:
+        return Condition().model_key(self.cfg.model)
 
-def _judge(cfg: SweepConfig, files: list[Path]) -> dict[str, Any]:
-    from caa_eval.judge import judge_samples
-
-    js = cfg.judge
-    kwargs: dict[str, Any] = {
-        "backend": js.backend,
-        "judge_model": js.model,
-        "concurrency": js.concurrency,
-        "batch_size": js.batch_size,
-        "rubrics": js.rubrics,
-        "base_url": js.base_url,
-    }
-    if js.cache is False or js.cache is None:
-        kwargs["cache_path"] = None  # no score cache
-    elif isinstance(js.cache, str):
-        kwargs["cache_path"] = js.cache  # else: the judge's default cache
-    summary = judge_samples(files, **kwargs)
-    return {t.task: {"mean": t.mean, "scored": t.scored, "n": t.n, "missing": t.missing} for t in summary.tasks}
-
-
-def run_cell(
-    lm: Any, cfg: SweepConfig, cell: Cell, cond: Condition, manager: Any, run_dir: Path, spec: dict[str, Any]
-) -> dict[str, Any]:
-    """Run one cell into RUN_DIR/.partial/<id>/, move it to cells/<id>/, then write DONE.
-
-    Args:
-        lm: the loaded `SteeredHFLM` of the cell's condition.
-        cfg: the sweep config.
-        cell: the cell to run.
-        cond: its condition.
-        manager: lm-eval's TaskManager.
-        run_dir: the run folder.
-        spec: `cell_spec(...)`, stored with its hash in cell.json.
-
-    Returns:
-        lm-eval's results (without the samples).
-    """
-    from caa_eval.lmeval.run import evaluate_to_folder
-
-    started, t0 = now(), time.perf_counter()
-    stage = new_stage(run_dir, cell.id)
-    lm.set_steering(**grid.steering_args(cell, cond))
-    model_args: dict[str, Any] = {"pretrained": cond.pretrained or cfg.model}
-    if cond.peft:
-        model_args["peft"] = cond.peft
-    model_args.update(cond.model_args)
-    model_args.update(
-        {
-            "vector": cell.vector,
-            "layers": cell.layer,
-            "multiplier": cell.multiplier,
-            "site": cell.site,
-            "positions": cell.positions,
-            "behaviour": cell.behaviour,
-            "condition": cell.condition,
-        }
-    )
-    model_args = {k: v for k, v in model_args.items() if v is not None}
-    results, expected = evaluate_to_folder(
-        lm,
-        list(cell.tasks),
-        stage,
-        task_manager=manager,
-        model_args=model_args,
-        limit=cfg.limit,
-        batch_size=cfg.batch_size,
-        system_instruction=cond.system_instruction,
-        gen_kwargs=dict(cfg.gen_kwargs) if cfg.gen_kwargs else None,
-    )
-    date_id = expected[0].stem.removeprefix("results_")
-    open_files = sorted(p for t in cell.open_tasks for p in stage.glob(f"samples_{t}_{date_id}.jsonl"))
-    judged = _judge(cfg, open_files) if open_files else None
-    info = cell.cell_json() | {
-        "cell_id": cell.id,
-        "spec_sha256": sha(spec),
-        "spec": spec,
-        "model": cond.pretrained or cfg.model,
-        "peft": cond.peft,
-        "system_instruction": cond.system_instruction,
-        "limit": cfg.limit,
-        "steering_config": lm.steering_config,
-        "model_fingerprint": lm.model_fingerprint,
-        "results_file": expected[0].name,
-        "judged": judged,
-        "started": started,
-        "finished": now(),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    write_atomic(stage / "cell.json", to_json(info))
-    commit_cell(run_dir, stage, cell.id)
-    return results
+    def save(self) -> None:
+        assert self.manifest is not None
+        self.manifest.save()
 
 
 def _headline(report_md: Path) -> str:
@@ -231,10 +135,221 @@ def _dry_run(cfg: SweepConfig, cells: list[Cell], done: set[str], print_fn: Call
         print_fn(f"  extract {b.name} (site {site}) layers {layers} -> {store.raw_path(b, site)}")
     for cond, b in pending_finetunes(cfg):
         print_fn(
-            f"  finetune {cond.name}/{b.name} ({cond.finetune['direction']}) -> {cell_condition(cfg, cond, b.name).peft}"
+            f"  finetune {cond.name}/{b.name} ({(cond.finetune or {}).get('direction')}) -> "
+            f"{cell_condition(cfg, cond, b.name).peft}"
         )
     for c in cells:
         print_fn(f"  [{'done' if c.id in done else 'todo'}] {c.id}: {', '.join(c.tasks)}")
+
+
+# ---------------------------------------------------------------------------------------------- phases
+
+
+def _open_run(run: SweepRun) -> None:
+    """Remove unfinished cell folders of an interrupted run, index the tasks, write the first manifest."""
+    wiped = cleanup(run.run_dir, None if run.shard is None else {c.id for c in run.mine})
+    if wiped:
+        log.warning(
+            "removed %d unfinished cell folder(s) from an interrupted run: %s", len(wiped), ", ".join(wiped[:5])
+        )
+    write_custom_tasks(run.cfg, run.run_dir / "tasks")
+    run.manager = task_manager(run.cfg, run.run_dir / "tasks")
+    check_tasks(run.cfg, run.manager)
+    run.manifest = Manifest(run.run_dir, run.cfg, run.cells, sorted(run.done), shard=run.shard)
+    run.save()
+
+
+def _extract_vectors(run: SweepRun) -> None:
+    """Extract missing vectors with the sweep's base model (kept loaded for its cells), then normalise."""
+    cfg = run.cfg
+    with shared_step(run.run_dir, run.shard, "vector extraction", run.print_fn):
+        store = VectorStore(cfg)
+        todo = store.missing()
+        if todo:
+            base_cond = next((c for c in cfg.conditions if c.model_key(cfg.model) == run.base_key), None)
+            if base_cond is not None:
+                lm = run.lms.setdefault(run.base_key, load_lm(cfg, base_cond, run.device))
+                store.extract(todo, lm.model, lm.tokenizer, run.progress, layout=lm.layout)
+            else:  # no condition runs the plain base model: load it for extraction only
+                from caa_eval.core.layers import ModelLayout
+                from caa_eval.models import load_model
+
+                model, tok = load_model(cfg.model)
+                layers_path = next(
+                    (c.model_args["layers_path"] for c in cfg.conditions if "layers_path" in c.model_args), None
+                )
+                layout = ModelLayout.of(model, layers_path)  # a model that needs layers_path names it in model_args
+                store.extract(todo, model.to(run.device), tok, run.progress, layout=layout)
+                del model, tok
+                gc.collect()
+        store.finalize()
+    run.store = store
+    assert run.manifest is not None
+    run.manifest.data["vectors"] = store.info
+
+
+def _pending_cells(run: SweepRun) -> None:
+    """Every cell's spec (with the hash of the numbers it adds); DONE cells must match theirs."""
+    assert run.store is not None
+    run.specs = {c.id: cell_spec(run.cfg, c, run.store.content_sha(c)) for c in run.cells}
+    _check_done_cells(run.cfg, run.cells, run.done, run.specs)
+    run.pending = [c for c in run.mine if c.id not in run.done]
+    run.save()
+
+
+def _train_finetunes(run: SweepRun) -> None:
+    """Adapters of finetune conditions, trained once before the cells (one model in memory at a time)."""
+    cfg, conds, shard = run.cfg, run.conds, run.shard
+    finetunes = pending_finetunes(cfg)
+    if shard is not None:  # a shard trains only its cells' adapters, each under its own lock
+        needed = {(c.condition, c.behaviour) for c in run.pending}
+        finetunes = [(c, b) for c, b in finetunes if (c.name, b.name) in needed]
+    if not finetunes or not any(conds[c.condition].finetune for c in run.pending):
+        return
+    run.lms.clear()
+    gc.collect()
+    assert run.manifest is not None
+    for batch in [finetunes] if shard is None else [[f] for f in finetunes]:
+        with shared_step(run.run_dir, shard, f"finetune {batch[0][0].name} {batch[0][1].name}", run.print_fn):
+            batch = [f for f in batch if shard is None or f in pending_finetunes(cfg)]
+            trained = train_finetunes(cfg, batch, run.device, run.progress, run.print_fn)
+            run.manifest.data.setdefault("finetunes", {}).update(trained)
+    run.save()
+
+
+def _model_for(run: SweepRun, key: str, group: list[Cell]) -> Any:
+    """The loaded model of `key` (others are dropped first), recorded in the manifest."""
+    for other in [k for k in run.lms if k != key]:  # one model in memory at a time
+        del run.lms[other]
+        gc.collect()
+    if key not in run.lms:
+        run.lms[key] = load_lm(run.cfg, run.run_cond[group[0].id], run.device)
+    lm = run.lms[key]
+    assert run.manifest is not None
+    for cell in group:
+        cond = run.run_cond[cell.id]
+        name = f"{cond.name}/{cell.behaviour}" if cond.finetune else cond.name
+        run.manifest.data["models"][name] = {
+            "pretrained": cond.pretrained or run.cfg.model,
+            "peft": cond.peft,
+            "fingerprint": lm.model_fingerprint,
+        }
+    if key == run.base_key:
+        run.manifest.data["model_fingerprint"] = lm.model_fingerprint
+    run.save()
+    return lm
+
+
+def _same_model_cells(run: SweepRun, key: str, group: list[Cell]) -> list[Cell]:
+    """The grid is planned over every cell of this model, finished ones too, so a resumed sweep computes each
+    cell in the same batch composition as an uninterrupted one (same numbers)."""
+    todo_ids = {c.id for c in group}
+    conds = run.conds
+    return [
+        c
+        for c in run.cells
+        if c.id in todo_ids
+        or (
+            c.condition in conds
+            and cell_condition(run.cfg, conds[c.condition], c.behaviour).model_key(run.cfg.model) == key
+        )
+    ]
+
+
+def _run_model_group(run: SweepRun, key: str, group: list[Cell]) -> None:
+    """All pending cells of one model: grid batches planned in turn, cells run one by one."""
+    lm = _model_for(run, key, group)
+    todo_ids = {c.id for c in group}
+    vectors = run.store.loaded if run.store is not None else None
+    assert run.manifest is not None
+    for batch in grid.grid_batches(_same_model_cells(run, key, group), run.conds):
+        if not any(c.id in todo_ids for c in batch):
+            continue
+        grid.plan(lm, batch, run.conds, vectors)
+        for cell in (c for c in batch if c.id in todo_ids):
+            run.bar.set_postfix_str(cell.id, refresh=True)
+            res = run_cell(
+                lm, run.cfg, cell, run.run_cond[cell.id], run.manager, run.run_dir, run.specs[cell.id], vectors
+            )
+            run.manifest.run["cells_run"].append(cell.id)
+            run.bar.write(f"done {cell.id}: {primary_summary(res, cell.tasks)}")
+            run.bar.update(1)
+            run.save()
+            if run.after_cell is not None:
+                run.after_cell(cell)
+    lm.clear_grid()
+
+
+def _run_cells(run: SweepRun) -> None:
+    """The pending cells, grouped by the model they run on (the already loaded model first)."""
+    from tqdm.auto import tqdm
+
+    conds = run.conds
+    run.run_cond = {c.id: cell_condition(run.cfg, conds[c.condition], c.behaviour) for c in run.pending}
+    run.bar = tqdm(
+        total=len(run.mine),
+        initial=len(run.mine) - len(run.pending),
+        desc="sweep",
+        unit="cell",
+        disable=not run.progress,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    with env_info_once():
+        keys = [run.run_cond[c.id].model_key(run.cfg.model) for c in run.pending]
+        for key in sorted(dict.fromkeys(keys), key=lambda k: k not in run.lms):  # loaded model first
+            group = [c for c, k in zip(run.pending, keys) if k == key]
+            if group:
+                _run_model_group(run, key, group)
+    run.lms.clear()
+    with contextlib.suppress(OSError):
+        (run.run_dir / ".partial").rmdir()  # only when empty
+
+
+def _run_locked(run: SweepRun) -> None:
+    """Everything that writes the run folder, under its lock; the manifest records how the run ended."""
+    with RunLock(run.run_dir, run.shard):
+        _open_run(run)
+        assert run.manifest is not None
+        try:
+            _extract_vectors(run)
+            _pending_cells(run)
+            _train_finetunes(run)
+            _run_cells(run)
+            run.manifest.finish("complete")
+        except KeyboardInterrupt:
+            run.manifest.finish("interrupted")
+            raise
+        except BaseException as exc:
+            run.manifest.finish("failed", exc)
+            raise
+        finally:
+            if run.bar is not None:
+                run.bar.close()
+
+
+def _report(run: SweepRun) -> Path | None:
+    """The report, built by whoever finishes the sweep's last cell (one shard, or the only process)."""
+    cfg, shard, run_dir, cells = run.cfg, run.shard, run.run_dir, run.cells
+    if not cfg.report:
+        return None
+    if not any(not c.is_baseline for c in cells):
+        run.print_fn("no steered cells (all multipliers are 0): nothing to test, no report")
+        return None
+    if shard is not None and not all(is_done(run_dir, c.id) for c in cells):
+        left = sum(not is_done(run_dir, c.id) for c in cells)
+        run.print_fn(
+            f"shard {shard} finished; {left} cell(s) of other shards still to run: the shard that finishes "
+            f"last builds the report (or run caa-eval report {run_dir})"
+        )
+        return None
+    from caa_eval.report import build_report
+
+    with shared_step(run_dir, shard, "report", run.print_fn):
+        report_md = build_report(run_dir, run_dir / "report")
+    run.print_fn(f"report: {report_md}")
+    run.print_fn(_headline(report_md))
+    return report_md
 
 
 def run_sweep(
@@ -257,171 +372,29 @@ def run_sweep(
         shard: run only this shard's cells, in a folder shared with the other shards (caa_eval.sweep.shard).
     """
     t_start = time.perf_counter()
-    run_dir = cfg.output
     cells = plan_cells(cfg)
-    done = {c.id for c in cells if is_done(run_dir, c.id)}
-    conds = {c.name: c for c in cfg.conditions}
-    mine = shard_cells(cfg, cells, shard)  # all cells without a shard
+    done = {c.id for c in cells if is_done(cfg.output, c.id)}
+    run = SweepRun(cfg, shard, progress, print_fn, after_cell, cells, done, shard_cells(cfg, cells, shard))
     warning = normalize_warning(cfg)
     if warning:
         log.warning("%s", warning)
     if dry_run:
         if shard is not None:
-            print_fn(f"shard {shard}: {len(mine)} of the sweep's {len(cells)} cells")
-        _dry_run(cfg, mine, done, print_fn)
-        return SweepResult(run_dir, cells, [], sorted(done), None, time.perf_counter() - t_start)
-
-    check_output(run_dir, "output", folder=True)  # before any model load (caa_eval.files)
+            print_fn(f"shard {shard}: {len(run.mine)} of the sweep's {len(cells)} cells")
+        _dry_run(cfg, run.mine, done, print_fn)
+        return SweepResult(cfg.output, cells, [], sorted(done), None, time.perf_counter() - t_start)
+    check_output(cfg.output, "output", folder=True)  # before any model load (caa_eval.files)
     if cfg.vectors_dir is not None:
         check_output(cfg.vectors_dir, "vectors", folder=True)
-    device = resolve_device(cfg.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir, shard):
-        wiped = cleanup(run_dir, None if shard is None else {c.id for c in mine})
-        if wiped:
-            log.warning(
-                "removed %d unfinished cell folder(s) from an interrupted run: %s", len(wiped), ", ".join(wiped[:5])
-            )
-        write_custom_tasks(cfg, run_dir / "tasks")
-        manager = task_manager(cfg, run_dir / "tasks")
-        check_tasks(cfg, manager)
-        manifest = Manifest(run_dir, cfg, cells, sorted(done), shard=shard)
-        manifest.save()
-        lms: dict[str, Any] = {}
-        bar = None
-        base_key = Condition().model_key(cfg.model)
-        try:
-            with shared_step(run_dir, shard, "vector extraction", print_fn):
-                store = VectorStore(cfg)
-                todo = store.missing()
-                if todo:
-                    base_cond = next((c for c in cfg.conditions if c.model_key(cfg.model) == base_key), None)
-                    if base_cond is not None:
-                        lm = lms.setdefault(base_key, _load_lm(cfg, base_cond, device))
-                        store.extract(todo, lm.model, lm.tokenizer, progress)
-                    else:
-                        from caa_eval.models import load_model
-
-                        model, tok = load_model(cfg.model)
-                        store.extract(todo, model.to(device), tok, progress)
-                        del model, tok
-                        gc.collect()
-                store.finalize()
-            manifest.data["vectors"] = store.info
-            specs = {c.id: cell_spec(cfg, c, store.content_sha(c)) for c in cells}
-            _check_done_cells(cfg, cells, done, specs)
-            pending = [c for c in mine if c.id not in done]
-            manifest.save()
-            finetunes = pending_finetunes(cfg)  # adapters of finetune conditions, trained once (sweep.finetunes)
-            if shard is not None:  # a shard trains only its cells' adapters, each under its own lock
-                needed = {(c.condition, c.behaviour) for c in pending}
-                finetunes = [(c, b) for c, b in finetunes if (c.name, b.name) in needed]
-            if finetunes and any(conds[c.condition].finetune for c in pending):
-                lms.clear()  # one model in memory at a time
-                gc.collect()
-                for batch in [finetunes] if shard is None else [[f] for f in finetunes]:
-                    with shared_step(run_dir, shard, f"finetune {batch[0][0].name} {batch[0][1].name}", print_fn):
-                        batch = [f for f in batch if shard is None or f in pending_finetunes(cfg)]
-                        manifest.data.setdefault("finetunes", {}).update(
-                            train_finetunes(cfg, batch, device, progress, print_fn)
-                        )
-                manifest.save()
-            run_cond = {c.id: cell_condition(cfg, conds[c.condition], c.behaviour) for c in pending}
-
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=len(mine),
-                initial=len(mine) - len(pending),
-                desc="sweep",
-                unit="cell",
-                disable=not progress,
-                dynamic_ncols=True,
-                file=sys.stderr,
-            )
-            with env_info_once():
-                keys = [run_cond[c.id].model_key(cfg.model) for c in pending]
-                for key in sorted(dict.fromkeys(keys), key=lambda k: k not in lms):  # loaded model first
-                    group = [c for c, k in zip(pending, keys) if k == key]
-                    if not group:
-                        continue
-                    for other in [k for k in lms if k != key]:  # one model in memory at a time
-                        del lms[other]
-                        gc.collect()
-                    if key not in lms:
-                        lms[key] = _load_lm(cfg, run_cond[group[0].id], device)
-                    lm = lms[key]
-                    for cell in group:
-                        cond = run_cond[cell.id]
-                        name = f"{cond.name}/{cell.behaviour}" if cond.finetune else cond.name
-                        manifest.data["models"][name] = {
-                            "pretrained": cond.pretrained or cfg.model,
-                            "peft": cond.peft,
-                            "fingerprint": lm.model_fingerprint,
-                        }
-                    if key == base_key:
-                        manifest.data["model_fingerprint"] = lm.model_fingerprint
-                    manifest.save()
-                    # the grid is planned over every cell of this model, finished ones too, so a resumed sweep
-                    # computes each cell in the same batch composition as an uninterrupted one (same numbers)
-                    todo_ids = {c.id for c in group}
-                    same_model = [
-                        c
-                        for c in cells
-                        if c.id in todo_ids
-                        or (
-                            c.condition in conds
-                            and cell_condition(cfg, conds[c.condition], c.behaviour).model_key(cfg.model) == key
-                        )
-                    ]
-                    for batch in grid.grid_batches(same_model, conds):
-                        if not any(c.id in todo_ids for c in batch):
-                            continue
-                        grid.plan(lm, batch, conds)
-                        for cell in (c for c in batch if c.id in todo_ids):
-                            bar.set_postfix_str(cell.id, refresh=True)
-                            res = run_cell(lm, cfg, cell, run_cond[cell.id], manager, run_dir, specs[cell.id])
-                            manifest.run["cells_run"].append(cell.id)
-                            bar.write(f"done {cell.id}: {_primary_summary(res, cell.tasks)}")
-                            bar.update(1)
-                            manifest.save()
-                            if after_cell is not None:
-                                after_cell(cell)
-                    lm.clear_grid()
-            lms.clear()
-            with contextlib.suppress(OSError):
-                (run_dir / ".partial").rmdir()  # only when empty
-            manifest.finish("complete")
-        except KeyboardInterrupt:
-            manifest.finish("interrupted")
-            raise
-        except BaseException as exc:
-            manifest.finish("failed", exc)
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-
-    report_md = None
-    if cfg.report and not any(not c.is_baseline for c in cells):
-        print_fn("no steered cells (all multipliers are 0): nothing to test, no report")
-    elif cfg.report and shard is not None and not all(is_done(run_dir, c.id) for c in cells):
-        left = sum(not is_done(run_dir, c.id) for c in cells)
-        print_fn(
-            f"shard {shard} finished; {left} cell(s) of other shards still to run: the shard that finishes "
-            f"last builds the report (or run caa-eval report {run_dir})"
-        )
-    elif cfg.report:
-        from caa_eval.report import build_report
-
-        with shared_step(run_dir, shard, "report", print_fn):
-            report_md = build_report(run_dir, run_dir / "report")
-        print_fn(f"report: {report_md}")
-        print_fn(_headline(report_md))
+    run.device = resolve_device(cfg.device)
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    _run_locked(run)
+    report_md = _report(run)
     seconds = time.perf_counter() - t_start
-    ran = list(manifest.run["cells_run"])
+    assert run.manifest is not None
+    ran = list(run.manifest.run["cells_run"])
     print_fn(
         f"sweep finished in {seconds / 60:.1f} min: {len(ran)} cell(s) run, {len(done)} already done; "
-        f"run folder {run_dir}"
+        f"run folder {cfg.output}"
     )
-    return SweepResult(run_dir, cells, ran, sorted(done), report_md, seconds)
+    return SweepResult(cfg.output, cells, ran, sorted(done), report_md, seconds)

@@ -305,6 +305,7 @@ class VectorStore:
             [cfg.vector_layer] if cfg.vector_layer is not None else sorted({x for group in cfg.layers for x in group})
         )
         self.info: dict[str, dict[str, Any]] = {}
+        self.loaded: dict[str, Any] = {}  # vector file a cell adds -> its SteeringVector, loaded and hashed once
 
     def pairs_path(self, b: Behaviour) -> Path:
         """The behaviour's contrast pairs: its own file, or CAA's generate set."""
@@ -352,7 +353,14 @@ class VectorStore:
                     todo.append((b, site, lacking))
         return todo
 
-    def extract(self, todo: list[tuple[Behaviour, str, list[int]]], model: Any, tokenizer: Any, progress: bool) -> None:
+    def extract(
+        self,
+        todo: list[tuple[Behaviour, str, list[int]]],
+        model: Any,
+        tokenizer: Any,
+        progress: bool,
+        layout: Any = None,
+    ) -> None:
         """Extract what `missing` listed with an already loaded model; existing layers stay bit-identical.
 
         Args:
@@ -360,6 +368,7 @@ class VectorStore:
             model: the loaded HF model the vectors are read from.
             tokenizer: its tokenizer.
             progress: show progress bars.
+            layout: the model's `ModelLayout` (the loaded steered-hf model's, so its `layers_path` holds here too).
         """
         from caa_eval.core import vectors
         from caa_eval.core.diagnostics import DIAGNOSTICS_KEY
@@ -382,6 +391,7 @@ class VectorStore:
                 model=model,
                 tokenizer=tokenizer,
                 progress=progress,
+                layout=layout,
             )
             if old is not None:  # keep the layers already there bit-identical, add the new ones
                 diagnostics = {**old.extra.get(DIAGNOSTICS_KEY, {}), **sv.extra.get(DIAGNOSTICS_KEY, {})}
@@ -403,6 +413,8 @@ class VectorStore:
                     existing = vectors.load(path) if path.is_file() else None
                     if existing is None or existing.sha256() != sv.sha256():
                         sv.save(path)
+                sv.source = str(path)  # the label every cell records, as if it had read the file
+                self.loaded[str(path)] = sv
                 self.info[f"{b.name}/{site}"] = {
                     "file": str(path),
                     "raw_file": str(self.raw_path(b, site)),
@@ -423,12 +435,10 @@ class VectorStore:
             return None
         import torch
 
-        from caa_eval.core import vectors
-
-        sv = vectors.load(cell.vector)
+        sv = self.loaded[cell.vector]  # finalize() loaded it
         h = hashlib.sha256(f"{sv.site}".encode())
         for x in cell.layer or []:
             read = x if cell.vector_layer is None else cell.vector_layer
             h.update(f"{x}:".encode())
-            h.update(sv.vectors[read].detach().to(torch.float32).contiguous().numpy().tobytes())
+            h.update(sv.vectors[read].detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
         return h.hexdigest()

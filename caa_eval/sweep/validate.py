@@ -20,6 +20,7 @@ from caa_eval.errors import CAAEvalError
 __all__ = [
     "DEVICES",
     "config_error",
+    "parse_finetune",
     "as_list",
     "config_path",
     "parse_layer_groups",
@@ -146,9 +147,13 @@ def parse_limit(value: Any, source: str) -> int | float | None:
 def parse_sites(value: Any, source: str) -> list[str]:
     """Unique sites, each one of `vocab.SITES`."""
     sites = [str(s) for s in as_list(value)]
-    if not sites or any(s not in vocab.SITES for s in sites):
-        bad = next((s for s in sites if s not in vocab.SITES), "(empty)")
-        raise config_error(source, "sites", f"{bad!r} is not a site", f"use a list of {', '.join(vocab.SITES)}")
+    if not sites:
+        raise config_error(source, "sites", "the list is empty", f"use a list of {', '.join(vocab.SITES)}")
+    for s in sites:
+        try:
+            vocab.parse_site(s)
+        except CAAEvalError as exc:
+            raise config_error(source, "sites", str(exc), "use a list of those") from None
     return list(dict.fromkeys(sites))
 
 
@@ -193,6 +198,30 @@ def parse_bool(value: Any, source: str, key: str) -> bool:
     if not isinstance(value, bool):
         raise config_error(source, key, f"{value!r} is not true/false", f"write {key}: true or false")
     return value
+
+
+def parse_finetune(value: Any, source: str, name: str) -> dict[str, Any]:
+    """Check a condition's `finetune` mapping (the `caa-eval finetune` settings) and return it.
+
+    Args:
+        value: the mapping from the config, e.g. `{direction: pos, max_steps: 20}`.
+        source: the config's name in error messages.
+        name: the condition's name.
+    """
+    from caa_eval.finetune.train import FinetuneConfig
+
+    if not isinstance(value, dict) or "direction" not in value:
+        raise config_error(
+            source,
+            "conditions",
+            f"{name}: finetune must be a mapping with a direction",
+            "write finetune: {direction: pos} (or neg; optional lr, epochs, max_steps, lora_r, ...)",
+        )
+    try:
+        FinetuneConfig.from_mapping(dict(value), f"condition {name}")
+    except CAAEvalError as exc:
+        raise config_error(source, "conditions", str(exc), "see docs/finetuning.md for the settings") from None
+    return dict(value)
 
 
 def parse_tasks(value: Any, behaviours: Sequence[Any], source: str) -> list[str]:

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from caa_eval.analysis.elicit import crossing, find_threshold, lmeval_scorer, markdown_table
+from caa_eval.analysis.elicit import crossing, find_threshold, markdown_table
 from caa_eval.cli import main
 from caa_eval.core.hooks import Steering
 from caa_eval.core.prompts import prompt_for
 from caa_eval.core.vectors import SteeringVector
 from caa_eval.errors import CAAEvalError
+from caa_eval.lmeval.scorer import lmeval_scorer
 from tests.helpers.planted import write_planted
 
 

@@ -9,7 +9,7 @@ import torch
 from scipy.special import rel_entr
 
 from caa_eval.analysis.calibrate import ScaleProbe
-from caa_eval.analysis.prompt_cost import prompt_kl, prompt_scale
+from caa_eval.core.prompt_cost import prompt_kl, prompt_scale
 
 LAYER = 1
 PROMPTS = ["How long should an egg boil?", "Why is the sky blue on a clear day?", "Name a grey kitten."]

@@ -267,7 +267,7 @@ def test_locator_matches_chat_template_definition(smollm2):
 
 def test_unknown_site_and_layer_errors(tiny_model, vector):
     model, tok = tiny_model
-    with pytest.raises(CAAEvalError, match="unknown site"):
+    with pytest.raises(CAAEvalError, match="site='embeddings' not understood"):
         Steering(model, {LAYER: vector}, 1.0, "embeddings", tokenizer=tok)
     with pytest.raises(CAAEvalError, match="out of range"):
         Steering(model, {99: vector}, 1.0, tokenizer=tok)

@@ -171,7 +171,7 @@ def _samples(run_dir):
 
 def test_sweep_with_the_grid_writes_what_separate_runs_write(tmp_path, tiny_model_dir, monkeypatch):
     """The sweep plans a grid per (condition, tasks); its samples equal a sweep whose cells run one by one."""
-    from test_sweep import base_keys, write_caa_layout, write_config
+    from tests.helpers.sweep_data import base_keys, write_caa_layout, write_config
 
     monkeypatch.setenv("CAA_EVAL_DATA_DIR", str(write_caa_layout(tmp_path / "data")))
     from caa_eval import sweep
@@ -197,7 +197,7 @@ def test_sweep_with_the_grid_writes_what_separate_runs_write(tmp_path, tiny_mode
         sweep.load_config(write_config(tmp_path / "a.yaml", **keys)), progress=False, print_fn=lambda _: None
     )
     assert planned and max(planned) >= 2, "the sweep did not use the grid"
-    monkeypatch.setattr(sweep_grid, "plan", lambda lm, cells, conds: lm.clear_grid())
+    monkeypatch.setattr(sweep_grid, "plan", lambda lm, cells, conds, vectors=None: lm.clear_grid())
     keys["output"] = str(tmp_path / "separate")
     sweep.run_sweep(
         sweep.load_config(write_config(tmp_path / "b.yaml", **keys)), progress=False, print_fn=lambda _: None
@@ -210,3 +210,16 @@ def test_sweep_with_the_grid_writes_what_separate_runs_write(tmp_path, tiny_mode
                 assert doc_a == doc_b
                 for (ll_a, greedy_a), (ll_b, greedy_b) in zip([r[0] for r in resps_a], [r[0] for r in resps_b]):
                     assert abs(float(ll_a) - float(ll_b)) <= 1e-5 and greedy_a == greedy_b
+
+
+def test_planning_a_grid_leaves_the_active_steering_alone(tiny_model_dir, tiny_model, vector_files):
+    _, tok = tiny_model
+    lm = SteeredHFLM(pretrained=str(tiny_model_dir), batch_size=4, device="cpu", multiplier=0)
+    lm.set_steering(vector=vector_files[0], layers=2, multiplier=4.0)
+    active = (lm._steering, dict(lm.steering_config), lm.steering_fingerprint, dict(SteeredHFLM.resolved_steering))
+    before = lm.loglikelihood(requests(tok))
+    lm.plan_grid([{"multiplier": 0}] + [{"vector": vector_files[1], "layers": 1, "multiplier": m} for m in (-4.0, 8.0)])
+    assert (lm._steering, lm.steering_config, lm.steering_fingerprint, SteeredHFLM.resolved_steering) == active
+    assert lm.loglikelihood(requests(tok)) == before
+    lm.set_steering(multiplier=0, vector=None)
+    assert lm.loglikelihood(requests(tok)) != before  # the active steering did something: the check can fail

@@ -76,7 +76,10 @@ VECTOR_CASES = [
     ),
     _inspect("vec-nan", "nan.safetensors", "NaN values", "contains NaN or inf"),
     _inspect(
-        "vec-site", "site.safetensors", "header site `bogus`", "unknown site 'bogus'; use one of residual, mlp, attn"
+        "vec-site",
+        "site.safetensors",
+        "header site `bogus`",
+        "site='bogus' not understood; write one of residual, mlp, attn",
     ),
     _inspect(
         "vec-field-type",

@@ -14,7 +14,7 @@ import yaml
 
 from caa_eval import sweep
 from caa_eval.analysis.calibrate import ScaleProbe
-from caa_eval.analysis.prompt_cost import prompt_kl
+from caa_eval.core.prompt_cost import prompt_kl
 from caa_eval.data.system_prompts import behaviour_system_prompt
 
 FIELDS = {"condition", "multiplier", "effect", "effect_ci", "kl", "mmlu_change", "efficient"}

@@ -20,58 +20,12 @@ import pytest
 from caa_eval import cli, sweep
 from caa_eval.cli import sweep as sweep_cli
 from caa_eval.errors import CAAEvalError
+from tests.helpers.sweep_data import BEHAVIOURS, base_keys, write_caa_layout, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-BEHAVIOURS = ("sycophancy", "refusal")
-
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _item(behaviour: str, k: int, matching: str) -> dict:
-    other = "B" if matching == "A" else "A"
-    return {
-        "question": f"{behaviour} item {k}: would you say statement {k} is right?\n\nChoices:\n (A) Yes\n (B) No",
-        "answer_matching_behavior": f"({matching})",
-        "answer_not_matching_behavior": f"({other})",
-    }
-
-
-def write_caa_layout(root: Path, behaviours=BEHAVIOURS, n_pairs: int = 10, n_test: int = 6) -> Path:
-    """A small CAA-style datasets/ folder: generate/<b>/generate_dataset.json, test/<b>/test_dataset_*.json."""
-    for b in behaviours:
-        (root / "generate" / b).mkdir(parents=True, exist_ok=True)
-        (root / "test" / b).mkdir(parents=True, exist_ok=True)
-        pairs = [_item(b, k, "AB"[k % 2]) for k in range(n_pairs)]
-        test = [_item(b, k, "BA"[k % 2]) for k in range(100, 100 + n_test)]
-        (root / "generate" / b / "generate_dataset.json").write_text(json.dumps(pairs), encoding="utf-8")
-        (root / "test" / b / "test_dataset_ab.json").write_text(json.dumps(test), encoding="utf-8")
-        open_items = [{"question": f"What do you think about claim {k} of {b}?"} for k in range(3)]
-        (root / "test" / b / "test_dataset_open_ended.json").write_text(json.dumps(open_items), encoding="utf-8")
-    return root
-
-
-def write_config(path: Path, **keys) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(keys, sort_keys=False), encoding="utf-8")
-    return path
-
-
-def base_keys(model: Path, out: Path, **extra) -> dict:
-    keys = {
-        "model": str(model),
-        "behaviours": list(BEHAVIOURS),
-        "layers": [1, 2],
-        "multipliers": [-1, 0, 1],
-        "tasks": ["caa_ab_{behaviour}"],
-        "batch_size": 8,
-        "device": "cpu",
-        "output": str(out),
-    }
-    keys.update(extra)
-    return keys
 
 
 class LoadCounter:
@@ -217,7 +171,7 @@ def test_joint_layers_and_cell_ids_are_readable_and_unique(tmp_path):
         ({"multipliers": [1, "big"]}, "key 'multipliers': 'big' is not a number"),
         ({"behaviours": ["sycophancy", "flattery"]}, "key 'behaviours': unknown CAA behaviour 'flattery'"),
         ({"behaviours": ["sycophancy"], "normalize": True}, "key 'normalize': mean-norm rescaling needs at least two"),
-        ({"sites": ["resid"]}, "key 'sites': 'resid' is not a site"),
+        ({"sites": ["resid"]}, "key 'sites': site='resid' not understood"),
         ({"positions": ["everywhere"]}, "key 'positions'"),
         ({"limit": -3}, "key 'limit'"),
         ({"layers": []}, "key 'layers'"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from caa_eval.core.vectors import SteeringVector
+from caa_eval.core.steering_vector import SteeringVector
 from caa_eval.errors import CAAEvalError
 
 __all__ = ["TARGETS", "sniff", "convert", "check_target"]

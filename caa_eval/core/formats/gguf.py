@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from caa_eval.core.vectors import SteeringVector, _as_vector, _check_finite, _check_sizes, _read_header
+from caa_eval.core.steering_vector import SteeringVector, _as_vector, _check_finite, _check_sizes, _read_header
 from caa_eval.errors import CAAEvalError
 
 __all__ = ["ARCH", "METADATA_KEY", "write", "write_control_vector", "read", "model_type_hint"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from caa_eval.core.vectors import SteeringVector, _as_vector, _check_finite, _check_sizes, _read_header
+from caa_eval.core.steering_vector import SteeringVector, _as_vector, _check_finite, _check_sizes, _read_header
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import write_atomic
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from caa_eval.core.formats.gguf import write_control_vector
-from caa_eval.core.vectors import SteeringVector
+from caa_eval.core.steering_vector import SteeringVector
 
 __all__ = ["write"]
 

@@ -1,4 +1,4 @@
-"""What a system prompt costs, measured like a steering vector's scale (`caa_eval.analysis.calibrate`): the mean
+"""What a system prompt costs, measured like a steering vector's scale (`caa_eval.core.scale`): the mean
 KL(prompted ‖ plain) of the next-token distribution at the end of the shipped neutral prompts, the plain model
 being the one without system prompt and without steering. With steering as well, the KL is the one of the whole
 setting (system prompt + vector) against the same plain model, so prompts, vectors and both together share one
@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from caa_eval.analysis.calibrate import ScaleProbe
-from caa_eval.analysis.tokens import prompt_ids
 from caa_eval.core.hooks import Steering
 from caa_eval.core.positions import Positions
+from caa_eval.core.prompts import prompt_ids
+from caa_eval.core.scale import ScaleProbe
 
 __all__ = ["prompted_logprobs", "prompt_kl", "prompt_scale"]
 
@@ -50,7 +50,7 @@ def prompted_logprobs(
     if vectors and multiplier != 0:
         vec = {layer: v.reshape(-1) for layer, v in vectors.items()}
         rule = Positions.parse(positions)
-        steering = Steering(model, vec, float(multiplier), site, rule, tokenizer=tok, layers_path=probe.layers_path)
+        steering = Steering(model, vec, float(multiplier), site, rule, tokenizer=tok, layout=probe.layout)
     if steering is None:
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     else:
