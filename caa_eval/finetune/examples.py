@@ -10,6 +10,7 @@ answer tokens are the tail), so the trained tokens are the ones the A/B task sco
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "TrainingData",
     "training_data",
     "check_held_out",
+    "split_holdout",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,3 +167,24 @@ def check_held_out(
             "no CAA A/B test file found (set CAA_EVAL_DATA_DIR); could not check that %s holds no test item", pairs_path
         )
     return checked
+
+
+def split_holdout(pairs: Sequence[data.ContrastPair], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training item indices, held-out item indices): a seeded random `fraction` of the items is never
+    trained on, so p(match) on it says whether the finetune generalises beyond its own items.
+
+    (The pair loader refuses repeated questions, so disjoint items are disjoint questions.)
+
+    Args:
+        pairs: the training data's pairs, in file order.
+        fraction: share of the items held out, in (0, 1).
+        seed: the finetune's seed (the same seed gives the same slice).
+    """
+    n_out = round(len(pairs) * fraction)
+    if n_out < 1 or n_out >= len(pairs):
+        raise CAAEvalError(
+            f"--holdout-fraction {fraction:g} of {len(pairs)} pairs leaves {n_out} held out and "
+            f"{len(pairs) - n_out} to train on; use more pairs or another fraction"
+        )
+    held = set(random.Random(f"holdout-{seed}").sample(range(len(pairs)), n_out))
+    return [i for i in range(len(pairs)) if i not in held], sorted(held)

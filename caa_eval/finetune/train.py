@@ -15,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,28 @@ import torch
 from tqdm.auto import tqdm
 
 from caa_eval import __version__
+from caa_eval.data import ContrastPair
 from caa_eval.errors import CAAEvalError
 from caa_eval.finetune.adapter import base_fingerprint, is_complete, write_info
-from caa_eval.finetune.examples import DIRECTIONS, IGNORE, LOSS_TOKENS, TrainingExample, build_examples, training_data
+from caa_eval.finetune.examples import (
+    DIRECTIONS,
+    IGNORE,
+    LOSS_TOKENS,
+    TrainingData,
+    TrainingExample,
+    build_examples,
+    split_holdout,
+    training_data,
+)
+from caa_eval.finetune.measure import p_match, scoring_set, shift_toward
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "answer_loss", "train_lora", "finetune_to_dir"]
 
 log = logging.getLogger(__name__)
+
+
+MIN_STEPS = 100
+"""Default length: whole epochs up to at least this many steps (one epoch when that is already longer)."""
 
 
 @dataclass(frozen=True)
@@ -41,32 +57,57 @@ class FinetuneConfig:
     """Hyper-parameters of one LoRA finetune (all recorded beside the adapter)."""
 
     direction: str = "pos"
-    epochs: int = 1
-    lr: float = 2e-4
+    epochs: int | None = None  # None: whole epochs reaching MIN_STEPS steps (at least 1), capped by max_steps
+    lr: float = 1e-3
     lora_r: int = 8
     lora_alpha: float | None = None  # None: 2 * lora_r
     lora_dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
-    batch_size: int = 8
-    max_steps: int | None = None
+    batch_size: int = 4
+    max_steps: int = 300
     seed: int = 0
     weight_decay: float = 0.0
     gradient_checkpointing: bool = False
+    holdout_fraction: float = 0.2
+    target_shift: float | None = None
+    eval_every: int = 10
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
             raise CAAEvalError(
                 f"direction {self.direction!r} not understood; write pos (toward the behaviour) or neg (away)"
             )
-        for name in ("epochs", "lora_r", "batch_size"):
+        for name in ("lora_r", "batch_size", "max_steps", "eval_every") + (
+            ("epochs",) if self.epochs is not None else ()
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise CAAEvalError(f"finetune {name}={getattr(self, name)!r}: use a whole number >= 1")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise CAAEvalError(f"finetune max_steps={self.max_steps!r}: use a whole number >= 1 (or leave it out)")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
-            raise CAAEvalError(f"finetune lr={self.lr!r}: use a learning rate such as 2e-4")
+            raise CAAEvalError(f"finetune lr={self.lr!r}: use a learning rate such as 1e-3")
         if not 0 <= self.lora_dropout < 1:
             raise CAAEvalError(f"finetune lora_dropout={self.lora_dropout!r}: use a value in [0, 1)")
+        if not (isinstance(self.holdout_fraction, (int, float)) and 0 < self.holdout_fraction < 1):
+            raise CAAEvalError(
+                f"finetune holdout_fraction={self.holdout_fraction!r}: use a share in (0, 1) such as 0.2"
+            )
+        if self.target_shift is not None and not (
+            isinstance(self.target_shift, (int, float)) and 0 < self.target_shift < 1
+        ):
+            raise CAAEvalError(
+                f"finetune target_shift={self.target_shift!r}: use a p(match) shift in (0, 1) such as 0.2"
+            )
+
+    def planned_steps(self, n_examples: int) -> int:
+        """Steps to train on `n_examples` items: max_steps with a target, else whole epochs (see `MIN_STEPS`).
+
+        Args:
+            n_examples: training items (the held-out slice excluded).
+        """
+        per_epoch = math.ceil(n_examples / self.batch_size)
+        if self.target_shift is not None:
+            return self.max_steps
+        epochs = self.epochs or max(1, math.ceil(MIN_STEPS / per_epoch))
+        return min(epochs * per_epoch, self.max_steps)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "finetune") -> FinetuneConfig:
@@ -95,6 +136,7 @@ class FinetuneResult:
     losses: list[float]
     steps: int
     seconds: float
+    target_reached: bool = False
 
     @property
     def final_loss(self) -> float:
@@ -105,13 +147,15 @@ class FinetuneResult:
 
 
 def _batches(examples: Sequence[TrainingExample], cfg: FinetuneConfig) -> list[list[TrainingExample]]:
+    """`cfg.planned_steps` batches: seeded shuffles, epoch after epoch."""
+    steps = cfg.planned_steps(len(examples))
     rng = random.Random(cfg.seed)
     out: list[list[TrainingExample]] = []
-    for _ in range(cfg.epochs):
+    while len(out) < steps:
         order = list(range(len(examples)))
         rng.shuffle(order)
         out.extend([examples[i] for i in order[k : k + cfg.batch_size]] for k in range(0, len(order), cfg.batch_size))
-    return out[: cfg.max_steps] if cfg.max_steps else out
+    return out[:steps]
 
 
 def _collate(batch: list[TrainingExample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -150,12 +194,37 @@ def answer_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], keep_log
     return torch.nn.functional.cross_entropy(picked.float(), target[rows, cols])
 
 
+WARMUP_STEPS = 10
+"""Linear warm-up of the learning rate over the first steps (at most a tenth of the run)."""
+
+Check = Callable[[int, torch.nn.Module], bool]
+"""`check(step, model) -> stop?`: called every `eval_every` steps during training."""
+
+
+def _wrap_lora(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int, accepts float
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()  # type: ignore[operator]
+        model.enable_input_require_grads()  # type: ignore[operator]
+    return get_peft_model(model, lora)
+
+
 def train_lora(
     model: Any,  # an HF causal LM
     tokenizer: Any,
     examples: Sequence[TrainingExample],
     cfg: FinetuneConfig,
     progress: bool = True,
+    check: Check | None = None,
 ) -> FinetuneResult:
     """Wrap `model` with a fresh LoRA adapter and train it on `examples` (loss on their labelled tokens).
 
@@ -165,45 +234,42 @@ def train_lora(
         examples: from `build_examples`.
         cfg: hyper-parameters.
         progress: show a tqdm bar with the running loss.
+        check: called every `cfg.eval_every` steps; training stops when it returns True (target reached).
     """
-    from peft import LoraConfig, get_peft_model
-
     if not examples:
         raise CAAEvalError("no training examples")
     torch.manual_seed(cfg.seed)
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int; it is a float scale (alpha / r)
-        lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.target_modules,
-        bias="none",
-        task_type="CAUSAL_LM",
+    peft_model = _wrap_lora(model, cfg)
+    optimizer = torch.optim.AdamW(
+        [p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    peft_model = get_peft_model(model, lora)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batches = _batches(examples, cfg)
+    warm = max(1, min(WARMUP_STEPS, len(batches) // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm))
     device = next(peft_model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batches = _batches(examples, cfg)
+    keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     losses: list[float] = []
+    reached = False
     start = time.monotonic()
     peft_model.train()
     bar = tqdm(batches, desc=f"finetune {cfg.direction}", unit="step", disable=not progress)
-    keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-    for batch in bar:
+    for step, batch in enumerate(bar, 1):
         loss = answer_loss(peft_model, _collate(batch, pad_id, device), keep_logits)
         if not torch.isfinite(loss):
-            raise CAAEvalError(f"training loss became {float(loss)} at step {len(losses) + 1}; lower --lr")
+            raise CAAEvalError(f"training loss became {float(loss)} at step {step}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
+        if check is not None and step % cfg.eval_every == 0 and check(step, peft_model):
+            reached = True
+            break
+    bar.close()
     peft_model.eval()
-    return FinetuneResult(peft_model, losses, len(losses), time.monotonic() - start)
+    return FinetuneResult(peft_model, losses, len(losses), time.monotonic() - start, reached)
 
 
 def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
@@ -212,6 +278,81 @@ def _device_and_dtype(device: str, dtype: str) -> tuple[str, str]:
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
     return device, dtype
+
+
+def _train_measured(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    split: tuple[list[ContrastPair], list[ContrastPair]],
+    cfg: FinetuneConfig,
+    progress: bool,
+) -> tuple[FinetuneResult, dict[str, Any]]:
+    """Score p(match) on the training pairs and the held-out slice, train (to the target), score again."""
+    fit, heldout = split
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sets = {"train": scoring_set(tokenizer, fit), "heldout": scoring_set(tokenizer, heldout)}
+    log.info("scoring p(match) on %d training and %d held-out pairs before training", len(fit), len(heldout))
+    before = {name: p_match(model, s, pad_id) for name, s in sets.items()}
+    curve = [{"step": 0, "heldout": before["heldout"]}]
+
+    def check(step: int, peft_model: torch.nn.Module) -> bool:
+        curve.append({"step": step, "heldout": p_match(peft_model, sets["heldout"], pad_id)})
+        return shift_toward(cfg.direction, before["heldout"], curve[-1]["heldout"]) >= (cfg.target_shift or 0)
+
+    examples = build_examples(tokenizer, fit, cfg.direction)
+    result = train_lora(model, tokenizer, examples, cfg, progress, check if cfg.target_shift is not None else None)
+    after = {"train": p_match(result.model, sets["train"], pad_id)}
+    last = curve[-1]
+    after["heldout"] = (
+        last["heldout"] if last["step"] == result.steps else p_match(result.model, sets["heldout"], pad_id)
+    )
+    facts: dict[str, Any] = {
+        "n_examples": len(examples),
+        "n_heldout": len(heldout),
+        "p_match_before": before,
+        "p_match_after": after,
+        "heldout_shift": shift_toward(cfg.direction, before["heldout"], after["heldout"]),
+    }
+    if cfg.target_shift is not None:
+        facts |= {"target_reached": result.target_reached, "p_match_curve": curve}
+    return result, facts
+
+
+def _record(model_name: str, fingerprint: str, train: TrainingData, cfg: FinetuneConfig) -> dict[str, Any]:
+    import peft
+
+    return {
+        "model": model_name,
+        "model_fingerprint": fingerprint,
+        "behaviour": train.behaviour,
+        "direction": cfg.direction,
+        "data_file": str(train.path),
+        "data_sha256": train.sha256,
+        "loss_tokens": LOSS_TOKENS,
+        "hyperparameters": cfg.as_dict(),
+        "caa_eval_version": __version__,
+        "peft_version": peft.__version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def _save(model: torch.nn.Module, info: dict[str, Any], out: Path) -> None:
+    """Write the adapter beside `out` and rename it when complete: a killed run leaves no finished-looking folder."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))  # type: ignore[operator]
+    write_info(tmp, info)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def _check_out(out: str | Path, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        what = "an adapter" if is_complete(out) else "files"
+        raise CAAEvalError(f"--out {out} already holds {what}; choose a new folder or pass --overwrite")
+    return out
 
 
 def finetune_to_dir(
@@ -229,13 +370,13 @@ def finetune_to_dir(
 ) -> dict[str, Any]:
     """Load the model, finetune on the behaviour's A/B generate pairs, save adapter + `caa_finetune.json`.
 
-    The adapter is written to a temporary sibling folder and renamed when complete, so a killed run never
-    leaves a folder that looks finished. Returns the recorded facts.
+    A seeded slice of the pairs (`cfg.holdout_fraction`) is never trained on; p(match) on the training
+    pairs and on that slice is measured before and after and recorded. Returns the recorded facts.
 
     Args:
         model_name: HF path/ID or `smollm2-135m-instruct`.
         out: adapter folder to create.
-        cfg: hyper-parameters (direction included).
+        cfg: hyper-parameters (direction, held-out fraction and target shift included).
         behaviour: CAA behaviour (its generate split), or the label for `data_path`.
         data_path: a contrast-pair file instead of CAA's generate split.
         data_dir: CAA data folder (default: `CAA_EVAL_DATA_DIR`, then the user cache).
@@ -247,38 +388,21 @@ def finetune_to_dir(
     """
     from caa_eval.models import load_model
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        what = "an adapter" if is_complete(out) else "files"
-        raise CAAEvalError(f"--out {out} already holds {what}; choose a new folder or pass --overwrite")
+    out = _check_out(out, overwrite)
     train = training_data(behaviour, data_path, data_dir, held_out)
+    fit_items, heldout_items = split_holdout(train.pairs, cfg.holdout_fraction, cfg.seed)
+    split = [train.pairs[i] for i in fit_items], [train.pairs[i] for i in heldout_items]
     device, dtype = _device_and_dtype(device, dtype)
     model, tokenizer = load_model(model_name, dtype=dtype)
     model.to(device)
-    fingerprint = base_fingerprint(model)
-    examples = build_examples(tokenizer, train.pairs, cfg.direction)
+    info = _record(model_name, base_fingerprint(model), train, cfg) | {"heldout_items": heldout_items}
     log.info(
-        "finetuning %s %s on %d %s pairs (%s), %d step(s)",
-        model_name,
-        cfg.direction,
-        len(examples),
-        train.behaviour,
-        train.path,
-        len(_batches(examples, cfg)),
+        "finetuning %s %s on %d of %d %s pairs (%s), %d held out, up to %d step(s)",
+        *(model_name, cfg.direction, len(split[0]), len(train.pairs), train.behaviour, train.path, len(split[1])),
+        cfg.planned_steps(len(split[0])),
     )
-    result = train_lora(model, tokenizer, examples, cfg, progress)
-    import peft
-
-    info = {
-        "model": model_name,
-        "model_fingerprint": fingerprint,
-        "behaviour": train.behaviour,
-        "direction": cfg.direction,
-        "data_file": str(train.path),
-        "data_sha256": train.sha256,
-        "n_examples": len(examples),
-        "loss_tokens": LOSS_TOKENS,
-        "hyperparameters": cfg.as_dict(),
+    result, facts = _train_measured(model, tokenizer, split, cfg, progress)
+    info |= facts | {
         "steps": result.steps,
         "first_loss": result.losses[0],
         "final_loss": result.final_loss,
@@ -286,15 +410,6 @@ def finetune_to_dir(
         "train_seconds": round(result.seconds, 1),
         "device": device,
         "dtype": dtype,
-        "caa_eval_version": __version__,
-        "peft_version": peft.__version__,
-        "torch_version": torch.__version__,
     }
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    result.model.save_pretrained(str(tmp))
-    write_info(tmp, info)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    _save(result.model, info, out)
     return info

@@ -25,7 +25,7 @@ from caa_eval.report.figures import dose_figures, layer_figures
 from caa_eval.report.html import write_html
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
 from caa_eval.report.steerability import steerability_section
-from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
+from caa_eval.report.table4 import finetune_shifts, sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
     cells_markdown,
     diagnostics_markdown,
@@ -253,6 +253,7 @@ def build_report(
         (out / stale).unlink(missing_ok=True)
     parts: dict[str, Any] = {"dose_response": to_records(dose), "tables": pivot_tables(cells, alpha), "table4": table4}
     parts |= {"figures": extra.figures, "warnings": notes, **extra.records}
+    parts["finetune_shifts"] = finetune_shifts(source) if table4 and not isinstance(source, pd.DataFrame) else []
     report = _document(label, table, diag, cells, s, parts)
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False))
     md = write_atomic(out / "report.md", render_markdown(report, cells, dose, alpha, extra.lines))
@@ -332,7 +333,7 @@ def render_markdown(
         ]
         for t in behaviour_tables:
             lines += [f"### {t['title']}", "", table_markdown(t), ""]
-    lines += table4_section(report.get("table4") or [], alpha)
+    lines += table4_section(report.get("table4") or [], alpha, report.get("finetune_shifts"))
     if mmlu_tables:
         lines += [
             "## MMLU p(correct) by behaviour vector and multiplier (Table 5 shape)",

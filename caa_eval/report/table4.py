@@ -32,6 +32,8 @@ __all__ = [
     "table4_tables",
     "table4_markdown",
     "comparisons_markdown",
+    "finetune_shifts",
+    "shifts_markdown",
     "table4_section",
 ]
 
@@ -133,6 +135,8 @@ def table4_tables(
         "n_resamples": n_resamples,
         "n_permutations": n_permutations,
         "confidence": confidence,
+        "seed": seed,
+        "alpha": alpha,
     }
     steered = cells[~cells["is_baseline"]].copy()
     if steered.empty:
@@ -141,92 +145,131 @@ def table4_tables(
     baselines = Baselines(table)
     out = []
     for (family, metric), group in steered.groupby(["family", "metric"], sort=True):
-        conditions = sorted(set(group["condition"]))
-        if family in SHARED_FAMILIES or len(conditions) < 2:
+        layout = _layout(group, reference, plain, order)
+        if family in SHARED_FAMILIES or layout is None:
             continue
-        ref = reference if reference is not None and reference in conditions else reference_condition(conditions, plain)
-        rank = {name: k for k, name in enumerate(order or [])}
-        conditions = [ref] + sorted((c for c in conditions if c != ref), key=lambda c: (rank.get(c, len(rank)), c))
-        index = ["behaviour"] + (["task"] if (group.groupby("behaviour")["task"].nunique() > 1).any() else [])
-        index += [c for c in _PANEL if group[c].nunique() > 1]
-        multipliers = sorted(set(group["multiplier"]) | {0.0})
-        rows, tests = [], []  # tests: (row, condition, mult, kind, raw p)
-        for key, part in group.groupby(index, sort=True):
-            key = key if isinstance(key, tuple) else (key,)
-            values: dict[str, dict[str, Any]] = {}
-            for cond in conditions:
-                mine = part[part["condition"] == cond]
-                if mine.empty:
-                    continue
-                entries = values.setdefault(cond, {})
-                base = baseline_row(cells, mine.iloc[0])
-                for m in multipliers:
-                    cell = base if m == 0 else next((c for _, c in mine.iterrows() if c["multiplier"] == m), None)
-                    if cell is None:
-                        continue
-                    entry: dict[str, Any] = {
-                        "mean": _num(cell["mean"]),
-                        "ci_low": _num(cell["ci_low"]),
-                        "ci_high": _num(cell["ci_high"]),
-                        "n": int(cell["n"]),
-                    }
-                    if m != 0:
-                        entry |= {
-                            "diff_vs_0": _num(cell["diff_vs_0"]),
-                            "p_vs_0": _num(cell[f"p_{primary_test}"]),
-                            "diff_vs_0_ci": [_num(cell["diff_ci_low"]), _num(cell["diff_ci_high"])],
-                        }
-                        tests.append((entries, format_multiplier(m), "vs_0", entry["p_vs_0"]))
-                    entries[format_multiplier(m)] = entry
-            ref_key = None
-            if ref in values:
-                ref_key = dict(zip(GROUP_KEY, part[part["condition"] == ref].iloc[0][GROUP_KEY]))
-            for cond in conditions[1:]:
-                if ref_key is None or cond not in values:
-                    continue
-                mine_key = dict(zip(GROUP_KEY, part[part["condition"] == cond].iloc[0][GROUP_KEY]))
-                for m in multipliers:
-                    label = format_multiplier(m)
-                    if label not in values[cond] or label not in values[ref]:
-                        continue
-                    rng = seeded_rng(seed, ("table4", *key, cond, m))
-                    vs = _versus(
-                        _scores(table, baselines, mine_key, m), _scores(table, baselines, ref_key, m), rng, settings
-                    )
-                    values[cond][label] |= {
-                        "diff_vs_ref": _num(vs["diff"]),
-                        "diff_vs_ref_ci": [_num(vs["ci_low"]), _num(vs["ci_high"])],
-                        "n_vs_ref": vs["n"],
-                        "p_vs_ref": _num(vs["p"]),
-                    }
-                    tests.append((values[cond], label, "vs_ref", values[cond][label]["p_vs_ref"]))
-            rows.append({"index": dict(zip(index, key)), "values": values})
-        raw = np.array([np.nan if p is None else p for *_, p in tests], dtype=float)
-        holm, bh = adjust_pvalues(raw)
-        for (entries, label, kind, _), p_holm, p_bh in zip(tests, holm, bh):
-            entries[label] |= {f"p_{kind}_holm": _num(p_holm), f"p_{kind}_bh": _num(p_bh)}
-        for row in rows:
-            for entries in row["values"].values():
-                for entry in entries.values():
-                    entry["mark"] = (VS_ZERO_MARK if (entry.get("p_vs_0_holm") or 1.0) < alpha else "") + (
-                        VS_REFERENCE_MARK if (entry.get("p_vs_ref_holm") or 1.0) < alpha else ""
-                    )
-        out.append(
-            {
-                "family": family,
-                "metric": metric,
-                "title": FAMILY_TITLES.get(family, f"{family} — {metric}"),
-                "index": index,
-                "reference": ref,
-                "conditions": conditions,
-                "multipliers": [format_multiplier(m) for m in multipliers],
-                "digits": digits(metric),
-                "n_tests": int(np.isfinite(raw).sum()),
-                "primary_test": primary_test,
-                "rows": rows,
-            }
-        )
+        pivot = _pivot(group, layout, table, cells, baselines, settings)
+        pivot |= {"family": family, "metric": metric, "title": FAMILY_TITLES.get(family, f"{family} — {metric}")}
+        out.append(pivot | {"digits": digits(metric), "primary_test": primary_test})
     return out
+
+
+def _layout(
+    group: pd.DataFrame, reference: str | None, plain: list[str] | None, order: list[str] | None
+) -> dict[str, Any] | None:
+    """Columns (reference first, then `order`), row index and multipliers of one pivot; None below 2 conditions."""
+    conditions = sorted(set(group["condition"]))
+    if len(conditions) < 2:
+        return None
+    ref = reference if reference is not None and reference in conditions else reference_condition(conditions, plain)
+    rank = {name: k for k, name in enumerate(order or [])}
+    conditions = [ref] + sorted((c for c in conditions if c != ref), key=lambda c: (rank.get(c, len(rank)), c))
+    index = ["behaviour"] + (["task"] if (group.groupby("behaviour")["task"].nunique() > 1).any() else [])
+    index += [c for c in _PANEL if group[c].nunique() > 1]
+    multipliers = sorted(set(group["multiplier"]) | {0.0})
+    return {"reference": ref, "conditions": conditions, "index": index, "multipliers": multipliers}
+
+
+def _pivot(
+    group: pd.DataFrame,
+    layout: dict[str, Any],
+    table: pd.DataFrame,
+    cells: pd.DataFrame,
+    baselines: Baselines,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The rows of one pivot, every test Holm/BH-corrected over the pivot and marked."""
+    index, conditions, multipliers = layout["index"], layout["conditions"], layout["multipliers"]
+    rows: list[dict[str, Any]] = []
+    tests: list[tuple[Any, ...]] = []  # (entries, multiplier label, kind, raw p)
+    for key, part in group.groupby(index, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        values = _entries(cells, part, conditions, multipliers, settings["primary_test"], tests)
+        _versus_reference(values, part, layout, key, table, baselines, settings, tests)
+        rows.append({"index": dict(zip(index, key)), "values": values})
+    raw = np.array([np.nan if p is None else p for *_, p in tests], dtype=np.float64)
+    holm, bh = adjust_pvalues(raw)
+    for (entries, label, kind, _), p_holm, p_bh in zip(tests, holm, bh):
+        entries[label] |= {f"p_{kind}_holm": _num(p_holm), f"p_{kind}_bh": _num(p_bh)}
+    for row in rows:
+        for entries in row["values"].values():
+            for entry in entries.values():
+                entry["mark"] = (VS_ZERO_MARK if (entry.get("p_vs_0_holm") or 1.0) < settings["alpha"] else "") + (
+                    VS_REFERENCE_MARK if (entry.get("p_vs_ref_holm") or 1.0) < settings["alpha"] else ""
+                )
+    layout = layout | {"multipliers": [format_multiplier(m) for m in multipliers]}
+    return layout | {"n_tests": int(np.isfinite(raw).sum()), "rows": rows}
+
+
+def _entries(
+    cells: pd.DataFrame,
+    part: pd.DataFrame,
+    conditions: list[str],
+    multipliers: list[float],
+    primary_test: str,
+    tests: list[tuple[Any, ...]],
+) -> dict[str, dict[str, Any]]:
+    """condition -> multiplier label -> mean, CI, n and (off 0) the steering-vs-0 test of one pivot row."""
+    values: dict[str, dict[str, Any]] = {}
+    for cond in conditions:
+        mine = part[part["condition"] == cond]
+        if mine.empty:
+            continue
+        entries = values.setdefault(cond, {})
+        base = baseline_row(cells, mine.iloc[0])
+        for m in multipliers:
+            cell = base if m == 0 else next((c for _, c in mine.iterrows() if c["multiplier"] == m), None)
+            if cell is None:
+                continue
+            entry: dict[str, Any] = {
+                "mean": _num(cell["mean"]),
+                "ci_low": _num(cell["ci_low"]),
+                "ci_high": _num(cell["ci_high"]),
+                "n": int(cell["n"]),
+            }
+            if m != 0:
+                entry |= {
+                    "diff_vs_0": _num(cell["diff_vs_0"]),
+                    "p_vs_0": _num(cell[f"p_{primary_test}"]),
+                    "diff_vs_0_ci": [_num(cell["diff_ci_low"]), _num(cell["diff_ci_high"])],
+                }
+                tests.append((entries, format_multiplier(m), "vs_0", entry["p_vs_0"]))
+            entries[format_multiplier(m)] = entry
+    return values
+
+
+def _versus_reference(
+    values: dict[str, dict[str, Any]],
+    part: pd.DataFrame,
+    layout: dict[str, Any],
+    key: tuple[Any, ...],
+    table: pd.DataFrame,
+    baselines: Baselines,
+    settings: dict[str, Any],
+    tests: list[tuple[Any, ...]],
+) -> None:
+    """Add each condition's paired comparison with the reference condition at the same multiplier."""
+    ref = layout["reference"]
+    if ref not in values:
+        return
+    ref_key = dict(zip(GROUP_KEY, part[part["condition"] == ref].iloc[0][GROUP_KEY]))
+    for cond in layout["conditions"][1:]:
+        if cond not in values:
+            continue
+        mine_key = dict(zip(GROUP_KEY, part[part["condition"] == cond].iloc[0][GROUP_KEY]))
+        for m in layout["multipliers"]:
+            label = format_multiplier(m)
+            if label not in values[cond] or label not in values[ref]:
+                continue
+            rng = seeded_rng(settings["seed"], ("table4", *key, cond, m))
+            vs = _versus(_scores(table, baselines, mine_key, m), _scores(table, baselines, ref_key, m), rng, settings)
+            values[cond][label] |= {
+                "diff_vs_ref": _num(vs["diff"]),
+                "diff_vs_ref_ci": [_num(vs["ci_low"]), _num(vs["ci_high"])],
+                "n_vs_ref": vs["n"],
+                "p_vs_ref": _num(vs["p"]),
+            }
+            tests.append((values[cond], label, "vs_ref", values[cond][label]["p_vs_ref"]))
 
 
 def table4_markdown(t: dict[str, Any]) -> str:
@@ -303,12 +346,69 @@ def comparisons_markdown(t: dict[str, Any]) -> str:
     return md_table(head, rows, len(t["index"]) + 3)
 
 
-def table4_section(tables: list[dict[str, Any]], alpha: float) -> list[str]:
+def finetune_shifts(run_dir: str | Path) -> list[dict[str, Any]]:
+    """How far each finetune condition's adapter moved p(match), from its `caa_finetune.json` in the sweep folder.
+
+    One entry per condition and behaviour (RUN_DIR/finetunes/<condition>/<behaviour>/): the adapter's
+    direction and p(match) before/after on its training pairs and held-out slice (None for adapters made
+    before caa-eval measured finetunes). Empty for folders without finetunes.
+
+    Args:
+        run_dir: a sweep folder.
+    """
+    from caa_eval.finetune.adapter import INFO_FILE, read_info
+    from caa_eval.sweep.finetunes import FINETUNE_DIR
+
+    out = []
+    for record in sorted(Path(run_dir).glob(f"{FINETUNE_DIR}/*/*/{INFO_FILE}")):
+        info = read_info(record.parent) or {}
+        before, after = info.get("p_match_before"), info.get("p_match_after")
+        out.append(
+            {
+                "condition": record.parent.parent.name,
+                "behaviour": info.get("behaviour", record.parent.name),
+                "direction": info.get("direction"),
+                "steps": info.get("steps"),
+                "p_match_before": before,
+                "p_match_after": after,
+                "heldout_change": after["heldout"] - before["heldout"] if before and after else None,
+                "target_shift": (info.get("hyperparameters") or {}).get("target_shift"),
+                "target_reached": info.get("target_reached"),
+            }
+        )
+    return out
+
+
+def shifts_markdown(shifts: list[dict[str, Any]]) -> list[str]:
+    """One line per adapter: "pos adapter moved held-out p(match) +0.31 (0.50 → 0.81; training pairs ...)".
+
+    Args:
+        shifts: `finetune_shifts(run_dir)` (report.json's `finetune_shifts`).
+    """
+    lines = []
+    for f in shifts:
+        head = f"- {f['behaviour']}, condition {f['condition']}: {f['direction']} adapter"
+        if f["heldout_change"] is None:
+            lines.append(f"{head}: p(match) not measured (made before caa-eval measured finetunes; retrain it)")
+            continue
+        b, a = f["p_match_before"], f["p_match_after"]
+        target = ""
+        if f["target_shift"] is not None:
+            target = f"; target {f['target_shift']:g} {'reached' if f['target_reached'] else 'not reached'}"
+        lines.append(
+            f"{head} moved held-out p(match) {f['heldout_change']:+.2f} ({b['heldout']:.3f} → {a['heldout']:.3f}; "
+            f"training pairs {b['train']:.3f} → {a['train']:.3f}; {f['steps']} steps{target})"
+        )
+    return lines
+
+
+def table4_section(tables: list[dict[str, Any]], alpha: float, shifts: list[dict[str, Any]] | None = None) -> list[str]:
     """report.md lines for the Table-4 pivots (empty when no family has two or more conditions).
 
     Args:
         tables: `table4_tables` output (report.json's `table4`).
         alpha: level of the marks.
+        shifts: `finetune_shifts(run_dir)`: what each adapter did to p(match), so a flat row is explained.
     """
     if not tables:
         return []
@@ -321,6 +421,14 @@ def table4_section(tables: list[dict[str, Any]], alpha: float) -> list[str]:
         f"α = {alpha}.",
         "",
     ]
+    if shifts:
+        lines += [
+            "What each finetune did, measured when it was trained (p(match) in the A/B format on its training "
+            "pairs and on a held-out slice of them that it never saw; `caa_finetune.json`):",
+            "",
+            *shifts_markdown(shifts),
+            "",
+        ]
     for t in tables:
         lines += [
             f"### {t['title']} — reference condition: {t['reference']}",

@@ -121,6 +121,7 @@ def train_finetunes(
         progress: show the training progress bar.
         print_fn: where the one-line summaries go.
     """
+    from caa_eval.finetune.measure import p_match_line, shift_warning, target_line
     from caa_eval.finetune.train import FinetuneConfig, finetune_to_dir
 
     done = {}
@@ -144,6 +145,10 @@ def train_finetunes(
             f"finetuned {cond.name}/{b.name} ({info['direction']}): {info['steps']} steps, loss "
             f"{info['first_loss']:.4f} -> {info['final_loss']:.4f} in {info['train_seconds']:.0f} s -> {folder}"
         )
-        done[f"{cond.name}/{b.name}"] = {k: v for k, v in info.items() if k != "loss_history"} | {"folder": str(folder)}
+        print_fn(f"  {p_match_line(info)}")  # the same measurement as `caa-eval finetune`
+        for line in filter(None, [target_line(info), shift_warning(info)]):
+            print_fn(f"  {line}")
+        kept = {k: v for k, v in info.items() if k not in ("loss_history", "p_match_curve")}
+        done[f"{cond.name}/{b.name}"] = kept | {"folder": str(folder)}
         gc.collect()
     return done

@@ -147,7 +147,8 @@ def test_adapter_folder_records_what_was_trained(tiny_model_dir, tiny_model, pla
     assert info == json.loads((out / "pos" / INFO_FILE).read_text())
     assert info["model"] == str(tiny_model_dir) and info["model_fingerprint"] == model_fingerprint(model)
     assert info["behaviour"] == "sycophancy" and info["direction"] == "pos"
-    assert info["data_sha256"] == data.file_sha256(planted["train"]) and info["n_examples"] == 16
+    assert info["data_sha256"] == data.file_sha256(planted["train"])
+    assert info["n_examples"] == 13 and info["n_heldout"] == len(info["heldout_items"]) == 3  # 0.2 of 16 held out
     assert info["hyperparameters"]["lr"] == 1e-2 and info["hyperparameters"]["lora_alpha"] == 16.0
     assert info["final_loss"] == pytest.approx(sum(info["loss_history"][-2:]) / 2, rel=1e-4)  # last quarter of 8
     assert (out / "pos" / "adapter_config.json").is_file() and not (out / "pos.partial").exists()
@@ -467,7 +468,16 @@ def test_killed_sweep_with_finetune_conditions_resumes_without_retraining(
     (row,) = t4["rows"]
     mean0 = {c: row["values"][c]["0"]["mean"] for c in t4["conditions"]}
     assert mean0["neg"] < mean0["none"] < mean0["pos"], mean0
-    assert "Steering × finetuning" in (run / "report" / "report.md").read_text()
+    report_md = (run / "report" / "report.md").read_text()
+    assert "Steering × finetuning" in report_md
+    for name in ("pos", "neg"):  # each adapter's measured shift, as recorded when it was trained
+        info = read_info(run / "finetunes" / name / "sycophancy")
+        shift = info["p_match_after"]["heldout"] - info["p_match_before"]["heldout"]
+        assert manifest["finetunes"][f"{name}/sycophancy"]["p_match_after"] == info["p_match_after"]
+        line = f"- sycophancy, condition {name}: {name} adapter moved held-out p(match) {shift:+.2f} ("
+        assert line in report_md, report_md
+        (entry,) = [f for f in report["finetune_shifts"] if f["condition"] == name]
+        assert entry["heldout_change"] == pytest.approx(shift) and entry["direction"] == name
 
     changed = sweep.load_config(_sweep_config(tmp_path, tiny_model_dir, sweep_caa), {"output": str(run)})
     changed.conditions[1].finetune["lr"] = 5e-3
