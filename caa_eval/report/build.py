@@ -297,6 +297,51 @@ def _method_lines(report: dict[str, Any], alpha: float) -> list[str]:
     ]
 
 
+def _pivot_lines(report: dict[str, Any], alpha: float) -> list[str]:
+    """The paper-shaped pivots: behaviour tables (Table 4 shape), Table 4 itself, MMLU (Table 5 shape)."""
+    lines: list[str] = []
+    behaviour_tables = [t for t in report["tables"] if t["kind"] == "behaviour"]
+    mmlu_tables = [t for t in report["tables"] if t["kind"] == "mmlu"]
+    if behaviour_tables:
+        lines += [
+            "## Behaviour scores by multiplier (Table 4 shape)",
+            "",
+            "Mean [95% CI]; `*` significant after Holm, `†` after BH only.",
+            "",
+        ]
+        for t in behaviour_tables:
+            lines += [f"### {t['title']}", "", table_markdown(t), ""]
+    lines += table4_section(report.get("table4") or [], alpha, report.get("finetune_shifts"))
+    if mmlu_tables:
+        lines += [
+            "## MMLU p(correct) by behaviour vector and multiplier (Table 5 shape)",
+            "",
+            "Mean p(correct) per subject, then the unweighted mean over subjects (CAA's average); "
+            "[95% CI] from resampling items within subjects.",
+            "",
+        ]
+        for t in mmlu_tables:
+            lines += [f"### {t['title']}", "", table_markdown(t), ""]
+    return lines
+
+
+def _figure_lines(figures: list[dict[str, Any]]) -> list[str]:
+    """The figures section (steerability figures sit in their card)."""
+    shown = [f for f in figures if f["kind"] != "steerability"]
+    if not shown:
+        return []
+    lines = ["## Figures", ""]
+    for f in shown:
+        kind = {
+            "dose_response": "Dose-response (behaviour and MMLU together)",
+            "layer_sweep": "Layer sweep",
+            "effect_vs_kl": "Effect per unit of KL",
+            "entanglement": "Entanglement heat map",
+        }.get(f["kind"], f"Layer transfer (the layer-{f.get('vector_layer')} vector at every layer)")
+        lines += [f"**{kind}: {f['title']}**", "", f"![{kind}]({f['file']})", ""]
+    return lines
+
+
 def render_markdown(
     report: dict[str, Any], cells: pd.DataFrame, dose: pd.DataFrame, alpha: float, scale_lines: list[str] | None = None
 ) -> str:
@@ -322,38 +367,8 @@ def render_markdown(
         "",
         *_method_lines(report, alpha),
     ]
-    behaviour_tables = [t for t in report["tables"] if t["kind"] == "behaviour"]
-    mmlu_tables = [t for t in report["tables"] if t["kind"] == "mmlu"]
-    if behaviour_tables:
-        lines += [
-            "## Behaviour scores by multiplier (Table 4 shape)",
-            "",
-            "Mean [95% CI]; `*` significant after Holm, `†` after BH only.",
-            "",
-        ]
-        for t in behaviour_tables:
-            lines += [f"### {t['title']}", "", table_markdown(t), ""]
-    lines += table4_section(report.get("table4") or [], alpha, report.get("finetune_shifts"))
-    if mmlu_tables:
-        lines += [
-            "## MMLU p(correct) by behaviour vector and multiplier (Table 5 shape)",
-            "",
-            "Mean p(correct) per subject, then the unweighted mean over subjects (CAA's average); "
-            "[95% CI] from resampling items within subjects.",
-            "",
-        ]
-        for t in mmlu_tables:
-            lines += [f"### {t['title']}", "", table_markdown(t), ""]
-    if report["figures"]:
-        lines += ["## Figures", ""]
-        for f in [f for f in report["figures"] if f["kind"] != "steerability"]:  # those are in their card
-            kind = {
-                "dose_response": "Dose-response (behaviour and MMLU together)",
-                "layer_sweep": "Layer sweep",
-                "effect_vs_kl": "Effect per unit of KL",
-                "entanglement": "Entanglement heat map",
-            }.get(f["kind"], f"Layer transfer (the layer-{f.get('vector_layer')} vector at every layer)")
-            lines += [f"**{kind}: {f['title']}**", "", f"![{kind}]({f['file']})", ""]
+    lines += _pivot_lines(report, alpha)
+    lines += _figure_lines(report["figures"])
     lines += scale_lines or []
     if not dose.empty:
         lines += ["## Dose-response", "", dose_markdown(dose), ""]
