@@ -12,17 +12,16 @@ comparison `embedded_f32_gguf` writes the same dequantized weights back as an F3
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import importlib.util
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from caa_eval.core.formats.gguf import write_gguf
 from caa_eval.errors import CAAEvalError
 
 __all__ = ["INSTALL_HINT", "available", "require", "embedded_f32_gguf", "LlamaCppScorer"]
@@ -67,11 +66,8 @@ def dequantize_gguf(src: Path, out: Path) -> Path:
     arch = reader.get_field("general.architecture")
     if arch is None:
         raise CAAEvalError(f"{src}: a GGUF without general.architecture; pass a model GGUF")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, str(arch.contents()))
+
+    def fill(writer: Any) -> None:
         for field in reader.fields.values():
             if field.name in ("general.architecture", "general.file_type") or field.name.startswith("GGUF."):
                 continue
@@ -82,17 +78,8 @@ def dequantize_gguf(src: Path, out: Path) -> Path:
         for tensor in tqdm(reader.tensors, desc="dequantizing GGUF", leave=False):
             values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
             writer.add_tensor(tensor.name, np.ascontiguousarray(values))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return out
+
+    return write_gguf(out, str(arch.contents()), fill)
 
 
 def _cvec_buffer(path: Path, n_embd: int) -> np.ndarray:

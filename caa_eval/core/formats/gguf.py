@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,27 +73,41 @@ def write_control_vector(
         multiplier: scales the vectors (the format has no coefficient).
         layer_count_type: `int32` (llama.cpp's cvector-generator) or `uint32` (repeng's export_gguf).
     """
-    import gguf
-
     if sv.site != "residual":
         raise CAAEvalError(
             f"control vectors are added to block outputs (site residual); this vector is at site {sv.site!r}: "
             "convert --to lm-eval keeps mlp/attn sites"
         )
     _check_finite(sv.vectors, "vector")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(sv.metadata(), extra={**sv.extra, **({"multiplier_applied": multiplier} if multiplier != 1 else {})})
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, ARCH)
+
+    def fill(writer: Any) -> None:
         writer.add_string(f"{ARCH}.model_hint", model_hint or model_type_hint(sv))
         getattr(writer, f"add_{layer_count_type}")(f"{ARCH}.layer_count", len(sv.layers))
         writer.add_string(METADATA_KEY, json.dumps(meta))
         for layer in sv.layers:
             vector = (sv.vectors[layer].detach().to(torch.float32) * multiplier).cpu().numpy()
             writer.add_tensor(f"direction.{layer}", np.ascontiguousarray(vector, dtype=np.float32))
+
+    return write_gguf(Path(out), ARCH, fill)
+
+
+def write_gguf(out: Path, arch: str, fill: Callable[[Any], None]) -> Path:
+    """Write a GGUF with gguf's writer into a temp file beside `out`, then rename: never a half-written file.
+
+    Args:
+        out: the .gguf file.
+        arch: `general.architecture`.
+        fill: adds the key-values and tensors to the writer.
+    """
+    import gguf
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp, arch)
+        fill(writer)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
