@@ -16,6 +16,7 @@ from caa_eval.errors import CAAEvalError
 
 __all__ = [
     "SITES",
+    "FINETUNE_DIR",
     "HOOK_NAMES",
     "POSITION_MODES",
     "BEHAVIOURS",
@@ -263,3 +264,7 @@ def judged_task(path: str | Path) -> str | None:
     """The task name in a `judged_<task>_<date>.jsonl` file name, None if it is not one."""
     m = JUDGED_RE.match(Path(path).name)
     return m.group("task") if m else None
+
+
+FINETUNE_DIR = "finetunes"
+"""A sweep's adapters: RUN_DIR/finetunes/<condition>/<behaviour>/ (written by the sweep, read by the report)."""

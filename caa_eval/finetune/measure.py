@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from caa_eval import data
+from caa_eval.core.ab_score import ab_scores
 from caa_eval.core.extract import _add_special
 from caa_eval.core.prompts import prompt_for
 from caa_eval.errors import CAAEvalError
-from caa_eval.lmeval.tasks import ab_scores
 
 __all__ = [
     "SCORE_BATCH",

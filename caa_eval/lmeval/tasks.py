@@ -9,7 +9,6 @@ softmax at that position, so exp() of them are CAA's `a_prob` / `b_prob`.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
 from caa_eval import data
+from caa_eval.core.ab_score import ab_scores, letter_probs
 from caa_eval.core.prompts import render_prompt
 from caa_eval.errors import CAAEvalError
 from caa_eval.lmeval import fluency
@@ -200,22 +200,6 @@ def load_tqa_2opt(
 
 
 # ------------------------------------------------------------------------------------------- metrics
-
-
-def letter_probs(ll_a: float, ll_b: float) -> tuple[float, float]:
-    """(p(A)/(p(A)+p(B)), p(A)+p(B)) from the two letters' log-probabilities, computed stably."""
-    top = max(ll_a, ll_b)
-    za, zb = math.exp(ll_a - top), math.exp(ll_b - top)
-    return za / (za + zb), math.exp(ll_a) + math.exp(ll_b)
-
-
-def ab_scores(ll_a: float, ll_b: float, matching: str, scored: bool = True) -> dict[str, float]:
-    """CAA's per-item A/B numbers. An item whose matching answer is not A/B scores 0 (CAA's rule)."""
-    p_a, mass = letter_probs(ll_a, ll_b)
-    if not scored or matching not in ("A", "B"):
-        return {"p_match": 0.0, "ab_mass": mass, "match": 0.0}
-    p = p_a if matching == "A" else 1.0 - p_a
-    return {"p_match": p, "ab_mass": mass, "match": float(p > 0.5)}
 
 
 def process_ab(doc: dict, results: list[tuple[float, bool]]) -> dict[str, float]:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from caa_eval.report.tables import FAMILY_TITLES, SHARED_FAMILIES, baseline_row, digits, family_of, md_table
 from caa_eval.stats import GROUP_KEY, NOISE, Baselines, adjust_pvalues, mean_ci, paired_tests, seeded_rng
-from caa_eval.vocab import format_multiplier
+from caa_eval.vocab import FINETUNE_DIR, format_multiplier
 
 __all__ = [
     "VS_ZERO_MARK",
@@ -357,7 +357,6 @@ def finetune_shifts(run_dir: str | Path) -> list[dict[str, Any]]:
         run_dir: a sweep folder.
     """
     from caa_eval.finetune.adapter import INFO_FILE, read_info
-    from caa_eval.sweep.finetunes import FINETUNE_DIR
 
     out = []
     for record in sorted(Path(run_dir).glob(f"{FINETUNE_DIR}/*/*/{INFO_FILE}")):

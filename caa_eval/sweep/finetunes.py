@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from caa_eval.errors import CAAEvalError
 from caa_eval.sweep.entries import Behaviour, Condition
+from caa_eval.vocab import FINETUNE_DIR
 
 if TYPE_CHECKING:
     from caa_eval.sweep.config import SweepConfig
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["FINETUNE_DIR", "adapter_dir", "cell_condition", "pending_finetunes", "train_finetunes"]
 
 log = logging.getLogger(__name__)
-
-FINETUNE_DIR = "finetunes"
 
 
 def adapter_dir(cfg: SweepConfig, condition: str, behaviour: str) -> Path:

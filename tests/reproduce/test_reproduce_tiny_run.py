@@ -13,6 +13,7 @@ import pytest
 
 from caa_eval import cli
 from caa_eval.reproduce import reference as reference_module
+from caa_eval.vocab import behaviour_of_task, samples_task
 
 BEHAVIOURS = ("corrigible-neutral-HHH", "coordinate-other-ais")  # the two smallest generate sets
 LIMIT = 3
@@ -39,9 +40,12 @@ def _our_scores(run_dir: Path) -> dict[tuple[str, float, str], list[float]]:
     scores = {}
     for cell_dir in sorted((run_dir / "cells").iterdir()):
         cell = json.loads((cell_dir / "cell.json").read_text(encoding="utf-8"))
-        samples = [json.loads(line) for f in cell_dir.rglob("samples_caa_ab_*.jsonl") for line in f.open()]
+        files = sorted(cell_dir.rglob("samples_caa_ab_*.jsonl"))
+        samples = [json.loads(line) for f in files for line in f.open()]
         assert len(samples) == LIMIT, cell_dir
-        scores[(cell["behaviour"], float(cell["multiplier"]), cell["condition"])] = [s["p_match"] for s in samples]
+        # a shared baseline cell names no behaviour (issue 27): its task does
+        behaviour = cell["behaviour"] or behaviour_of_task(samples_task(files[0]) or "", BEHAVIOURS)
+        scores[(behaviour, float(cell["multiplier"]), cell["condition"])] = [s["p_match"] for s in samples]
     return scores
 
 
