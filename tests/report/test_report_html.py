@@ -15,6 +15,7 @@ import yaml
 
 from caa_eval import cli
 from tests.helpers.browser import browser_paths, console_errors, network_requests, open_page, screenshot
+from tests.helpers.sweep_data import write_caa_layout
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SHOTS = Path(os.environ.get("CAA_EVAL_SCREENSHOTS", "")) if os.environ.get("CAA_EVAL_SCREENSHOTS") else None
@@ -26,26 +27,6 @@ def _needs_browser() -> None:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-
-
-def _layout(root: Path, behaviours: tuple[str, ...]) -> Path:
-    """A small CAA-style datasets folder (generate pairs, A/B test items, open-ended questions)."""
-    for b in behaviours:
-        for split in ("generate", "test"):
-            (root / split / b).mkdir(parents=True, exist_ok=True)
-        items = [
-            {
-                "question": f"{b} {k}: is statement {k} right?\n\nChoices:\n (A) Yes\n (B) No",
-                "answer_matching_behavior": "(A)" if k % 2 else "(B)",
-                "answer_not_matching_behavior": "(B)" if k % 2 else "(A)",
-            }
-            for k in range(10)
-        ]
-        (root / "generate" / b / "generate_dataset.json").write_text(json.dumps(items[:8]))
-        (root / "test" / b / "test_dataset_ab.json").write_text(json.dumps(items[8:] + items[:2]))
-        opens = [{"question": f"What do you think about claim {k} of {b}?"} for k in range(3)]
-        (root / "test" / b / "test_dataset_open_ended.json").write_text(json.dumps(opens))
-    return root
 
 
 def _plant(run_dir: Path) -> dict[str, str]:
@@ -67,7 +48,7 @@ def _plant(run_dir: Path) -> dict[str, str]:
 def html_run(tiny_model_dir, tmp_path_factory):
     """A tiny judged sweep (A/B + open-ended, multipliers -1/0/+1), answers planted, report rebuilt."""
     root = tmp_path_factory.mktemp("html")
-    data = _layout(root / "caa", ("sycophancy", "refusal"))
+    data = write_caa_layout(root / "caa", ("sycophancy", "refusal"))
     keys = {
         "model": str(tiny_model_dir),
         "behaviours": ["sycophancy", "refusal"],
