@@ -25,6 +25,8 @@ __all__ = [
     "text_metrics",
     "nanmean",
     "doc_key",
+    "want",
+    "wanted",
     "record",
     "take",
     "clear",
@@ -35,6 +37,7 @@ FLUENCY_METRICS = ("perplexity", "distinct_1", "distinct_2", "repetition_4gram")
 """The per-sample fluency metrics of the open-ended tasks (lower is better for perplexity and repetition)."""
 
 _SCORES: dict[tuple[str, str, str], float] = {}  # (task, doc key, generation) -> unsteered perplexity
+_WANTED: set[str] = set()  # tasks whose metrics include perplexity (only their generations are scored)
 
 
 def words(text: str) -> list[str]:
@@ -86,6 +89,20 @@ def nanmean(values: Sequence[float]) -> float:
 def doc_key(doc: dict[str, Any]) -> str:
     """What identifies a doc for the hand-over from the model to process_results (its user turn)."""
     return str(doc.get("user_prompt", doc.get("question", "")))
+
+
+def want(task: str) -> None:
+    """Mark a task as reporting fluency: steered-hf scores only these tasks' generations (the pass costs time).
+
+    Args:
+        task: the lm-eval task name.
+    """
+    _WANTED.add(task)
+
+
+def wanted() -> frozenset[str]:
+    """The tasks that asked for fluency metrics in this process."""
+    return frozenset(_WANTED)
 
 
 def record(task: str, doc: dict[str, Any], generation: str, perplexity: float) -> None:

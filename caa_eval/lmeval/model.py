@@ -327,8 +327,12 @@ class SteeredHFLM(HFLM):
         from caa_eval.lmeval import fluency
 
         fluency.clear()
-        contexts = [r.args[0] for r in requests]
-        for r, text, ppl in zip(requests, texts, fluency.unsteered_perplexities(self, contexts, texts)):
+        wanted = fluency.wanted()  # only tasks that report fluency pay for the extra pass
+        chosen = [(r, t) for r, t in zip(requests, texts) if getattr(r, "task_name", None) in wanted]
+        if not chosen:
+            return
+        contexts, generations = [r.args[0] for r, _ in chosen], [t for _, t in chosen]
+        for (r, text), ppl in zip(chosen, fluency.unsteered_perplexities(self, contexts, generations)):
             fluency.record(str(getattr(r, "task_name", "")), r.doc or {}, text, ppl)
 
     def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):

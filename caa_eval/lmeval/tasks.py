@@ -77,17 +77,22 @@ class CAATask(ConfigurableTask):
         swapped = self._context({**doc, "user_prompt": doc["user_prompt_swapped"]}, num_fewshot, **kwargs)
         return [ctx, swapped]
 
+    def _wants_fluency(self) -> bool:
+        wanted = {m.get("metric") for m in self.config.metric_list or []}
+        return self.config.output_type == "generate_until" and "perplexity" in wanted
+
     def process_results(self, doc: dict, results: list[Any]) -> dict[str, Any]:
         """The YAML's process_results, plus the fluency metrics when the task lists them (open-ended tasks):
         distinct-n and repetition from the text, perplexity as steered-hf recorded it (`caa_eval.lmeval.fluency`)."""
         out = super().process_results(doc, results)
-        wanted = {m.get("metric") for m in self.config.metric_list or []}
-        if self.config.output_type == "generate_until" and "perplexity" in wanted:
+        if self._wants_fluency():
             text = str(results[0])
             out = {**out, "perplexity": fluency.take(str(self.config.task), doc, text), **fluency.text_metrics(text)}
         return out
 
     def construct_requests(self, doc: dict, ctx: Any, **kwargs: Any) -> list[Instance] | Instance:
+        if self._wants_fluency():  # steered-hf scores the generations of these tasks only
+            fluency.want(str(self.config.task))
         if not isinstance(ctx, list) or self.multiple_input:
             return super().construct_requests(doc, ctx, **kwargs)
         out: list[Instance] = []
