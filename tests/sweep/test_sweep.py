@@ -519,8 +519,8 @@ def test_cli_sigint_keeps_finished_cells_and_rerun_completes(tmp_path, tiny_mode
         "--out",
         str(out),
         "--layers",
-        "0-1",
-        "--multipliers=-2,-1,1,2",
+        "0-3",
+        "--multipliers=-4,-3,-2,-1,1,2,3,4",  # 32 settings: after the first DONE there is seconds of work left
         "--no-report",
     ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -535,11 +535,11 @@ def test_cli_sigint_keeps_finished_cells_and_rerun_completes(tmp_path, tiny_mode
     assert "interrupted; finished work is kept" in err, err[-2000:]
     assert "interrupted; finished work is kept" in err
     first = done_mtimes(out)
-    assert 1 <= len(first) < 9
+    assert 1 <= len(first) < 33
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     final = done_mtimes(out)
-    assert len(final) == 1 + 2 * 4 and {k: final[k] for k in first} == first
+    assert len(final) == 1 + 4 * 8 and {k: final[k] for k in first} == first
     assert f"{len(final) - len(first)} cell(s) run, {len(first)} already done" in rerun.stdout
     generated = (out / "tasks" / "caa_ab_agree.yaml").read_text()
     assert "test_file" in generated and "pairs_file" in generated
