@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from caa_eval.stats.tests import macro_mean, mean_ci, seeded_rng
-from caa_eval.vocab import JUDGE_METRIC, task_family
+from caa_eval.vocab import JUDGE_METRIC, behaviour_of_task, task_family
 
 __all__ = ["SETTING_KEY", "PARETO_COLUMNS", "pareto_efficient", "behaviour_task", "pareto_table"]
 
@@ -65,7 +65,8 @@ def pareto_efficient(cost: np.ndarray | list[float], effect: np.ndarray | list[f
 
 
 def behaviour_task(table: pd.DataFrame, behaviour: str) -> tuple[str, str] | None:
-    """The task and metric a behaviour's effect is read on: its A/B task, else a p_match task, else the judge.
+    """The task and metric a behaviour's effect is read on: its own A/B task (not another behaviour's, which a
+    `cross_tasks` sweep also measures under this vector), else a p_match task, else the judge.
 
     Args:
         table: the long table (primary metrics).
@@ -76,6 +77,7 @@ def behaviour_task(table: pd.DataFrame, behaviour: str) -> tuple[str, str] | Non
     ranked = sorted(
         pairs,
         key=lambda tm: (
+            behaviour_of_task(tm.task, [behaviour]) != behaviour,
             task_family(tm.task) != "caa_ab",
             task_family(tm.task) != "caa_ab_balanced",
             tm.metric != "p_match",

@@ -87,3 +87,15 @@ def test_planted_table_gives_planted_effects_costs_and_frontier():
         assert r["effect"] == pytest.approx(effect, abs=1e-12)
         assert r["kl"] == pytest.approx(kl) and r["mmlu_change"] == pytest.approx(dm, abs=1e-12)
         assert bool(r["efficient"]) is efficient, (r["condition"], r["layer"], r["multiplier"])
+
+
+def test_a_cross_tasks_table_reads_each_behaviour_on_its_own_task():
+    """With cross_tasks a vector is also measured on other behaviours' A/B tasks: the effect is its own task's."""
+    from caa_eval.stats.pareto import behaviour_task
+
+    rows = [
+        {"behaviour": "corrigible-neutral-HHH", "task": task, "metric": "p_match"}
+        for task in ("caa_ab_coordinate_other_ais", "caa_ab_corrigible_neutral_HHH", "caa_mmlu_2opt")
+    ]
+    table = pd.DataFrame(rows)
+    assert behaviour_task(table, "corrigible-neutral-HHH") == ("caa_ab_corrigible_neutral_HHH", "p_match")
