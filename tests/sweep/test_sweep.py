@@ -505,7 +505,9 @@ def test_normalize_and_open_ended_cells_are_judged(tmp_path, tiny_model_dir, caa
 
 
 def test_cli_sigint_keeps_finished_cells_and_rerun_completes(tmp_path, tiny_model_dir):
-    """The real CLI on examples/sweep_tiny.yaml (a custom behaviour): Ctrl-C after the first DONE, then rerun."""
+    """The real CLI on examples/sweep_tiny.yaml (a custom behaviour): Ctrl-C once the vector is extracted (the cells'
+    one-pass grid is then running: a Ctrl-C after the first DONE could land after the last cell), then rerun.
+    Finished cells surviving a kill byte for byte is tests/reliability's SIGKILL fault test."""
     out = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [
@@ -525,7 +527,7 @@ def test_cli_sigint_keeps_finished_cells_and_rerun_completes(tmp_path, tiny_mode
     ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("cells/*/DONE")):
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("vectors/*.safetensors")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -535,7 +537,7 @@ def test_cli_sigint_keeps_finished_cells_and_rerun_completes(tmp_path, tiny_mode
     assert "interrupted; finished work is kept" in err, err[-2000:]
     assert "interrupted; finished work is kept" in err
     first = done_mtimes(out)
-    assert 1 <= len(first) < 33
+    assert len(first) < 33
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     final = done_mtimes(out)
