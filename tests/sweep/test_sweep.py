@@ -525,7 +525,17 @@ def test_cli_sigint_keeps_finished_cells_and_rerun_completes(tmp_path, tiny_mode
         "--multipliers=-4,-3,-2,-1,1,2,3,4",  # 32 settings: after the first DONE there is seconds of work left
         "--no-report",
     ]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the child gets the default Ctrl-C disposition: an earlier test in the same pytest process may have left SIGINT
+    # ignored, and an ignored SIGINT is inherited (Python then installs no KeyboardInterrupt handler)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("vectors/*.safetensors")):
         time.sleep(0.05)
