@@ -20,6 +20,7 @@ from caa_eval.core.hooks import Steering
 from caa_eval.core.layers import ModelLayout
 from caa_eval.core.positions import Positions
 from caa_eval.errors import CAAEvalError
+from caa_eval.lmeval.scale_record import ScaleRecorder
 from caa_eval.lmeval.steering_args import STEERING_ARGS, checked_steering, reject_unknown
 from caa_eval.models import DEFAULT_MODEL, resolve
 from caa_eval.vocab import parse_layers
@@ -80,9 +81,7 @@ class SteeredHFLM(HFLM):
         self._known_rows: dict[tuple[int, ...], int] | None = None
         self._steering: Steering | None = None
         self._fingerprint_cache: str | None = None
-        self._scale_probe: Any = None  # caa_eval.core.scale.ScaleProbe, built on the first steered results
-        self._scale_cache: dict[str, dict[str, Any]] = {}  # steering fingerprint -> steering_scale()
-        self._system_prompts: set[str] = set()  # system messages of the current run's requests ("" = none)
+        self._scales = ScaleRecorder(self.model, self.tokenizer, self.layout)
         self.grid: SteeringGrid | None = None  # several settings in one pass (`plan_grid`)
         self._apply(checked)
 
@@ -358,49 +357,17 @@ class SteeredHFLM(HFLM):
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """lm-eval's rendering, noting the run's system prompt: its cost is recorded with the steering's."""
-        self._system_prompts.add(next((str(m.get("content") or "") for m in chat_history if m["role"] == "system"), ""))
+        self._scales.system_prompts.add(
+            next((str(m.get("content") or "") for m in chat_history if m["role"] == "system"), "")
+        )
         return super().apply_chat_template(chat_history, add_generation_prompt)
-
-    def _probe(self) -> Any:
-        """The scale probe (neutral prompts' unsteered pass), built once per model."""
-        if self._scale_probe is None:
-            from caa_eval.core.scale import ScaleProbe
-
-            self._scale_probe = ScaleProbe(self.model, self.tokenizer, layout=self.layout)
-        return self._scale_probe
-
-    def _prompt_scale(self, kl: float) -> dict[str, Any]:
-        """KL of the run's system prompt, alone and with the steering (`caa_eval.core.prompt_cost`)."""
-        from caa_eval.core.prompt_cost import prompt_scale
-
-        seen, self._system_prompts = self._system_prompts, set()
-        config, steering = self.steering_config, {}
-        if self._steering is not None:
-            steering = {
-                "vectors": dict(self._steering.vectors),
-                "multiplier": float(config["multiplier"]),
-                "site": config["site"],
-                "positions": config["positions"],
-            }
-        if not any(seen):
-            return {"system_prompt_kl": 0.0, "total_kl": kl}
-        return prompt_scale(self._probe(), seen, steering, kl)
 
     def steering_scale(self) -> dict[str, Any]:
         """How big the current steering is relative to this model (§9.1): the multiplier as a fraction of the mean
         residual-stream norm at the steered layers and the next-token KL on the shipped neutral prompts
         (`caa_eval.core.scale.ScaleProbe`). Recorded in every results file, so every report can state it.
         Cached per steering setting; the probe's unsteered pass runs once per model."""
-        key = self.steering_fingerprint or "unsteered"
-        if key not in self._scale_cache:
-            if self._steering is None:
-                self._scale_cache[key] = {"norm_fraction": 0.0, "kl": 0.0}
-            else:
-                config = self.steering_config
-                self._scale_cache[key] = self._probe().setting(
-                    dict(self._steering.vectors), float(config["multiplier"]), config["site"], config["positions"]
-                )
-        return self._scale_cache[key]
+        return self._scales.steering_scale(self._steering, self.steering_config, self.steering_fingerprint)
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
@@ -409,7 +376,8 @@ class SteeredHFLM(HFLM):
         )
         try:
             info["steering"]["scale"] = dict(self.steering_scale())
-            info["steering"]["scale"].update(self._prompt_scale(float(info["steering"]["scale"]["kl"])))
+            kl = float(info["steering"]["scale"]["kl"])
+            info["steering"]["scale"].update(self._scales.prompt_scale(self._steering, self.steering_config, kl))
         except Exception as exc:  # the evaluation's results are worth more than their scale note: keep them
             log.warning("steered-hf: could not measure the steering's scale on the neutral prompts: %s", exc)
             info["steering"]["scale"] = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}

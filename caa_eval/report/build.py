@@ -22,10 +22,11 @@ from caa_eval.lmeval.fluency import FLUENCY_METRICS
 from caa_eval.report.costs import cost_sections
 from caa_eval.report.entanglement import entanglement_section
 from caa_eval.report.figures import dose_figures, layer_figures
+from caa_eval.report.finetune_shifts import finetune_shifts
 from caa_eval.report.html import write_html
 from caa_eval.report.scale import effect_per_kl, scale_figures, scale_markdown, scale_records
 from caa_eval.report.steerability import steerability_section
-from caa_eval.report.table4 import finetune_shifts, sweep_conditions, table4_section, table4_tables
+from caa_eval.report.table4 import sweep_conditions, table4_section, table4_tables
 from caa_eval.report.tables import (
     cells_markdown,
     diagnostics_markdown,

@@ -20,7 +20,7 @@ from caa_eval.report.table4 import reference_condition
 from caa_eval.report.tables import mark, md_table
 from caa_eval.stats import compute_stats, to_records
 from caa_eval.stats.pareto import pareto_table
-from caa_eval.stats.runs import _steering_from_cell, _steering_from_model_args, parse_model_args
+from caa_eval.stats.runs import parse_model_args, steering_from_cell, steering_from_model_args
 from caa_eval.stats.table import format_layer, format_text
 from caa_eval.vocab import RESULTS_RE, format_multiplier
 
@@ -64,11 +64,11 @@ def setting_costs(run_dir: str | Path) -> dict[tuple, float]:
         cell = path.parent / "cell.json"  # a sweep cell keeps it beside its results
         if cell.is_file():
             cell_data = _read(cell)
-            labels = _steering_from_cell(cell_data, str(cell))
+            labels = steering_from_cell(cell_data, str(cell))
             behaviour = str(cell_data.get("behaviour") or "")
         else:
             args = parse_model_args((results.get("config") or {}).get("model_args"))
-            labels = _steering_from_model_args(args, results, str(path))
+            labels = steering_from_model_args(args, results, str(path))
             behaviour = labels["vector_behaviour"]
         scale = ((results.get("config") or {}).get("steering") or {}).get("scale") or {}
         kl = scale.get("total_kl", scale.get("kl")) if "system_prompt_error" not in scale else None

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from caa_eval.report.finetune_shifts import shifts_markdown
 from caa_eval.report.tables import FAMILY_TITLES, SHARED_FAMILIES, baseline_row, digits, family_of, md_table
 from caa_eval.stats import GROUP_KEY, NOISE, Baselines, adjust_pvalues, mean_ci, paired_tests, seeded_rng
-from caa_eval.vocab import FINETUNE_DIR, format_multiplier
+from caa_eval.vocab import format_multiplier
 
 __all__ = [
     "VS_ZERO_MARK",
@@ -32,8 +33,6 @@ __all__ = [
     "table4_tables",
     "table4_markdown",
     "comparisons_markdown",
-    "finetune_shifts",
-    "shifts_markdown",
     "table4_section",
 ]
 
@@ -344,61 +343,6 @@ def comparisons_markdown(t: dict[str, Any]) -> str:
                         ]
                     )
     return md_table(head, rows, len(t["index"]) + 3)
-
-
-def finetune_shifts(run_dir: str | Path) -> list[dict[str, Any]]:
-    """How far each finetune condition's adapter moved p(match), from its `caa_finetune.json` in the sweep folder.
-
-    One entry per condition and behaviour (RUN_DIR/finetunes/<condition>/<behaviour>/): the adapter's
-    direction and p(match) before/after on its training pairs and held-out slice (None for adapters made
-    before caa-eval measured finetunes). Empty for folders without finetunes.
-
-    Args:
-        run_dir: a sweep folder.
-    """
-    from caa_eval.finetune.adapter import INFO_FILE, read_info
-
-    out = []
-    for record in sorted(Path(run_dir).glob(f"{FINETUNE_DIR}/*/*/{INFO_FILE}")):
-        info = read_info(record.parent) or {}
-        before, after = info.get("p_match_before"), info.get("p_match_after")
-        out.append(
-            {
-                "condition": record.parent.parent.name,
-                "behaviour": info.get("behaviour", record.parent.name),
-                "direction": info.get("direction"),
-                "steps": info.get("steps"),
-                "p_match_before": before,
-                "p_match_after": after,
-                "heldout_change": after["heldout"] - before["heldout"] if before and after else None,
-                "target_shift": (info.get("hyperparameters") or {}).get("target_shift"),
-                "target_reached": info.get("target_reached"),
-            }
-        )
-    return out
-
-
-def shifts_markdown(shifts: list[dict[str, Any]]) -> list[str]:
-    """One line per adapter: "pos adapter moved held-out p(match) +0.31 (0.50 → 0.81; training pairs ...)".
-
-    Args:
-        shifts: `finetune_shifts(run_dir)` (report.json's `finetune_shifts`).
-    """
-    lines = []
-    for f in shifts:
-        head = f"- {f['behaviour']}, condition {f['condition']}: {f['direction']} adapter"
-        if f["heldout_change"] is None:
-            lines.append(f"{head}: p(match) not measured (made before caa-eval measured finetunes; retrain it)")
-            continue
-        b, a = f["p_match_before"], f["p_match_after"]
-        target = ""
-        if f["target_shift"] is not None:
-            target = f"; target {f['target_shift']:g} {'reached' if f['target_reached'] else 'not reached'}"
-        lines.append(
-            f"{head} moved held-out p(match) {f['heldout_change']:+.2f} ({b['heldout']:.3f} → {a['heldout']:.3f}; "
-            f"training pairs {b['train']:.3f} → {a['train']:.3f}; {f['steps']} steps{target})"
-        )
-    return lines
 
 
 def table4_section(tables: list[dict[str, Any]], alpha: float, shifts: list[dict[str, Any]] | None = None) -> list[str]:

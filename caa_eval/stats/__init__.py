@@ -27,7 +27,8 @@ from caa_eval.stats.cells import (
 from caa_eval.stats.dose import DOSE_COLUMNS, compute_dose_response, multiplier_matrix, per_item_slopes
 from caa_eval.stats.format import format_cells, format_dose, format_steerability, stats_json, to_records
 from caa_eval.stats.load import load_any
-from caa_eval.stats.runs import SCALE_COLUMNS, SCALE_KEY, long_table_from_runs, parse_model_args, steering_scales
+from caa_eval.stats.runs import long_table_from_runs, parse_model_args
+from caa_eval.stats.scales import SCALE_COLUMNS, SCALE_KEY, steering_scales
 from caa_eval.stats.steerability import Steerability, propensity, steerability
 from caa_eval.stats.table import (
     BASELINE_CONFIG,

@@ -33,7 +33,7 @@ from caa_eval.vocab import (
     task_family,
 )
 
-__all__ = ["long_table_from_runs", "parse_model_args", "steering_scales", "SCALE_KEY", "SCALE_COLUMNS"]
+__all__ = ["long_table_from_runs", "parse_model_args"]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _vector_meta(vector: Any) -> dict[str, str]:
     return {"behaviour": behaviour_key(behaviour), "site": format_text(meta.get("site"))}
 
 
-def _steering_from_model_args(args: dict[str, Any], results: dict[str, Any], where: str) -> dict[str, Any]:
+def steering_from_model_args(args: dict[str, Any], results: dict[str, Any], where: str) -> dict[str, Any]:
     """Steering config of a plain lm-eval run, with steered-hf's defaults for what model_args leave out
     (multiplier 1, the vector's own site, positions after_instruction); no vector means unsteered."""
     vector = args.get("vector")
@@ -148,7 +148,7 @@ def _steering_from_model_args(args: dict[str, Any], results: dict[str, Any], whe
     }
 
 
-def _steering_from_cell(cell: dict[str, Any], where: str) -> dict[str, Any]:
+def steering_from_cell(cell: dict[str, Any], where: str) -> dict[str, Any]:
     try:
         multiplier = float(cell["multiplier"])
     except (KeyError, TypeError, ValueError):
@@ -213,7 +213,7 @@ def _matching_letter(line: dict[str, Any]) -> str:
     return letter if isinstance(letter, str) and len(letter) == 1 and letter.isalpha() else ""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -246,9 +246,9 @@ class _Folder:
                 )
                 self._steering[date] = None
             else:
-                res = _read_json(res_path)
+                res = read_json(res_path)
                 args = parse_model_args((res.get("config") or {}).get("model_args"))
-                self._steering[date] = _steering_from_model_args(args, res, str(res_path))
+                self._steering[date] = steering_from_model_args(args, res, str(res_path))
         return self._steering[date]
 
     def rows(self, metrics: str | Sequence[str]) -> list[dict[str, Any]]:
@@ -357,7 +357,7 @@ def long_table_from_runs(run_dir: str | Path, metrics: str | Sequence[str] = "pr
             cell_json = cell_dir / "cell.json"
             if not cell_json.is_file():
                 raise CAAEvalError(f"{cell_json}: missing; a finished sweep cell needs its cell.json")
-            steering = _steering_from_cell(_read_json(cell_json), str(cell_json))
+            steering = steering_from_cell(read_json(cell_json), str(cell_json))
             folders = sorted({p.parent for p in cell_dir.rglob("*.jsonl")})
             found = [r for f in folders for r in _Folder(f, root, steering, notes).rows(metrics)]
             if not found:
@@ -377,63 +377,3 @@ def long_table_from_runs(run_dir: str | Path, metrics: str | Sequence[str] = "pr
     table = validate_long_table(pd.DataFrame.from_records(rows), origin=str(root))
     table.attrs["warnings"] = notes
     return table
-
-
-SCALE_KEY = ["condition", "behaviour", "layer", "site", "positions", "multiplier"]
-"""A steering setting as the report labels it; `behaviour` is the vector's behaviour."""
-SCALE_COLUMNS = [*SCALE_KEY, "norm_fraction", "kl", "sources", "error"]
-
-
-def _scale_row(
-    labels: dict[str, Any], results: dict[str, Any], results_path: Path, root: Path
-) -> dict[str, Any] | None:
-    """One setting's recorded scale (steered-hf writes `config.steering.scale`), None when it is not there."""
-    scale = ((results.get("config") or {}).get("steering") or {}).get("scale")
-    if not isinstance(scale, dict) or labels["multiplier"] == 0:
-        return None
-    row = {
-        "condition": labels["condition"],
-        "behaviour": labels["vector_behaviour"],
-        "layer": labels["layer"],
-        "site": labels["site"],
-        "positions": labels["positions"],
-        "multiplier": labels["multiplier"],
-        "sources": results_path.relative_to(root).as_posix(),
-    }
-    if "error" in scale:
-        return row | {"norm_fraction": math.nan, "kl": math.nan, "error": str(scale["error"])}
-    return row | {"norm_fraction": float(scale["norm_fraction"]), "kl": float(scale["kl"]), "error": ""}
-
-
-def steering_scales(run_dir: str | Path) -> pd.DataFrame:
-    """The scale of every steered setting in a sweep or run folder (one row per setting, `SCALE_KEY` columns +
-    norm_fraction, kl, sources (`;`-joined results files that recorded it), error), from what steered-hf recorded
-    in each results_*.json. Runs without a record (other models, older caa-eval) give no row.
-
-    Args:
-        run_dir: the sweep folder or lm_eval --output_path folder.
-    """
-    root = Path(run_dir)
-    rows: list[dict[str, Any] | None] = []
-    cells_dir = root / "cells"
-    if cells_dir.is_dir():
-        for cell_dir in sorted(p for p in cells_dir.iterdir() if (p / "DONE").exists() and (p / "cell.json").is_file()):
-            cell = _read_json(cell_dir / "cell.json")
-            labels = _steering_from_cell(cell, str(cell_dir / "cell.json"))
-            for path in sorted(p for p in cell_dir.rglob("*.json") if RESULTS_RE.match(p.name)):
-                rows.append(_scale_row(labels, _read_json(path), path, root))
-    else:
-        for path in sorted(p for p in root.rglob("*.json") if RESULTS_RE.match(p.name)):
-            res = _read_json(path)
-            labels = _steering_from_model_args(
-                parse_model_args((res.get("config") or {}).get("model_args")), res, str(path)
-            )
-            rows.append(_scale_row(labels, res, path, root))
-    found = [r for r in rows if r is not None]
-    if not found:
-        return pd.DataFrame(columns=SCALE_COLUMNS)
-    table = pd.DataFrame.from_records(found, columns=SCALE_COLUMNS)
-    sources = table.groupby(SCALE_KEY, sort=False)["sources"].agg(";".join)
-    table = table.drop_duplicates(SCALE_KEY).set_index(SCALE_KEY)
-    table["sources"] = sources
-    return table.reset_index()[SCALE_COLUMNS]

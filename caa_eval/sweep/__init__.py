@@ -22,7 +22,8 @@ from caa_eval.sweep.config import (
 )
 from caa_eval.sweep.plan import Cell, cell_spec, plan_cells, vector_path
 from caa_eval.sweep.runner import SweepResult, run_cell, run_sweep
-from caa_eval.sweep.store import FORMAT, VectorStore
+from caa_eval.sweep.store import FORMAT
+from caa_eval.sweep.vector_store import VectorStore
 
 __all__ = [
     "CONFIG_KEYS",

@@ -31,8 +31,9 @@ from caa_eval.sweep.config import Condition, SweepConfig, normalize_warning
 from caa_eval.sweep.finetunes import cell_condition, pending_finetunes, train_finetunes
 from caa_eval.sweep.plan import Cell, cell_spec, plan_cells
 from caa_eval.sweep.shard import Shard, shard_cells, shared_step
-from caa_eval.sweep.store import Manifest, RunLock, VectorStore, cleanup, is_done, sha
+from caa_eval.sweep.store import Manifest, RunLock, cleanup, is_done, sha
 from caa_eval.sweep.tasks import check_tasks, task_manager, write_custom_tasks
+from caa_eval.sweep.vector_store import VectorStore
 
 __all__ = ["SweepResult", "run_cell", "run_sweep"]
 

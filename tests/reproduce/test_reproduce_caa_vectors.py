@@ -12,7 +12,7 @@ from caa_eval.core.caa_layout import write_caa_dir
 from caa_eval.core.vectors import SteeringVector, load
 from caa_eval.errors import CAAEvalError
 from caa_eval.reproduce.run import experiment_config, import_caa_vectors
-from caa_eval.sweep.store import VectorStore
+from caa_eval.sweep.vector_store import VectorStore
 
 BEHAVIOURS = ["sycophancy", "refusal"]
 MODEL = "meta-llama/Llama-2-7b-chat-hf"
