@@ -9,38 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from caa_eval.data import tqa_categories, tqa_category_suffix
+from caa_eval.lmeval.task_groups import write_task_group
 
 HERE = Path(__file__).resolve().parent
 NOTE = "CAA's 817 two-option TruthfulQA items; mean per category, then unweighted mean over the 32 categories."
-AGGREGATE = """aggregate_metric_list:
-  - metric: p_correct
-    aggregation: mean
-    weight_by_size: false
-  - metric: ab_mass
-    aggregation: mean
-    weight_by_size: false
-  - metric: acc
-    aggregation: mean
-    weight_by_size: false
-metadata:
-  version: 1.0
-"""
 
 
-def write(folder: Path) -> None:
-    for old in folder.glob("caa_tqa_2opt_*.yaml"):
-        old.unlink()
-    names = []
-    for category in tqa_categories():
-        name = f"caa_tqa_2opt_{tqa_category_suffix(category)}"
-        names.append(name)
-        (folder / f"{name}.yaml").write_text(
-            f"include: _caa_tqa_2opt_template_yaml\ntask: {name}\ntask_alias: {category}\n"
-            f'dataset_kwargs:\n  tqa_category: "{category}"\n'
-        )
-    body = "".join(f"  - {n}\n" for n in names)
-    (folder / "_caa_tqa_2opt.yaml").write_text(f"# {NOTE}\ngroup: caa_tqa_2opt\ntask:\n{body}{AGGREGATE}")
+def write(root: Path = HERE) -> None:
+    members = [(tqa_category_suffix(c), c, c) for c in tqa_categories()]
+    write_task_group(root, "caa_tqa_2opt", "_caa_tqa_2opt_template_yaml", "tqa_category", members, NOTE)
 
 
 if __name__ == "__main__":
-    write(HERE)
+    write()
