@@ -27,6 +27,7 @@ from caa_eval import data  # noqa: E402
 from caa_eval.core import extract  # noqa: E402
 from caa_eval.core.forward import cache_kwarg, decoder_base, pad_right  # noqa: E402
 from caa_eval.core.layers import decoder_layers  # noqa: E402
+from caa_eval.core.read_rows import build_rows  # noqa: E402
 from caa_eval.models import load_model  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def rss_mb() -> float:
 @torch.no_grad()
 def bare_forward(model, tok, pairs, batch_size: int) -> None:
     """The same rows as the extractor, sorted the same way, through the decoder with no hooks: the ceiling."""
-    rows = extract.build_rows(tok, pairs)
+    rows = build_rows(tok, pairs)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0].ids))
     base = decoder_base(model)
     pad = tok.pad_token_id or 0

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 from tqdm.auto import tqdm
@@ -21,18 +20,17 @@ from caa_eval import data
 from caa_eval.core.diagnostics import DIAGNOSTICS_KEY, layer_diagnostics
 from caa_eval.core.forward import cache_kwarg, decoder_base, pad_right
 from caa_eval.core.layers import ModelLayout, hidden_of
-from caa_eval.core.prompts import ab_answer_prompt, prompt_for
+from caa_eval.core.read_rows import READ_RULES, ReadRow, build_rows
 from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import check_output
 from caa_eval.vocab import BEHAVIOURS, behaviour_key, parse_layers, parse_site
 
 __all__ = [
-    "READ_RULES",
+    "ExtractOptions",
     "extract_vectors",
     "extract_with_diagnostics",
     "extract_to_file",
-    "build_rows",
     "check_context",
     "context_length",
     "default_behaviour",
@@ -45,66 +43,6 @@ class _Stop(Exception):
     """Raised after the last requested layer: later layers cannot change what was read."""
 
 
-@dataclass
-class _Row:
-    """One prompt of a pair: token ids, and the index of the answer-letter token to read (or, for
-    `read="answer_mean"`, the span of answer tokens to average)."""
-
-    ids: list[int]
-    read: int
-    span: tuple[int, int] | None = None
-
-
-READ_RULES = {
-    "letter": "answer_letter: token of the letter in '(X)' after the chat-templated user turn",
-    "answer_mean": "answer_mean: mean over the answer's tokens after the chat-templated user turn",
-}
-
-
-def answer_row(tokenizer: Any, question: str, answer: str, system_prompt: str | None = None) -> _Row:
-    """Tokenise the A/B context + answer (`(A)`) as lm-eval tokenises a scored request, and locate the letter."""
-    text, letter_char = ab_answer_prompt(tokenizer, question, answer, system_prompt)
-    enc = tokenizer(text, add_special_tokens=_add_special(tokenizer, text), return_offsets_mapping=True)
-    for i, (start, end) in enumerate(enc["offset_mapping"]):
-        if start <= letter_char < end:
-            return _Row(list(enc["input_ids"][: i + 1]), i)
-    raise CAAEvalError(f"cannot locate the answer letter of {answer!r} in the tokenised prompt")
-
-
-def answer_span_row(tokenizer: Any, question: str, answer: str, system_prompt: str | None = None) -> _Row:
-    """Tokenise prompt + free-text answer and mark the answer's tokens (for `read="answer_mean"`)."""
-    prompt = prompt_for(tokenizer, question, system_prompt, answer_prefix=None)
-    text = prompt + answer.strip()
-    enc = tokenizer(text, add_special_tokens=_add_special(tokenizer, text), return_offsets_mapping=True)
-    start = next((i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > len(prompt)), None)
-    if start is None:
-        raise CAAEvalError(f"answer {answer!r} produced no tokens after the prompt")
-    ids = list(enc["input_ids"])
-    return _Row(ids, len(ids) - 1, (start, len(ids)))
-
-
-def _add_special(tokenizer: Any, text: str) -> bool:
-    """As lm-eval's HFLM.tok_encode: add the tokenizer's special tokens unless the text already starts with BOS."""
-    bos = getattr(tokenizer, "bos_token", None)
-    return not (bos and text.startswith(bos))
-
-
-def build_rows(
-    tokenizer: Any, pairs: Sequence[data.ContrastPair], system_prompt: str | None = None, read: str = "letter"
-) -> list[tuple[_Row, _Row]]:
-    """Both prompts of every pair as token rows with their read positions."""
-    if read not in READ_RULES:
-        raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
-    make = answer_row if read == "letter" else answer_span_row
-    return [
-        (
-            make(tokenizer, pair.question, pair.answer_matching_behavior, system_prompt),
-            make(tokenizer, pair.question, pair.answer_not_matching_behavior, system_prompt),
-        )
-        for pair in pairs
-    ]
-
-
 def context_length(model: torch.nn.Module) -> int | None:
     """The longest input the model was built for (`max_position_embeddings` or the like), None if unknown."""
     config = getattr(model, "config", None)
@@ -115,7 +53,7 @@ def context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
-def check_context(model: torch.nn.Module, rows: Sequence[tuple[_Row, _Row]]) -> None:
+def check_context(model: torch.nn.Module, rows: Sequence[tuple[ReadRow, ReadRow]]) -> None:
     """Refuse prompts longer than the model's context before the first forward, not after a long run.
 
     Why: past its trained positions a model reads garbage (or fails deep inside attention), and a long
@@ -141,7 +79,7 @@ def check_context(model: torch.nn.Module, rows: Sequence[tuple[_Row, _Row]]) -> 
         )
 
 
-def _shares_prefix(pos: _Row, neg: _Row) -> bool:
+def _shares_prefix(pos: ReadRow, neg: ReadRow) -> bool:
     return pos.span is None and pos.read == neg.read and pos.ids[:-1] == neg.ids[:-1]
 
 
@@ -182,7 +120,7 @@ class _Reader:
 
 @torch.no_grad()
 def _shared_prefix_batch(
-    base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device
+    base, reader: _Reader, batch: list[tuple[ReadRow, ReadRow]], pad_id: int, device
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Prefix once with a KV cache, then both letters as one step: returns (pos, neg) per layer, each (B, H)."""
     from transformers import DynamicCache
@@ -209,7 +147,7 @@ def _shared_prefix_batch(
 
 @torch.no_grad()
 def _full_rows_batch(
-    base, reader: _Reader, batch: list[tuple[_Row, _Row]], pad_id: int, device
+    base, reader: _Reader, batch: list[tuple[ReadRow, ReadRow]], pad_id: int, device
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     rows = [row for pair in batch for row in pair]
     ids, mask = pad_right([r.ids for r in rows], pad_id, device)
@@ -226,42 +164,48 @@ def _full_rows_batch(
     return diffs
 
 
+class ExtractOptions(TypedDict, total=False):
+    """How vectors are read (defaults as in `_activations`): every extraction entry point takes these."""
+
+    layers: Sequence[int] | None  # layers to read (default: all)
+    site: str  # `residual`, `mlp` or `attn`
+    batch_size: int  # pairs per forward pass
+    system_prompt: str | None  # system message of the A/B prompts (None: none)
+    progress: bool  # show a progress bar
+    read: str  # `letter` (CAA) or `answer_mean` (full-text answers; the demo's variant)
+    layout: ModelLayout | None  # the model's `ModelLayout` (default: resolved structurally)
+
+
 def extract_vectors(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[data.ContrastPair],
-    layers: Sequence[int] | None = None,
-    site: str = "residual",
-    batch_size: int = 16,
-    system_prompt: str | None = None,
-    progress: bool = True,
-    read: str = "letter",
-    layout: ModelLayout | None = None,
+    model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data.ContrastPair], **options: Unpack[ExtractOptions]
 ) -> dict[int, torch.Tensor]:
     """Mean over pairs of (matching − non-matching) activation at the answer letter, per layer.
 
     read="answer_mean" averages over the answer's tokens instead, for pairs whose answers are full texts:
     a documented variant for models too small to answer A/B questions (the demo), not CAA's protocol.
-    `layout`: the model's `ModelLayout` (default: resolved structurally)."""
-    args = (model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read, layout)
-    return extract_with_diagnostics(*args)[0]
+
+    Args:
+        model: the HF causal LM.
+        tokenizer: its tokenizer (with its chat template).
+        pairs: the contrast pairs.
+        **options: `ExtractOptions`.
+    """
+    return extract_with_diagnostics(model, tokenizer, pairs, **options)[0]
 
 
 def extract_with_diagnostics(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[data.ContrastPair],
-    layers: Sequence[int] | None = None,
-    site: str = "residual",
-    batch_size: int = 16,
-    system_prompt: str | None = None,
-    progress: bool = True,
-    read: str = "letter",
-    layout: ModelLayout | None = None,
+    model: torch.nn.Module, tokenizer: Any, pairs: Sequence[data.ContrastPair], **options: Unpack[ExtractOptions]
 ) -> tuple[dict[int, torch.Tensor], dict[str, dict[str, float]]]:
     """extract_vectors' vectors and, per layer, the pairs' consistency and AUROC (core.diagnostics); holds every
-    pair's two activations per layer on the CPU until the end (2 × pairs × layers × hidden × 4 bytes)."""
-    acts = _activations(model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read, layout)
+    pair's two activations per layer on the CPU until the end (2 × pairs × layers × hidden × 4 bytes).
+
+    Args:
+        model: the HF causal LM.
+        tokenizer: its tokenizer.
+        pairs: the contrast pairs.
+        **options: `ExtractOptions`.
+    """
+    acts = _activations(model, tokenizer, pairs, **options)
     vectors = {layer: ((pos - neg).double().sum(0) / len(pos)).to(torch.float32) for layer, (pos, neg) in acts.items()}
     return vectors, {str(layer): layer_diagnostics(pos, neg) for layer, (pos, neg) in acts.items()}
 
@@ -270,12 +214,12 @@ def _activations(
     model: torch.nn.Module,
     tokenizer: Any,
     pairs: Sequence[data.ContrastPair],
-    layers: Sequence[int] | None,
-    site: str,
-    batch_size: int,
-    system_prompt: str | None,
-    progress: bool,
-    read: str,
+    layers: Sequence[int] | None = None,
+    site: str = "residual",
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+    progress: bool = True,
+    read: str = "letter",
     layout: ModelLayout | None = None,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, every pair's (matching, non-matching) activation, each (pairs, hidden) float32 on the CPU."""
@@ -380,9 +324,16 @@ def extract_to_file(
     if model is None:
         model, tokenizer = _load(model_name, device, dtype)
     layout = layout or ModelLayout.of(model, layers_path)
-    vectors, diagnostics = extract_with_diagnostics(
-        model, tokenizer, pairs, layers, site, batch_size, system_prompt, progress, read, layout
+    options = ExtractOptions(
+        layers=layers,
+        site=site,
+        batch_size=batch_size,
+        system_prompt=system_prompt,
+        progress=progress,
+        read=read,
+        layout=layout,
     )
+    vectors, diagnostics = extract_with_diagnostics(model, tokenizer, pairs, **options)
     sv = SteeringVector(
         vectors=vectors,
         behaviour=name,

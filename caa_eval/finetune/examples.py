@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from caa_eval import data
-from caa_eval.core.extract import _add_special
 from caa_eval.core.prompts import ANSWER_OPENER, ab_answer_prompt
+from caa_eval.core.read_rows import add_special_tokens_for
 from caa_eval.errors import CAAEvalError
 from caa_eval.vocab import BEHAVIOURS, behaviour_key
 
@@ -77,8 +77,8 @@ def build_examples(
         answer = f"{ANSWER_OPENER}{target_letter(pair, direction)})"
         text, letter_char = ab_answer_prompt(tokenizer, pair.question, answer, system_prompt)
         context = text[:letter_char]
-        ctx = tokenizer(context, add_special_tokens=_add_special(tokenizer, context))["input_ids"]
-        whole = tokenizer(text, add_special_tokens=_add_special(tokenizer, text))["input_ids"]
+        ctx = tokenizer(context, add_special_tokens=add_special_tokens_for(tokenizer, context))["input_ids"]
+        whole = tokenizer(text, add_special_tokens=add_special_tokens_for(tokenizer, text))["input_ids"]
         if len(whole) <= len(ctx) or whole[: len(ctx)] != ctx:
             raise CAAEvalError(
                 f"item {i}: the tokenizer merges the answer {answer!r} into the context "

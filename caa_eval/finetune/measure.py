@@ -19,8 +19,8 @@ import torch
 
 from caa_eval import data
 from caa_eval.core.ab_score import ab_scores
-from caa_eval.core.extract import _add_special
 from caa_eval.core.prompts import prompt_for
+from caa_eval.core.read_rows import add_special_tokens_for
 from caa_eval.errors import CAAEvalError
 
 __all__ = [
@@ -52,7 +52,7 @@ class ScoringSet:
 
 
 def _letter_token(tokenizer: Any, context: str, ctx: list[int], letter: str) -> int:
-    whole = tokenizer(context + letter, add_special_tokens=_add_special(tokenizer, context))["input_ids"]
+    whole = tokenizer(context + letter, add_special_tokens=add_special_tokens_for(tokenizer, context))["input_ids"]
     if whole[: len(ctx)] != ctx or len(whole) != len(ctx) + 1:
         raise CAAEvalError(
             f"the tokenizer does not give the letter {letter!r} one token of its own after the A/B context; "
@@ -72,7 +72,7 @@ def scoring_set(tokenizer: Any, pairs: Sequence[data.ContrastPair], system_promp
     contexts, letters = [], []
     for pair in pairs:
         context = prompt_for(tokenizer, pair.question, system_prompt)
-        ctx = list(tokenizer(context, add_special_tokens=_add_special(tokenizer, context))["input_ids"])
+        ctx = list(tokenizer(context, add_special_tokens=add_special_tokens_for(tokenizer, context))["input_ids"])
         contexts.append(ctx)
         letters.append((_letter_token(tokenizer, context, ctx, "A"), _letter_token(tokenizer, context, ctx, "B")))
     return ScoringSet(contexts, letters, [p.matching_letter for p in pairs])

@@ -135,7 +135,7 @@ def table(tok, ids: list[int], marks: dict[str, int | list[int]]) -> str:
 
 
 def test_extraction_prompt_is_caas_token_for_token(llama2):
-    from caa_eval.core.extract import build_rows
+    from caa_eval.core.read_rows import build_rows
     from caa_eval.data import ContrastPair
 
     _, tok, _ = llama2
