@@ -3,6 +3,8 @@
 Assumptions (docs/gpu.md, "Expected wall time"; none of this was measured on a GPU):
 - an A100-80GB, fp16 weights at 2 bytes per parameter, 312 TFLOP/s peak of which 40 % on batched prompt
   passes (2 FLOPs per parameter per token), 30 % on LoRA training (6 FLOPs per parameter per token);
+- a finetune trains on the steps its recipe plans (`FinetuneConfig.planned_steps` on the training slice, one
+  answer of ~115 tokens per item);
 - greedy decoding at 35 ms (7B) / 45 ms (13B) per step of a batch of 16; model loads at 0.45 GB/s;
 - tokens per item measured with the Llama-2 tokenizer on CAA's data in `[INST] ... [/INST]` form
   (`ITEM_TOKENS`); a judge call takes 3 s with 8 in flight.
@@ -53,9 +55,10 @@ def _family(task: str) -> str:
     return task if task in ITEMS else vocab.task_family(task)
 
 
-def _items(task: str, behaviour: str | None, limit: int | float | None) -> int:
+def _items(task: str, limit: int | float | None) -> int:
+    """Items the task scores; the behaviour is read from the task name (a shared baseline cell names none)."""
     fam = _family(task)
-    n = 53 if fam == "caa_open" and behaviour == "sycophancy" else ITEMS.get(fam, 50)
+    n = 53 if fam == "caa_open" and vocab.behaviour_of_task(task) == "sycophancy" else ITEMS.get(fam, 50)
     if limit is None:
         return n
     if fam in SUBTASKS:  # the limit is per subject / category (at most this many items)
@@ -75,15 +78,28 @@ class Estimate:
     decode_steps: int = 0
     answers: int = 0
     finetunes: int = 0
+    train_tokens: float = 0.0
     loads: int = 0
     seconds: dict[str, float] | None = None
     memory_gb: dict[str, float] | None = None
 
 
+def _train_tokens(recipe: dict, behaviour: str) -> float:
+    """Tokens one finetune trains on, by its own recipe: the steps it plans on the training slice (whole epochs
+    up to `MIN_STEPS`, or `max_steps` with a target shift: an upper bound) × batch × one answer per item."""
+    from caa_eval.finetune.train import FinetuneConfig
+
+    config = FinetuneConfig.from_mapping(dict(recipe))
+    n_train = GENERATE_PAIRS.get(behaviour, 0) - round(GENERATE_PAIRS.get(behaviour, 0) * config.holdout_fraction)
+    if n_train < 1:
+        return 0.0
+    return config.planned_steps(n_train) * config.batch_size * PAIR_TOKENS / 2
+
+
 def _count(cfg: SweepConfig, cells: list[Cell], extracting: bool, est: Estimate) -> None:
     for cell in cells:
         for task in cell.tasks:
-            n = _items(task, cell.behaviour, cfg.limit)
+            n = _items(task, cfg.limit)
             est.prompt_passes += n
             est.prompt_tokens += n * ITEM_TOKENS.get(_family(task), 100)
             if _family(task) == "caa_open":
@@ -98,6 +114,7 @@ def _count(cfg: SweepConfig, cells: list[Cell], extracting: bool, est: Estimate)
             est.extract_tokens += pairs * PAIR_TOKENS * (deepest + 1) / params[1]  # stops at the deepest layer
     ft = [c for c in cfg.conditions if c.finetune]
     est.finetunes = len(ft) * len(cfg.behaviours)
+    est.train_tokens = sum(_train_tokens(c.finetune, b.name) for c in ft if c.finetune for b in cfg.behaviours)
     keys = {c.model_key(cfg.model) for c in cfg.conditions if not c.finetune}
     own = any(not (c.pretrained or c.peft or c.model_args) for c in cfg.conditions)
     est.loads = len(keys) + est.finetunes + (1 if extracting and not own else 0)  # + the model vectors come from
@@ -118,15 +135,13 @@ def estimate(cfg: SweepConfig, cells: list[Cell], extracting: bool = True) -> Es
     est = Estimate()
     _count(cfg, cells, extracting, est)
     prompt_rate = PROMPT_EFFICIENCY * PEAK_FLOPS / (2 * n)  # tokens per second
-    train_tokens = sum(GENERATE_PAIRS.get(b.name, 0) for b in cfg.behaviours) * PAIR_TOKENS / 2  # one answer a pair
-    ft_share = est.finetunes / max(1, len(cfg.behaviours))  # finetune conditions
     weights = 2 * n / 1e9
     est.seconds = {
         "model loads": est.loads * weights / LOAD_GB_PER_S,
         "extraction": est.extract_tokens / prompt_rate,
         "scoring prompts": est.prompt_tokens / prompt_rate,
         "generation": est.decode_steps * step_ms / 1000,
-        "finetuning (LoRA)": ft_share * train_tokens * 6 * n / (TRAIN_EFFICIENCY * PEAK_FLOPS),
+        "finetuning (LoRA)": est.train_tokens * 6 * n / (TRAIN_EFFICIENCY * PEAK_FLOPS),
         "judge (API)": est.answers * JUDGE_SECONDS / JUDGE_CONCURRENCY,
     }
     est.memory_gb = {

@@ -131,3 +131,34 @@ def test_mmlu_and_tqa_references_are_the_per_category_macro_means(shared_file):
     item_means = {float(r["multiplier"]): float(r["p_mean_repo_formula"]) for r in rows}
     ours = {c.multiplier: c.value for c in reproduce.reference_cells(reproduce.get_experiment("tqa-7b"))}
     assert ours == published and ours != item_means
+
+
+def test_finetune_time_follows_the_finetune_recipe(caa_env, tmp_path):
+    """Table 4 trains a pos and a neg LoRA adapter per behaviour with the default recipe: 20 % of the pairs held
+    out, batch 4, whole epochs until at least 100 steps (capped at 300). Steps worked out by hand from CAA's pair
+    counts: e.g. coordinate-other-ais 360 pairs -> 288 train -> 72 steps/epoch -> 2 epochs = 144."""
+    steps = {
+        "coordinate-other-ais": 144,
+        "corrigible-neutral-HHH": 116,
+        "hallucination": 200,
+        "myopic-reward": 190,
+        "survival-instinct": 181,
+        "sycophancy": 200,
+        "refusal": 164,
+    }
+    cfg = experiment_config(reproduce.get_experiment("table4-7b"), tmp_path / "r")
+    est = reproduce.estimate.estimate(cfg, plan_cells(cfg))
+    assert est is not None and est.seconds is not None
+    assert est.finetunes == 14
+    tokens = 2 * sum(steps.values()) * 4 * 115  # two directions, batch 4, one ~115-token answer per item
+    assert est.train_tokens == tokens
+    flops = tokens * 6 * 6.74e9
+    assert est.seconds["finetuning (LoRA)"] == pytest.approx(flops / (0.30 * 312e12))
+
+
+def test_open_ended_sycophancy_counts_its_53_items_in_every_cell(caa_env, tmp_path, capsys):
+    """7 behaviours x (shared-baseline cell + 2 multipliers); sycophancy's open-ended set has 53 items, the
+    others 50 (the baseline cell names no behaviour: the count must come from its task)."""
+    assert cli.main(["reproduce", "run", "open-7b", "--dry-run", "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert f"forward passes: {18 * 50 + 3 * 53:,} prompt passes" in out
