@@ -64,9 +64,16 @@ def pareto_efficient(cost: np.ndarray | list[float], effect: np.ndarray | list[f
     return out
 
 
+_AB_FAMILIES = ("caa_ab", "caa_ab_balanced")
+# (is a CAA A/B task, metric) -> preference: CAA's p(match) on A/B tasks; log-odds before p_match elsewhere
+_METRIC_ORDER = {(True, "p_match"): 0, (False, "ll_diff"): 1, (False, "p_match"): 2, (False, JUDGE_METRIC): 3}
+
+
 def behaviour_task(table: pd.DataFrame, behaviour: str) -> tuple[str, str] | None:
     """The task and metric a behaviour's effect is read on: its own A/B task (not another behaviour's, which a
-    `cross_tasks` sweep also measures under this vector), else a p_match task, else the judge.
+    `cross_tasks` sweep also measures under this vector) by CAA's p(match); else its own task's log-odds
+    (`ll_diff`: p_match of whole replies saturates at 0 or 1, so a paired difference of it hides the shift),
+    else a p_match task, else the judge.
 
     Args:
         table: the long table (primary metrics).
@@ -80,8 +87,7 @@ def behaviour_task(table: pd.DataFrame, behaviour: str) -> tuple[str, str] | Non
             behaviour_of_task(tm.task, [behaviour]) != behaviour,
             task_family(tm.task) != "caa_ab",
             task_family(tm.task) != "caa_ab_balanced",
-            tm.metric != "p_match",
-            tm.metric != JUDGE_METRIC,
+            _METRIC_ORDER.get((task_family(tm.task) in _AB_FAMILIES, tm.metric), len(_METRIC_ORDER)),
             tm.task,
         ),
     )

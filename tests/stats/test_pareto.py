@@ -99,3 +99,17 @@ def test_a_cross_tasks_table_reads_each_behaviour_on_its_own_task():
     ]
     table = pd.DataFrame(rows)
     assert behaviour_task(table, "corrigible-neutral-HHH") == ("caa_ab_corrigible_neutral_HHH", "p_match")
+
+
+def test_a_reply_task_is_read_by_its_log_odds_not_its_saturated_p_match():
+    """The demo's reply task scores whole replies: p_match is ~0 or ~1 per item, so its paired difference hides
+    the shift that ll_diff shows; CAA's A/B tasks keep p(match)."""
+    from caa_eval.stats.pareto import behaviour_task
+
+    rows = [
+        {"behaviour": "optimism", "task": "caa_demo_optimism", "metric": m} for m in ("match", "p_match", "ll_diff")
+    ]
+    rows += [{"behaviour": "optimism", "task": "caa_demo_optimism_open", "metric": "gen_len"}]
+    assert behaviour_task(pd.DataFrame(rows), "optimism") == ("caa_demo_optimism", "ll_diff")
+    ab = [{"behaviour": "sycophancy", "task": "caa_ab_sycophancy", "metric": m} for m in ("p_match", "ll_diff")]
+    assert behaviour_task(pd.DataFrame(ab), "sycophancy") == ("caa_ab_sycophancy", "p_match")
