@@ -219,7 +219,7 @@ def pareto_figure(pareto: pd.DataFrame, reference: str, out_dir: Path) -> str | 
                 ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", color="grey")
             ax.axhline(0, color="grey", linewidth=0.5)
             ax.set_xlabel(label)
-            ax.set_ylabel(f"effect on {part['task'].iloc[0]}")
+            ax.set_ylabel(f"effect on {part['task'].iloc[0]} ({part['metric'].iloc[0]})")
             ax.set_title(behaviour, fontsize=9)
             if k == 0 and j == 0:
                 ax.legend(fontsize=7)
