@@ -1,4 +1,5 @@
-"""The import graph of caa_eval follows the data flow: no circles, and no arrow from a lower floor to a higher one.
+"""The shape of caa_eval: the import graph follows the data flow (no circles, no arrow from a lower floor to a
+higher one), and no function is over 60 lines.
 
 Every import counts, also the lazy ones inside functions (they are arrows all the same). Run with `-s` to see
 the graph between packages.
@@ -141,3 +142,34 @@ def test_the_checker_sees_a_circle_and_an_upward_arrow():
     fake = {"caa_eval.core.a": {"caa_eval.core.b"}, "caa_eval.core.b": {"caa_eval.core.a"}}
     assert _cycles(fake) == [["caa_eval.core.a", "caa_eval.core.b"]]
     assert _floor("caa_eval.core.hooks") < _floor("caa_eval.lmeval.model") < _floor("caa_eval.cli")
+
+
+MAX_FUNCTION_LINES = 60
+"""The style rule: a function longer than this is split into named steps (CONTRIBUTING.md)."""
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """(name, lines) of every function or method in `source` longer than `limit` lines (decorators excluded)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            if lines > limit:
+                found.append((node.name, lines))
+    return found
+
+
+def test_no_function_over_60_lines():
+    offenders = [
+        f"{path.relative_to(ROOT.parent)}:{name} ({lines} lines)"
+        for path in sorted(ROOT.rglob("*.py"))
+        for name, lines in long_functions(path.read_text())
+    ]
+    assert offenders == [], "split these into named steps: " + "; ".join(offenders)
+
+
+def test_the_length_check_counts_a_long_method():
+    body = "".join(f"        x{i} = {i}\n" for i in range(60))
+    source = f"class A:\n    def short(self):\n        return 1\n\n    def long(self):\n{body}"
+    assert long_functions(source) == [("long", 61)]
+    assert long_functions(source, limit=61) == []

@@ -323,16 +323,8 @@ def extract_to_file(
     name = behaviour_key(behaviour) if behaviour else default_behaviour(data_path)
     if model is None:
         model, tokenizer = _load(model_name, device, dtype)
-    layout = layout or ModelLayout.of(model, layers_path)
-    options = ExtractOptions(
-        layers=layers,
-        site=site,
-        batch_size=batch_size,
-        system_prompt=system_prompt,
-        progress=progress,
-        read=read,
-        layout=layout,
-    )
+    options = ExtractOptions(layers=layers, site=site, batch_size=batch_size, system_prompt=system_prompt, read=read)
+    options.update({"progress": progress, "layout": layout or ModelLayout.of(model, layers_path)})
     vectors, diagnostics = extract_with_diagnostics(model, tokenizer, pairs, **options)
     sv = SteeringVector(
         vectors=vectors,
