@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from caa_eval.finetune.train import FinetuneConfig
+    from caa_eval.finetune.recipe import FinetuneConfig
 
 from caa_eval.cli.arguments import custom, device, existing_path, free, number, parsed
 from caa_eval.errors import CAAEvalError
@@ -19,7 +19,7 @@ OUTPUTS = {"out": "folder"}  # checked writable by the dispatcher before the mod
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from caa_eval.finetune.train import FinetuneConfig
+    from caa_eval.finetune.recipe import FinetuneConfig
     from caa_eval.models import DEFAULT_MODEL
 
     d = FinetuneConfig()
@@ -56,7 +56,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _training_flags(parser: argparse.ArgumentParser, d: FinetuneConfig) -> None:
-    from caa_eval.finetune.train import MIN_STEPS
+    from caa_eval.finetune.recipe import MIN_STEPS
 
     parser.add_argument(
         "--epochs",
@@ -95,7 +95,8 @@ def _training_flags(parser: argparse.ArgumentParser, d: FinetuneConfig) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from caa_eval.finetune.measure import p_match_line, shift_warning, target_line
-    from caa_eval.finetune.train import FinetuneConfig, finetune_to_dir
+    from caa_eval.finetune.recipe import FinetuneConfig
+    from caa_eval.finetune.train import finetune_to_dir
 
     cfg = FinetuneConfig(  # validates every setting before the model loads
         direction=args.direction,

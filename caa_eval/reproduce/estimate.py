@@ -87,7 +87,7 @@ class Estimate:
 def _train_tokens(recipe: dict, behaviour: str) -> float:
     """Tokens one finetune trains on, by its own recipe: the steps it plans on the training slice (whole epochs
     up to `MIN_STEPS`, or `max_steps` with a target shift: an upper bound) × batch × one answer per item."""
-    from caa_eval.finetune.train import FinetuneConfig
+    from caa_eval.finetune.recipe import FinetuneConfig
 
     config = FinetuneConfig.from_mapping(dict(recipe))
     n_train = GENERATE_PAIRS.get(behaviour, 0) - round(GENERATE_PAIRS.get(behaviour, 0) * config.holdout_fraction)

@@ -66,7 +66,7 @@ def _check_existing(cfg: SweepConfig, cond: Condition, b: Behaviour, folder: Pat
     """A finished adapter must be the one this config asks for (model, data, every setting)."""
     from caa_eval import data
     from caa_eval.finetune.adapter import read_info
-    from caa_eval.finetune.train import FinetuneConfig
+    from caa_eval.finetune.recipe import FinetuneConfig
 
     info = read_info(folder) or {}
     wanted = {
@@ -121,7 +121,8 @@ def train_finetunes(
         print_fn: where the one-line summaries go.
     """
     from caa_eval.finetune.measure import p_match_line, shift_warning, target_line
-    from caa_eval.finetune.train import FinetuneConfig, finetune_to_dir
+    from caa_eval.finetune.recipe import FinetuneConfig
+    from caa_eval.finetune.train import finetune_to_dir
 
     done = {}
     for cond, b in todo:

@@ -208,7 +208,7 @@ def parse_finetune(value: Any, source: str, name: str) -> dict[str, Any]:
         source: the config's name in error messages.
         name: the condition's name.
     """
-    from caa_eval.finetune.train import FinetuneConfig
+    from caa_eval.finetune.recipe import FinetuneConfig
 
     if not isinstance(value, dict) or "direction" not in value:
         raise config_error(

@@ -22,7 +22,8 @@ from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
 from caa_eval.finetune.adapter import INFO_FILE, base_fingerprint, read_info
 from caa_eval.finetune.examples import IGNORE, build_examples
-from caa_eval.finetune.train import FinetuneConfig, _collate, answer_loss, finetune_to_dir, train_lora
+from caa_eval.finetune.recipe import FinetuneConfig
+from caa_eval.finetune.train import _collate, answer_loss, finetune_to_dir, train_lora
 from caa_eval.lmeval.model import SteeredHFLM
 
 LAYER = 2

@@ -15,7 +15,8 @@ from caa_eval.cli import main as cli_main
 from caa_eval.core.prompts import prompt_for
 from caa_eval.finetune import train as train_module
 from caa_eval.finetune.adapter import read_info
-from caa_eval.finetune.train import FinetuneConfig, finetune_to_dir
+from caa_eval.finetune.recipe import FinetuneConfig
+from caa_eval.finetune.train import finetune_to_dir
 from caa_eval.lmeval.model import SteeredHFLM
 from tests.helpers.planted import write_planted
 
