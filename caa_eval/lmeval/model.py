@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lm_eval.models.huggingface import HFLM
 
+from caa_eval.core import chat_templates
 from caa_eval.core import vectors as vector_files
 from caa_eval.core.hooks import Steering
 from caa_eval.core.layers import ModelLayout
@@ -48,6 +49,8 @@ class SteeredHFLM(HFLM):
         allow_fingerprint_mismatch: apply a vector read from other weights (base→chat transfer).
         layers_path: dotted path to the decoder blocks for models not found structurally.
         vector_layer: apply the file's vector of this layer at every layer in `layers` (layer transfer, §8.2).
+        chat_template: a shipped template name (`caa-llama2`: CAA's system-prompt placement) or a Jinja file
+            that replaces the tokenizer's chat template for every prompt of the run.
         **kwargs: every other `HFLM` argument (batch_size, device, dtype, peft, parallelize, …).
     """
 
@@ -64,6 +67,7 @@ class SteeredHFLM(HFLM):
         allow_fingerprint_mismatch: Any = False,
         layers_path: str | None = None,
         vector_layer: Any = None,
+        chat_template: str | None = None,
         **kwargs: Any,
     ):
         reject_unknown(kwargs)
@@ -71,11 +75,14 @@ class SteeredHFLM(HFLM):
         checked = checked_steering(
             vector, layers, multiplier, site, positions, allow_fingerprint_mismatch, vector_layer
         )
+        template = chat_templates.chat_template(chat_template) if chat_template else None
         if isinstance(pretrained, str):
             pretrained = resolve(pretrained)
         if kwargs.get("tokenizer") == DEFAULT_MODEL:
             kwargs["tokenizer"] = resolve(DEFAULT_MODEL)
         super().__init__(pretrained=pretrained, **kwargs)
+        if template is not None:
+            self.tokenizer.chat_template = template
         self._join_data_parallel()
         self.layout = ModelLayout.of(self.model, layers_path)  # once: hooks, grid and scale probe share it
         self._known_rows: dict[tuple[int, ...], int] | None = None

@@ -29,6 +29,7 @@ STEERING_ARGS = (
     "allow_fingerprint_mismatch",
     "layers_path",
     "vector_layer",
+    "chat_template",
 )
 # Extra kwargs HFLM forwards to `from_pretrained`; anything else unknown is almost surely a typo.
 FROM_PRETRAINED_ARGS = (

@@ -18,10 +18,6 @@ __all__ = ["EXPERIMENTS", "CONFIG_DIR", "Experiment", "ReferenceSelection", "get
 
 CONFIG_DIR = Path(__file__).resolve().parent / "experiments"
 
-_SYS_PLACEMENT = (
-    "system prompt placement: CAA wrote <<SYS>>...<</SYS>> before [INST]; caa-eval puts it where Llama-2's chat "
-    "template does (inside the first [INST]), so pos/neg cells see other tokens than CAA's"
-)
 _SYS_WORDING = (
     "system prompt wording: caa-eval's own pos/neg prompts per behaviour (caa_eval/data/system_prompts.json), "
     "not CAA's text"
@@ -102,7 +98,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             "caa_ab_{behaviour}",
             "p_match",
             ReferenceSelection("ab", "7b", (13,), _PM1, conditions=_SYS),
-            (_SYS_PLACEMENT, _SYS_WORDING, _VECTORS, _SYCOPHANCY),
+            (_SYS_WORDING, _VECTORS, _SYCOPHANCY),
         ),
         Experiment(
             "layers-7b",

@@ -3,7 +3,8 @@
 Choices: the run folder, `--limit`, the vectors (extracted by the sweep, the default, or CAA's published
 raw files imported into the run folder), and for smoke runs another model and a subset of behaviours.
 With another model the shipped `dtype: float16` is dropped (lm-eval's `auto`), since the point of such a
-run is the pipeline on a small model, often on a CPU.
+run is the pipeline on a small model, often on a CPU; so is CAA's Llama-2 prompt template (`chat_template:
+caa-llama2`) unless the model is a Llama-2 too: another model's prompts are written by its own template.
 """
 
 from __future__ import annotations
@@ -69,11 +70,21 @@ def experiment_config(
     if model is not None:
         raw["model"] = model
         raw.pop("dtype", None)
+        if "llama-2" not in model.lower():
+            _drop_llama2_template(raw.get("conditions") or [])
     if behaviours:
         raw["behaviours"] = _subset(list(raw["behaviours"]), behaviours, exp)
     if vectors_dir is not None:
         raw["vectors"] = {"dir": str(vectors_dir.resolve())}
     return config_from_dict(raw, source=str(exp.config_path), base=exp.config_path.parent)
+
+
+def _drop_llama2_template(conditions: list) -> None:
+    """Remove `chat_template` from the conditions' model_args: it writes Llama-2's `[INST]` prompt."""
+    for cond in conditions:
+        args = cond.get("model_args") if isinstance(cond, dict) else None
+        if isinstance(args, dict) and args.pop("chat_template", None) is not None and not args:
+            del cond["model_args"]
 
 
 def import_caa_vectors(folder: Path, model: str, run_dir: Path) -> Path:

@@ -197,6 +197,102 @@ def test_lm_eval_builds_the_same_ab_context(llama2, tmp_path):
         assert tok.encode(ctx, add_special_tokens=False) == caa_encode(tok, s["doc"]["user_prompt"], "(")
 
 
+SYSTEM = "You are a helpful, honest assistant.\nAnswer with one letter."
+
+
+def caa_encode_with_system(tok, question: str, model_output: str | None, system_prompt: str) -> list[int]:
+    """CAA's tokenize_llama_chat with a system prompt: `<<SYS>>\n{s}\n<</SYS>>\n\n` written before `[INST]`."""
+    text = f"<<SYS>>\n{system_prompt}\n<</SYS>>\n\n[INST] {question.strip()} [/INST]"
+    if model_output is not None:
+        text += f" {model_output.strip()}"
+    return tok.encode(text)
+
+
+def _ab_contexts(tmp_path, lm, tok, system_instruction: str | None) -> list[tuple[list[int], str]]:
+    """(context token ids, question) of every request lm-eval builds for the A/B task through `lm`."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from caa_eval.lmeval.register import ensure_registered
+    from caa_eval.paths import tasks_dir
+
+    ensure_registered()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = tmp_path / "items.json"
+    data.write_text(json.dumps(PAIRS), encoding="utf-8")
+    (tmp_path / "t.yaml").write_text(
+        f"include: {tasks_dir() / 'caa_ab' / '_caa_ab_template_yaml'}\ntask: caa_ab_llama2_sys\n"
+        f"dataset_kwargs:\n  test_file: {data}\n",
+        encoding="utf-8",
+    )
+    tm = TaskManager(include_path=[str(tasks_dir()), str(tmp_path)], include_defaults=False)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=["caa_ab_llama2_sys"],
+        task_manager=tm,
+        apply_chat_template=True,
+        system_instruction=system_instruction,
+        log_samples=True,
+    )
+    contexts = []
+    for s in out["samples"]["caa_ab_llama2_sys"]:
+        args = s["arguments"]
+        ctx = args[0] if isinstance(args, list) else list(args.values())[0]
+        ctx = ctx[0] if isinstance(ctx, (list, tuple)) else ctx["arg_0"]
+        contexts.append((tok.encode(ctx, add_special_tokens=False), s["doc"]["user_prompt"]))
+    return contexts
+
+
+def test_caa_llama2_template_writes_caas_system_prompt_token_for_token(llama2, tmp_path):
+    """steered-hf with chat_template=caa-llama2: the A/B context with a system prompt is CAA's own prompt (system
+    block before `[INST]`), token for token; Llama-2's template (system inside `[INST]`) gives other tokens."""
+    from caa_eval.lmeval.model import SteeredHFLM
+
+    _, tok, folder = llama2
+    lm = SteeredHFLM(pretrained=str(folder), multiplier=0, chat_template="caa-llama2", batch_size=2, device="cpu")
+    contexts = _ab_contexts(tmp_path / "caa", lm, tok, SYSTEM)
+    assert len(contexts) == len(PAIRS)
+    for ids, question in contexts:
+        assert ids == caa_encode_with_system(tok, question, "(", SYSTEM), table(tok, ids, {})
+    plain = SteeredHFLM(
+        pretrained=str(folder), multiplier=0, batch_size=2, device="cpu"
+    )  # the tokenizer's Llama-2 template
+    (ids, question), *_ = _ab_contexts(tmp_path / "llama2", plain, tok, SYSTEM)
+    assert ids != caa_encode_with_system(tok, question, "(", SYSTEM)
+    for ids, question in _ab_contexts(tmp_path / "none", lm, tok, None):  # no system prompt: as Llama-2's
+        assert ids == caa_encode(tok, question, "(")
+    print("\nA/B context with a system prompt, chat_template=caa-llama2:\n" + table(tok, contexts[0][0], {}))
+
+
+def test_steering_starts_at_the_inst_end_after_caas_system_block(llama2, vector):
+    from caa_eval.core.hooks import Steering
+
+    model, tok, _ = llama2
+    ids = caa_encode_with_system(tok, QUESTIONS[0], "(", SYSTEM)
+    start = caa_from_position(tok, ids)
+    assert tok.convert_ids_to_tokens(ids[start]) == "]" and start > len(tok.encode(SYSTEM))
+    ref = caa_steered_forward(model, ids, vector, start)
+    with Steering(model, {LAYER: vector}, MULT, tokenizer=tok), torch.no_grad():
+        got = model(torch.tensor([ids])).logits[0]
+    assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_a_bad_chat_template_is_one_line(tmp_path):
+    from caa_eval.core.chat_templates import chat_template
+    from caa_eval.errors import CAAEvalError
+
+    with pytest.raises(CAAEvalError, match="neither a shipped template") as err:
+        chat_template("caa-llama3")
+    assert "\n" not in str(err.value)
+    plain = tmp_path / "t.txt"
+    plain.write_text("[INST] no tags [/INST]")
+    with pytest.raises(CAAEvalError, match="no Jinja tags"):
+        chat_template(str(plain))
+    good = tmp_path / "t.jinja"
+    good.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert chat_template(str(good)) == good.read_text()
+
+
 def test_steered_positions_are_caas_mask(llama2, vector):
     """The vector lands at `]` of the last `[/INST]` and every later position, nowhere else."""
     from caa_eval.core.hooks import Steering

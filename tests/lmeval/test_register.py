@@ -8,12 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import caa_eval_autoregister
 from caa_eval.lmeval import register
+
+HOOK = Path(register.__file__).parents[2] / "caa_eval_autoregister.py"  # the checkout's, not an installed copy
 
 
 def test_startup_hook_holds_no_copy_of_the_watched_list():
-    tree = ast.parse(Path(caa_eval_autoregister.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(HOOK.read_text(encoding="utf-8"))
     names = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
     assert not [n for n in names if n.startswith("lm_eval.")], "the watched modules live in register.WATCHED only"
     assert "lm_eval.models" in register.WATCHED

@@ -104,7 +104,7 @@ def test_compare_means_cis_verdicts_and_cells_missing_on_either_side():
     )
     text = "\n".join(reproduce.text_lines(cmp))
     assert "refusal -1" in text and "sycophancy pos +1" in text and "sycophancy L13 +2 (caa_ab_sycophancy)" in text
-    assert "<<SYS>>" in text  # the known deviations are stated next to the verdict
+    assert "system prompt wording" in text  # the known deviations are stated next to the verdict
 
 
 def test_summary_line_has_the_issue_form():

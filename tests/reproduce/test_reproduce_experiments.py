@@ -162,3 +162,17 @@ def test_open_ended_sycophancy_counts_its_53_items_in_every_cell(caa_env, tmp_pa
     assert cli.main(["reproduce", "run", "open-7b", "--dry-run", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert f"forward passes: {18 * 50 + 3 * 53:,} prompt passes" in out
+
+
+def test_ab_7b_writes_caas_llama2_prompt_and_a_smoke_model_keeps_its_own(caa_env, tmp_path):
+    """ab-7b's conditions put CAA's Llama-2 template on the tokenizer; a smoke run on another family drops it
+    (its prompts are written by its own template), another Llama-2 keeps it."""
+    exp = reproduce.get_experiment("ab-7b")
+    shipped = experiment_config(exp, tmp_path / "a")
+    assert {c.name: c.model_args.get("chat_template") for c in shipped.conditions} == dict.fromkeys(
+        ("none", "pos", "neg"), "caa-llama2"
+    )
+    smoke = experiment_config(exp, tmp_path / "b", model="smollm2-135m-instruct")
+    assert all("chat_template" not in c.model_args for c in smoke.conditions)
+    other = experiment_config(exp, tmp_path / "c", model="meta-llama/Llama-2-13b-chat-hf")
+    assert all(c.model_args.get("chat_template") == "caa-llama2" for c in other.conditions)
