@@ -163,15 +163,16 @@ def test_ab_request_context_is_caas(llama2):
         assert tok.encode(text, add_special_tokens=False) == caa_encode(tok, q, "(")
 
 
-def test_lm_eval_builds_the_same_ab_context(llama2, tmp_path):
-    """lm-eval's own request construction (chat template + gen_prefix) through CAATask gives CAA's context."""
+def _ab_contexts(tmp_path, lm, system_instruction: str | None) -> list[tuple[str, str]]:
+    """(context text, question) of every request lm-eval builds for the A/B task through `lm`."""
+    import lm_eval
     from lm_eval.tasks import TaskManager
 
     from caa_eval.lmeval.register import ensure_registered
     from caa_eval.paths import tasks_dir
 
     ensure_registered()
-    model, tok, folder = llama2
+    tmp_path.mkdir(parents=True, exist_ok=True)
     data = tmp_path / "items.json"
     data.write_text(json.dumps(PAIRS), encoding="utf-8")
     (tmp_path / "t.yaml").write_text(
@@ -179,22 +180,34 @@ def test_lm_eval_builds_the_same_ab_context(llama2, tmp_path):
         f"dataset_kwargs:\n  test_file: {data}\n",
         encoding="utf-8",
     )
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=2)
     tm = TaskManager(include_path=[str(tasks_dir()), str(tmp_path)], include_defaults=False)
     out = lm_eval.simple_evaluate(
-        model=lm, tasks=["caa_ab_llama2_probe"], task_manager=tm, apply_chat_template=True, log_samples=True
+        model=lm,
+        tasks=["caa_ab_llama2_probe"],
+        task_manager=tm,
+        apply_chat_template=True,
+        system_instruction=system_instruction,
+        log_samples=True,
     )
-    samples = out["samples"]["caa_ab_llama2_probe"]
-    assert len(samples) == len(PAIRS)
-    for s in samples:
+    contexts = []
+    for s in out["samples"]["caa_ab_llama2_probe"]:
         args = s["arguments"]
         ctx = args[0] if isinstance(args, list) else list(args.values())[0]
         ctx = ctx[0] if isinstance(ctx, (list, tuple)) else ctx["arg_0"]
-        assert ctx == f"<s>[INST] {s['doc']['user_prompt']} [/INST] ("
-        assert tok.encode(ctx, add_special_tokens=False) == caa_encode(tok, s["doc"]["user_prompt"], "(")
+        contexts.append((ctx, s["doc"]["user_prompt"]))
+    return contexts
+
+
+def test_lm_eval_builds_the_same_ab_context(llama2, tmp_path):
+    """lm-eval's own request construction (chat template + gen_prefix) through CAATask gives CAA's context."""
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok, _ = llama2
+    contexts = _ab_contexts(tmp_path, HFLM(pretrained=model, tokenizer=tok, batch_size=2), None)
+    assert len(contexts) == len(PAIRS)
+    for ctx, question in contexts:
+        assert ctx == f"<s>[INST] {question} [/INST] ("
+        assert tok.encode(ctx, add_special_tokens=False) == caa_encode(tok, question, "(")
 
 
 SYSTEM = "You are a helpful, honest assistant.\nAnswer with one letter."
@@ -208,41 +221,6 @@ def caa_encode_with_system(tok, question: str, model_output: str | None, system_
     return tok.encode(text)
 
 
-def _ab_contexts(tmp_path, lm, tok, system_instruction: str | None) -> list[tuple[list[int], str]]:
-    """(context token ids, question) of every request lm-eval builds for the A/B task through `lm`."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from caa_eval.lmeval.register import ensure_registered
-    from caa_eval.paths import tasks_dir
-
-    ensure_registered()
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    data = tmp_path / "items.json"
-    data.write_text(json.dumps(PAIRS), encoding="utf-8")
-    (tmp_path / "t.yaml").write_text(
-        f"include: {tasks_dir() / 'caa_ab' / '_caa_ab_template_yaml'}\ntask: caa_ab_llama2_sys\n"
-        f"dataset_kwargs:\n  test_file: {data}\n",
-        encoding="utf-8",
-    )
-    tm = TaskManager(include_path=[str(tasks_dir()), str(tmp_path)], include_defaults=False)
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=["caa_ab_llama2_sys"],
-        task_manager=tm,
-        apply_chat_template=True,
-        system_instruction=system_instruction,
-        log_samples=True,
-    )
-    contexts = []
-    for s in out["samples"]["caa_ab_llama2_sys"]:
-        args = s["arguments"]
-        ctx = args[0] if isinstance(args, list) else list(args.values())[0]
-        ctx = ctx[0] if isinstance(ctx, (list, tuple)) else ctx["arg_0"]
-        contexts.append((tok.encode(ctx, add_special_tokens=False), s["doc"]["user_prompt"]))
-    return contexts
-
-
 def test_caa_llama2_template_writes_caas_system_prompt_token_for_token(llama2, tmp_path):
     """steered-hf with chat_template=caa-llama2: the A/B context with a system prompt is CAA's own prompt (system
     block before `[INST]`), token for token; Llama-2's template (system inside `[INST]`) gives other tokens."""
@@ -250,17 +228,17 @@ def test_caa_llama2_template_writes_caas_system_prompt_token_for_token(llama2, t
 
     _, tok, folder = llama2
     lm = SteeredHFLM(pretrained=str(folder), multiplier=0, chat_template="caa-llama2", batch_size=2, device="cpu")
-    contexts = _ab_contexts(tmp_path / "caa", lm, tok, SYSTEM)
+    contexts = [(tok.encode(c, add_special_tokens=False), q) for c, q in _ab_contexts(tmp_path / "caa", lm, SYSTEM)]
     assert len(contexts) == len(PAIRS)
     for ids, question in contexts:
         assert ids == caa_encode_with_system(tok, question, "(", SYSTEM), table(tok, ids, {})
     plain = SteeredHFLM(
         pretrained=str(folder), multiplier=0, batch_size=2, device="cpu"
     )  # the tokenizer's Llama-2 template
-    (ids, question), *_ = _ab_contexts(tmp_path / "llama2", plain, tok, SYSTEM)
-    assert ids != caa_encode_with_system(tok, question, "(", SYSTEM)
-    for ids, question in _ab_contexts(tmp_path / "none", lm, tok, None):  # no system prompt: as Llama-2's
-        assert ids == caa_encode(tok, question, "(")
+    (ctx, question), *_ = _ab_contexts(tmp_path / "llama2", plain, SYSTEM)
+    assert tok.encode(ctx, add_special_tokens=False) != caa_encode_with_system(tok, question, "(", SYSTEM)
+    for ctx, question in _ab_contexts(tmp_path / "none", lm, None):  # no system prompt: as Llama-2's
+        assert tok.encode(ctx, add_special_tokens=False) == caa_encode(tok, question, "(")
     print("\nA/B context with a system prompt, chat_template=caa-llama2:\n" + table(tok, contexts[0][0], {}))
 
 
