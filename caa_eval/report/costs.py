@@ -20,9 +20,9 @@ from caa_eval.report.table4 import reference_condition
 from caa_eval.report.tables import mark, md_table
 from caa_eval.stats import compute_stats, to_records
 from caa_eval.stats.pareto import pareto_table
-from caa_eval.stats.runs import parse_model_args, steering_from_cell, steering_from_model_args
+from caa_eval.stats.scales import labelled_results
 from caa_eval.stats.table import format_layer, format_text
-from caa_eval.vocab import RESULTS_RE, format_multiplier
+from caa_eval.vocab import format_multiplier
 
 __all__ = ["CostSections", "setting_costs", "plain_condition", "fluency_markdown", "pareto_markdown", "cost_sections"]
 
@@ -59,17 +59,8 @@ def setting_costs(run_dir: str | Path) -> dict[tuple, float]:
         (condition, behaviour, layer, site, positions, multiplier) -> KL; behaviour "" for shared baselines.
     """
     out: dict[tuple, float] = {}
-    for path in sorted(p for p in Path(run_dir).rglob("*.json") if RESULTS_RE.match(p.name)):
-        results = _read(path)
-        cell = path.parent / "cell.json"  # a sweep cell keeps it beside its results
-        if cell.is_file():
-            cell_data = _read(cell)
-            labels = steering_from_cell(cell_data, str(cell))
-            behaviour = str(cell_data.get("behaviour") or "")
-        else:
-            args = parse_model_args((results.get("config") or {}).get("model_args"))
-            labels = steering_from_model_args(args, results, str(path))
-            behaviour = labels["vector_behaviour"]
+    for _, results, labels, cell in labelled_results(run_dir):
+        behaviour = str(cell.get("behaviour") or "") if cell is not None else labels["vector_behaviour"]
         scale = ((results.get("config") or {}).get("steering") or {}).get("scale") or {}
         kl = scale.get("total_kl", scale.get("kl")) if "system_prompt_error" not in scale else None
         key = (labels["condition"], behaviour, format_layer(labels["layer"]), format_text(labels["site"]))

@@ -4,6 +4,7 @@ as a fraction of the residual stream's, and the KL it causes on neutral prompts)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pandas as pd
 from caa_eval.stats.runs import parse_model_args, read_json, steering_from_cell, steering_from_model_args
 from caa_eval.vocab import RESULTS_RE
 
-__all__ = ["steering_scales", "SCALE_KEY", "SCALE_COLUMNS"]
+__all__ = ["labelled_results", "steering_scales", "SCALE_KEY", "SCALE_COLUMNS"]
 
 
 SCALE_KEY = ["condition", "behaviour", "layer", "site", "positions", "multiplier"]
@@ -41,6 +42,31 @@ def _scale_row(
     return row | {"norm_fraction": float(scale["norm_fraction"]), "kl": float(scale["kl"]), "error": ""}
 
 
+def labelled_results(run_dir: str | Path) -> Iterator[tuple[Path, dict[str, Any], dict[str, Any], dict | None]]:
+    """Every results_*.json with the steering labels of its run: a sweep's finished cells (labels from cell.json),
+    else every results file of an lm_eval output folder (labels from its model_args).
+
+    Args:
+        run_dir: the sweep folder or lm_eval --output_path folder.
+
+    Yields:
+        (results path, results, labels, the cell's cell.json or None outside a sweep).
+    """
+    root = Path(run_dir)
+    cells_dir = root / "cells"
+    if cells_dir.is_dir():
+        for cell_dir in sorted(p for p in cells_dir.iterdir() if (p / "DONE").exists() and (p / "cell.json").is_file()):
+            cell = read_json(cell_dir / "cell.json")
+            labels = steering_from_cell(cell, str(cell_dir / "cell.json"))
+            for path in sorted(p for p in cell_dir.rglob("*.json") if RESULTS_RE.match(p.name)):
+                yield path, read_json(path), labels, cell
+        return
+    for path in sorted(p for p in root.rglob("*.json") if RESULTS_RE.match(p.name)):
+        results = read_json(path)
+        args = parse_model_args((results.get("config") or {}).get("model_args"))
+        yield path, results, steering_from_model_args(args, results, str(path)), None
+
+
 def steering_scales(run_dir: str | Path) -> pd.DataFrame:
     """The scale of every steered setting in a sweep or run folder (one row per setting, `SCALE_KEY` columns +
     norm_fraction, kl, sources (`;`-joined results files that recorded it), error), from what steered-hf recorded
@@ -50,21 +76,7 @@ def steering_scales(run_dir: str | Path) -> pd.DataFrame:
         run_dir: the sweep folder or lm_eval --output_path folder.
     """
     root = Path(run_dir)
-    rows: list[dict[str, Any] | None] = []
-    cells_dir = root / "cells"
-    if cells_dir.is_dir():
-        for cell_dir in sorted(p for p in cells_dir.iterdir() if (p / "DONE").exists() and (p / "cell.json").is_file()):
-            cell = read_json(cell_dir / "cell.json")
-            labels = steering_from_cell(cell, str(cell_dir / "cell.json"))
-            for path in sorted(p for p in cell_dir.rglob("*.json") if RESULTS_RE.match(p.name)):
-                rows.append(_scale_row(labels, read_json(path), path, root))
-    else:
-        for path in sorted(p for p in root.rglob("*.json") if RESULTS_RE.match(p.name)):
-            res = read_json(path)
-            labels = steering_from_model_args(
-                parse_model_args((res.get("config") or {}).get("model_args")), res, str(path)
-            )
-            rows.append(_scale_row(labels, res, path, root))
+    rows = [_scale_row(labels, results, path, root) for path, results, labels, _ in labelled_results(root)]
     found = [r for r in rows if r is not None]
     if not found:
         return pd.DataFrame(columns=SCALE_COLUMNS)
