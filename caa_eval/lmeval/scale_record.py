@@ -39,12 +39,8 @@ class ScaleRecorder:
         """
         key = fingerprint or "unsteered"
         if key not in self._cache:
-            if steering is None:
-                self._cache[key] = {"norm_fraction": 0.0, "kl": 0.0}
-            else:
-                self._cache[key] = self.probe().setting(
-                    dict(steering.vectors), float(config["multiplier"]), config["site"], config["positions"]
-                )
+            setting = _setting(steering, config)
+            self._cache[key] = self.probe().setting(**setting) if setting else {"norm_fraction": 0.0, "kl": 0.0}
         return self._cache[key]
 
     def prompt_scale(self, steering: Steering | None, config: dict[str, Any], kl: float) -> dict[str, Any]:
@@ -58,14 +54,18 @@ class ScaleRecorder:
         from caa_eval.core.prompt_cost import prompt_scale
 
         seen, self.system_prompts = self.system_prompts, set()
-        vectors: dict[str, Any] = {}
-        if steering is not None:
-            vectors = {
-                "vectors": dict(steering.vectors),
-                "multiplier": float(config["multiplier"]),
-                "site": config["site"],
-                "positions": config["positions"],
-            }
-        if not any(seen):
+        if not any(seen):  # answered without building the probe
             return {"system_prompt_kl": 0.0, "total_kl": kl}
-        return prompt_scale(self.probe(), seen, vectors, kl)
+        return prompt_scale(self.probe(), seen, _setting(steering, config), kl)
+
+
+def _setting(steering: Steering | None, config: dict[str, Any]) -> dict[str, Any]:
+    """The steering as the probe's keywords (vectors, multiplier, site, positions); {} when unsteered."""
+    if steering is None:
+        return {}
+    return {
+        "vectors": dict(steering.vectors),
+        "multiplier": float(config["multiplier"]),
+        "site": config["site"],
+        "positions": config["positions"],
+    }
