@@ -20,7 +20,7 @@ from caa_eval import data
 from caa_eval.core.diagnostics import DIAGNOSTICS_KEY, layer_diagnostics
 from caa_eval.core.forward import cache_kwarg, decoder_base, pad_right
 from caa_eval.core.layers import ModelLayout, hidden_of
-from caa_eval.core.read_rows import READ_RULES, ReadRow, build_rows
+from caa_eval.core.read_rows import READ_RULES, ReadRow, build_rows, check_read
 from caa_eval.core.vectors import SteeringVector, model_fingerprint
 from caa_eval.errors import CAAEvalError
 from caa_eval.files import check_output
@@ -225,8 +225,7 @@ def _activations(
     """Per layer, every pair's (matching, non-matching) activation, each (pairs, hidden) float32 on the CPU."""
     layout = layout or ModelLayout.of(model)
     chosen = parse_layers(layers, layout.n_layers)
-    if batch_size < 1:
-        raise CAAEvalError("--batch-size must be at least 1")
+    _check_batch_size(batch_size)
     rows = build_rows(tokenizer, pairs, system_prompt, read)
     check_context(model, rows)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -277,8 +276,11 @@ def default_behaviour(data_path: Path) -> str:
 def _check_settings(layers: Any, site: str, read: str, batch_size: int) -> None:
     parse_layers(layers)
     parse_site(site)
-    if read not in READ_RULES:
-        raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
+    check_read(read)
+    _check_batch_size(batch_size)
+
+
+def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise CAAEvalError(f"--batch-size {batch_size}: write 1 or more")
 

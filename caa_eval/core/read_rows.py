@@ -12,7 +12,15 @@ from caa_eval import data
 from caa_eval.core.prompts import ab_answer_prompt, prompt_for
 from caa_eval.errors import CAAEvalError
 
-__all__ = ["READ_RULES", "ReadRow", "answer_row", "answer_span_row", "add_special_tokens_for", "build_rows"]
+__all__ = [
+    "READ_RULES",
+    "ReadRow",
+    "answer_row",
+    "answer_span_row",
+    "add_special_tokens_for",
+    "check_read",
+    "build_rows",
+]
 
 
 @dataclass
@@ -59,12 +67,21 @@ def add_special_tokens_for(tokenizer: Any, text: str) -> bool:
     return not (bos and text.startswith(bos))
 
 
+def check_read(read: str) -> None:
+    """Refuse a read rule other than `READ_RULES`' (before a model is loaded, and again where rows are built).
+
+    Args:
+        read: `letter` or `answer_mean`.
+    """
+    if read not in READ_RULES:
+        raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
+
+
 def build_rows(
     tokenizer: Any, pairs: Sequence[data.ContrastPair], system_prompt: str | None = None, read: str = "letter"
 ) -> list[tuple[ReadRow, ReadRow]]:
     """Both prompts of every pair as token rows with their read positions."""
-    if read not in READ_RULES:
-        raise CAAEvalError(f"read={read!r}: use one of {', '.join(READ_RULES)}")
+    check_read(read)
     make = answer_row if read == "letter" else answer_span_row
     return [
         (
